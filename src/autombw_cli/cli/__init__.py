@@ -1,0 +1,90 @@
+"""The `autombw` command line: the root app, global options and error → exit-code mapping.
+
+Each command group lives in its own module here (one file would pass the ~400-line mark); a
+command parses options, calls one function of the package that owns the work, and renders.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from autombw_cli import __version__
+from autombw_cli.cli._app import app, state
+from autombw_cli.errors import AutombwError
+
+# Command modules register themselves on import.
+from autombw_cli.cli import blocks_cmd as _blocks_cmd  # noqa: F401  isort: skip
+
+EXIT_INTERRUPTED = 130
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"autombw {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks and debug logging. Default: off.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Find the best block-by-block merge of two Stable Diffusion checkpoints.
+
+    autombw drives AUTOMATIC1111 WebUI instances over HTTP, scores their images locally and
+    lets an optimizer choose the next block weights. Start with `autombw search CONFIG`.
+    """
+    state.debug = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app, print user errors without a traceback."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except AutombwError as exc:
+        if state.debug:
+            raise
+        _print_error(exc)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except _click_exceptions() as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+
+
+def _click_exceptions() -> tuple[type[BaseException], ...]:
+    import click
+
+    return (click.ClickException,)
+
+
+def _print_error(exc: AutombwError) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    err = Console(stderr=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(exc.message)}")
+    if exc.hint:
+        err.print(f"[yellow]hint:[/] {escape(exc.hint)}")

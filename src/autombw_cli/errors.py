@@ -1,0 +1,92 @@
+"""The errors autombw raises for things a user can fix.
+
+Every message says what went wrong, where (file, field, instance, tensor key) and, through
+``hint``, what to do next. The CLI prints ``message`` and ``hint`` and exits with the family's
+code; bugs (``TypeError``, failed asserts...) are never wrapped in these.
+
+    AutombwError                 exit 1
+    ├── ConfigError              exit 2  bad config, CLI option, weights string, recipe, payload
+    │   ├── WeightsError                 a weight list/string with a wrong count or bad number
+    │   └── PayloadError                 a payload file or wildcard
+    ├── WebUIError               exit 3  an instance is unreachable, times out or answers an error
+    ├── ModelMismatchError       exit 4  checkpoints that cannot be merged / are not checkpoints
+    ├── ScorerError              exit 5  the scorer cannot load or score
+    ├── JournalError             exit 6  a history/log/recipe file that cannot be read or written
+    └── OutputExistsError        exit 7  refusing to overwrite a file without --force
+"""
+
+from __future__ import annotations
+
+
+class AutombwError(Exception):
+    """Base class: ``message`` is what the user reads, ``hint`` what to do about it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+class ConfigError(AutombwError):
+    """Invalid configuration, option, weights or recipe text."""
+
+    exit_code = 2
+
+
+class WeightsError(ConfigError):
+    """A weights list or string that cannot be read (count, number, name or range)."""
+
+
+class PayloadError(ConfigError):
+    """A payload file or wildcard that cannot be read or expanded."""
+
+
+class WebUIError(AutombwError):
+    """A WebUI instance is unreachable, timed out, or answered with an error."""
+
+    exit_code = 3
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        instance: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        if instance and not message.startswith(instance):
+            message = f"{instance}: {message}"
+        super().__init__(message, hint=hint)
+        self.instance = instance
+        self.status_code = status_code
+
+
+class ModelMismatchError(AutombwError):
+    """Two checkpoints that cannot be merged, or a file that is not a checkpoint."""
+
+    exit_code = 4
+
+
+class ScorerError(AutombwError):
+    """The scorer cannot be loaded or cannot score."""
+
+    exit_code = 5
+
+
+class JournalError(AutombwError):
+    """A history CSV, log or recipe file that cannot be read or written."""
+
+    exit_code = 6
+
+
+class OutputExistsError(AutombwError):
+    """An output file exists and overwriting was not allowed."""
+
+    exit_code = 7
