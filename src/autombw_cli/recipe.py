@@ -1,0 +1,284 @@
+"""The `Recipe` value and its file forms.
+
+A recipe is everything needed to reproduce a merge: models A and B, the output name and the
+named `Weights` (with the optional text-encoder weight). Forms:
+
+- ``.recipe.txt`` (runtime-block-merge, 6DammK9 fork)::
+
+      modelA=<file>
+      modelB=<file>
+      modelO=<name>
+      position_id_fix=Keep Original
+      output_mode=Max Precision
+      <values in recipe order: IN.., M00, OUT.., OUT, TIME_EMBED[, LABEL_EMB]>
+
+  autombw adds ``arch=sd2`` / ``text_encoder_weight=...`` lines only when they carry
+  information the old format cannot hold. Anything after the weights line is ignored (users
+  paste console logs below it).
+- JSON (``Recipe.to_json``): our own, with named weights.
+- safetensors metadata: ``autombw_recipe`` (our JSON) and ``sd_mbwrt_recipe`` (auto-MBW-rt's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autombw_cli.atomic import atomic_write_text
+from autombw_cli.blocks import (
+    Arch,
+    Ordering,
+    Weights,
+    format_weight,
+    layout,
+    parse_number,
+)
+from autombw_cli.errors import JournalError, WeightsError
+
+POSITION_ID_FIX_CHOICES = ("Keep Original", "Fix")
+OUTPUT_MODE_CHOICES = ("Max Precision", "Runtime Snapshot")
+MBWRT_WEIGHTS_SEQ = "[*sl_INPUT, *sl_MID, *sl_OUTPUT, sl_OUT, sl_TIME_EMBED]"
+METADATA_KEY = "autombw_recipe"
+MBWRT_METADATA_KEY = "sd_mbwrt_recipe"
+_MBWRT_METADATA_KEY_TYPO = "sd_mbwrt_receipe"  # what the 6DammK9 fork actually wrote
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model_a: str
+    model_b: str
+    output_name: str
+    weights: Weights
+    position_id_fix: str = "Keep Original"
+    output_mode: str = "Max Precision"
+
+    @property
+    def arch(self) -> Arch:
+        return self.weights.arch
+
+    # --- .recipe.txt -----------------------------------------------------------------------
+    def to_text(self) -> str:
+        lines = [
+            f"modelA={self.model_a}",
+            f"modelB={self.model_b}",
+            f"modelO={self.output_name}",
+            f"position_id_fix={self.position_id_fix}",
+            f"output_mode={self.output_mode}",
+        ]
+        if self.arch is Arch.SD2:
+            lines.append(f"arch={self.arch.value}")
+        if self.weights.text_encoder is not None:
+            lines.append(f"text_encoder_weight={format_weight(self.weights.text_encoder)}")
+        lines.append(",".join(format_weight(v) for v in self.weights.to_list(Ordering.RECIPE)))
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_text(cls, text: str, *, source: str = "recipe", upstream: bool = False) -> Recipe:
+        """Read a ``.recipe.txt``; ``upstream=True`` reads the Xynonners UI's swapped order."""
+        fields: dict[str, str] = {}
+        values_line: tuple[int, str] | None = None
+        for lineno, raw in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            m = re.fullmatch(r"([A-Za-z_]+)\s*=\s*(.*)", line)
+            if m:
+                fields[m.group(1)] = m.group(2).strip()
+                continue
+            if re.fullmatch(r"[-+0-9.eE,\s]+", line):
+                values_line = (lineno, line)
+                break
+            raise JournalError(
+                f"{source}: line {lineno} is neither key=value nor the weights line: {line[:60]!r}"
+            )
+        if values_line is None:
+            raise JournalError(
+                f"{source}: no weights line (comma-separated numbers) found",
+                hint="a .recipe.txt ends with one line of 27 (SD1/SD2) or 22 (SDXL) numbers",
+            )
+        lineno, line = values_line
+        parts = [p for p in re.split(r"[,\s]+", line) if p]
+        values = [
+            parse_number(p, where=f"{source}: line {lineno}, position {i + 1}")
+            for i, p in enumerate(parts)
+        ]
+        arch = _arch_for_count(len(values), fields.get("arch"), source=f"{source}: line {lineno}")
+        ordering = Ordering.UPSTREAM if upstream else Ordering.RECIPE
+        weights = Weights.from_list(arch, values, ordering, source=f"{source}: line {lineno}")
+        if "text_encoder_weight" in fields:
+            te = parse_number(fields["text_encoder_weight"], where=f"{source}: text_encoder_weight")
+            weights = Weights(arch, weights.values, te)
+        missing = [k for k in ("modelA", "modelB") if k not in fields]
+        if missing:
+            raise JournalError(f"{source}: missing {' and '.join(missing)}= line")
+        return cls(
+            model_a=fields["modelA"],
+            model_b=fields["modelB"],
+            output_name=fields.get("modelO", ""),
+            weights=weights,
+            position_id_fix=fields.get("position_id_fix", "Keep Original"),
+            output_mode=fields.get("output_mode", "Max Precision"),
+        )
+
+    # --- JSON ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "autombw-recipe/1",
+            "arch": self.arch.value,
+            "model_a": self.model_a,
+            "model_b": self.model_b,
+            "output_name": self.output_name,
+            "weights": {s: v for s, v in self.weights.items()},
+            "text_encoder_weight": self.weights.text_encoder,
+            "position_id_fix": self.position_id_fix,
+            "output_mode": self.output_mode,
+            "recipe_order": ",".join(
+                format_weight(v) for v in self.weights.to_list(Ordering.RECIPE)
+            ),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "recipe JSON") -> Recipe:
+        try:
+            arch = Arch(data.get("arch", "sd1"))
+            weights = Weights.from_mapping(arch, data["weights"])
+            te = data.get("text_encoder_weight")
+            if te is not None:
+                weights = Weights(arch, weights.values, float(te))
+            return cls(
+                model_a=str(data["model_a"]),
+                model_b=str(data["model_b"]),
+                output_name=str(data.get("output_name", "")),
+                weights=weights,
+                position_id_fix=str(data.get("position_id_fix", "Keep Original")),
+                output_mode=str(data.get("output_mode", "Max Precision")),
+            )
+        except KeyError as exc:
+            raise JournalError(f"{source}: missing field {exc.args[0]!r}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, WeightsError):
+                raise JournalError(f"{source}: {exc.message}") from exc
+            raise JournalError(f"{source}: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "recipe JSON") -> Recipe:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise JournalError(f"{source}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise JournalError(f"{source}: expected a JSON object")
+        return cls.from_dict(data, source=source)
+
+    # --- safetensors metadata --------------------------------------------------------------
+    def mbwrt_metadata(self) -> dict[str, str]:
+        return {
+            "type": "auto-mbw-rt",
+            "modelA": self.model_a,
+            "modelB": self.model_b,
+            "modelO": self.output_name,
+            "position_id_fix": self.position_id_fix,
+            "output_mode": self.output_mode,
+            "mbwrt_weights": ",".join(
+                format_weight(v) for v in self.weights.to_list(Ordering.RECIPE)
+            ),
+            "mbwrt_weights_seq": MBWRT_WEIGHTS_SEQ,
+        }
+
+    def safetensors_metadata(self) -> dict[str, str]:
+        """Metadata entries (string values, as safetensors requires) for a merged file."""
+        return {
+            METADATA_KEY: json.dumps(self.to_dict(), separators=(",", ":")),
+            MBWRT_METADATA_KEY: json.dumps(self.mbwrt_metadata(), separators=(",", ":")),
+        }
+
+    @classmethod
+    def from_safetensors_metadata(
+        cls, metadata: dict[str, str], *, source: str = "safetensors metadata"
+    ) -> Recipe:
+        if METADATA_KEY in metadata:
+            return cls.from_json(metadata[METADATA_KEY], source=f"{source} {METADATA_KEY}")
+        for key in (MBWRT_METADATA_KEY, _MBWRT_METADATA_KEY_TYPO):
+            if key in metadata:
+                try:
+                    data = json.loads(metadata[key])
+                except json.JSONDecodeError as exc:
+                    raise JournalError(f"{source} {key}: not valid JSON ({exc})") from None
+                text = "\n".join(
+                    [
+                        f"modelA={data.get('modelA', '')}",
+                        f"modelB={data.get('modelB', '')}",
+                        f"modelO={data.get('modelO', '')}",
+                        f"position_id_fix={data.get('position_id_fix', 'Keep Original')}",
+                        f"output_mode={data.get('output_mode', 'Max Precision')}",
+                        str(data.get("mbwrt_weights", "")),
+                    ]
+                )
+                return cls.from_text(text, source=f"{source} {key}")
+        raise JournalError(f"{source}: no recipe found (no {METADATA_KEY} or {MBWRT_METADATA_KEY})")
+
+    def content_hash(self) -> str:
+        """A short stable hash of what the merge depends on (models and weights)."""
+        payload = json.dumps(
+            {
+                "a": self.model_a,
+                "b": self.model_b,
+                "arch": self.arch.value,
+                "w": [format_weight(v) for v in self.weights.values.values()],
+                "te": self.weights.text_encoder,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def _arch_for_count(count: int, arch_field: str | None, *, source: str) -> Arch:
+    if arch_field:
+        try:
+            arch = Arch(arch_field.strip().lower())
+        except ValueError:
+            raise JournalError(
+                f"{source}: unknown arch={arch_field!r}",
+                hint=f"one of {', '.join(a.value for a in Arch)}",
+            ) from None
+        expected = len(layout(arch).slots)
+        if count != expected:
+            raise JournalError(f"{source}: {arch.value} needs {expected} values, got {count}")
+        return arch
+    for arch in (Arch.SD1, Arch.SDXL):
+        if count == len(layout(arch).slots):
+            return arch
+    raise JournalError(
+        f"{source}: expected 27 values (SD1/SD2, recipe order) or 22 (SDXL), got {count}"
+    )
+
+
+def write_recipe_files(recipe: Recipe, stem: Path | str) -> tuple[Path, Path]:
+    """Write ``<stem>.recipe.txt`` and ``<stem>.recipe.json`` atomically; return both paths."""
+    stem = Path(stem)
+    txt = stem.with_name(stem.name + ".recipe.txt")
+    js = stem.with_name(stem.name + ".recipe.json")
+    atomic_write_text(txt, recipe.to_text())
+    atomic_write_text(js, recipe.to_json())
+    return txt, js
+
+
+def read_recipe_file(path: Path | str, *, upstream: bool = False) -> Recipe:
+    """Read a ``.recipe.txt`` or a recipe ``.json`` (by content)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise JournalError(f"{p}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JournalError(f"{p}: cannot read ({exc})") from None
+    if text.lstrip().startswith("{"):
+        return Recipe.from_json(text, source=str(p))
+    return Recipe.from_text(text, source=str(p), upstream=upstream)
