@@ -1,0 +1,796 @@
+"""``WebUIClient``: the async client of one AUTOMATIC1111 WebUI instance (plus its bridge).
+
+One client per instance, one ``httpx.AsyncClient`` per client::
+
+    async with WebUIClient("http://127.0.0.1:7860", auth=("user", "pass"), label="gpu0") as c:
+        await c.set_checkpoint("modelA.safetensors")
+        merge = await c.bridge_merge("modelA.safetensors", "modelB.safetensors", weights)
+        result = await c.txt2img(body, expect_merge_id=merge.merge_id)
+
+Retries (``RetryPolicy``) happen only for connection-level failures, and only where a retry
+cannot do a job twice:
+
+- the request never left (connect refused/timed out, write failed): every call is retried;
+- the connection broke after the request was sent (reset, "server disconnected"): only
+  idempotent calls are retried (GETs, ``/options`` POST, interrupt, refresh, bridge merge and
+  restore). ``txt2img`` and bridge ``save`` are not: the WebUI may have started the job and
+  would run it twice, breaking "one generation per instance"; the caller gets
+  ``WebUIUnreachable(request_sent=True)`` and decides (the scheduler fails the trial and
+  re-checks the instance).
+- an HTTP error answer (4xx/5xx) or a timeout is never retried here.
+
+Everything that touches the model (txt2img, set_checkpoint, bridge merge/restore/save) holds
+this client's ``asyncio.Lock``, so one client never has two of them in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import enum
+import json
+import logging
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from autombw_cli.blocks import Weights
+from autombw_cli.errors import ConfigError
+from autombw_cli.webui import endpoints as ep
+from autombw_cli.webui.errors import (
+    ApiNotEnabled,
+    BridgeMissing,
+    CheckpointNotLoaded,
+    FieldError,
+    MergeLost,
+    WebUIAuthError,
+    WebUIBadResponse,
+    WebUIError,
+    WebUIHTTPError,
+    WebUIServerError,
+    WebUITimeout,
+    WebUIUnreachable,
+    WebUIValidationError,
+    is_out_of_memory,
+)
+from autombw_cli.webui.images import decode_b64_image
+from autombw_cli.webui.models import (
+    BridgeStatus,
+    Memory,
+    MergeResult,
+    Options,
+    PingResult,
+    Progress,
+    RestoreResult,
+    Sampler,
+    SaveResult,
+    SDModel,
+    Txt2ImgResponse,
+    Txt2ImgResult,
+)
+from autombw_cli.webui.timeouts import ClientTimeouts, RetryPolicy, httpx_limits, httpx_timeout
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M")
+
+_SD_MODELS = TypeAdapter(list[SDModel])
+_SAMPLERS = TypeAdapter(list[Sampler])
+_DETAIL_MAX = 600  # characters of a server's error text kept in a message
+
+# Connection failures where the request certainly did not reach the server.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.WriteError)
+# Connection failures after the request went out (the server may be working on it).
+_SENT = (httpx.ReadError, httpx.RemoteProtocolError, httpx.CloseError)
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+def split_url(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``"http://u:p@host:7860/"`` -> (``"http://host:7860"``, (u, p)). A bare ``host:port``
+    gets ``http://``. The returned URL never carries credentials."""
+    text = url.strip()
+    if "://" not in text:
+        text = "http://" + text
+    try:
+        parsed = httpx.URL(text)
+    except httpx.InvalidURL as e:
+        raise ConfigError(f"WebUI URL {url!r} is not a valid URL ({e})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError(
+            f"WebUI URL {parsed.copy_with(username=None, password=None)} is not an http(s) URL",
+            hint="write it like http://127.0.0.1:7860",
+        )
+    auth = None
+    if parsed.username or parsed.password:
+        auth = (parsed.username, parsed.password)
+    clean = parsed.copy_with(username=None, password=None, query=None, fragment=None)
+    return str(clean).rstrip("/"), auth
+
+
+class WebUIClient:
+    """Async client of one WebUI instance. Use as ``async with WebUIClient(...) as c``.
+
+    ``url``: base URL (``http://host:port``; credentials in it are moved into ``auth``).
+    ``auth``: ``(user, password)`` for ``--api-auth``; kept out of every message and repr.
+    ``label``: the instance's name in messages and logs (default: the URL).
+    ``transport``: an httpx transport for tests (``httpx.MockTransport``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        auth: tuple[str, str] | None = None,
+        label: str | None = None,
+        timeouts: ClientTimeouts | None = None,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        base, url_auth = split_url(url)
+        auth = auth if auth is not None else url_auth
+        self.url = base
+        self.label = label or base
+        self.timeouts = timeouts or ClientTimeouts()
+        self.retry = retry or RetryPolicy()
+        self._user = auth[0] if auth else None
+        self._http = httpx.AsyncClient(
+            base_url=base,
+            auth=httpx.BasicAuth(auth[0], auth[1]) if auth else None,
+            timeout=httpx_timeout(self.timeouts, self.timeouts.read),
+            limits=httpx_limits(self.timeouts),
+            transport=transport,
+            follow_redirects=False,
+            headers={"User-Agent": "autombw"},
+        )
+        self._model_lock = asyncio.Lock()
+        self._state = _State.OPEN
+        self._warned_sampler: set[str] = set()
+
+    def __repr__(self) -> str:
+        auth = f", auth={self._user!r}:***" if self._user is not None else ""
+        return f"WebUIClient(label={self.label!r}, url={self.url!r}{auth})"
+
+    # --- lifecycle --------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections; a closed client cannot be used again."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        await self._http.aclose()
+
+    @property
+    def closed(self) -> bool:
+        return self._state is _State.CLOSED
+
+    def _check_open(self) -> None:
+        if self._state is _State.CLOSED:
+            raise RuntimeError(f"{self!r} is closed")
+
+    # --- A1111 API --------------------------------------------------------------------------
+    async def ping(self) -> PingResult:
+        """``GET /internal/ping``: the server answers (needs neither --api nor credentials)."""
+        t0 = time.monotonic()
+        await self._request("GET", ep.PING, what="ping")
+        return PingResult(elapsed_s=time.monotonic() - t0)
+
+    async def get_options(self) -> Options:
+        resp = await self._request("GET", ep.OPTIONS, what="reading the options")
+        return self._parse(resp, Options, "reading the options")
+
+    async def set_options(self, values: Mapping[str, Any]) -> None:
+        """``POST /options`` (waits behind running jobs). Use ``set_checkpoint`` for the
+        checkpoint: it verifies the switch."""
+        await self._request(
+            "POST",
+            ep.OPTIONS,
+            json=dict(values),
+            read=self.timeouts.model_load,
+            what="setting options",
+        )
+
+    async def sd_models(self) -> list[SDModel]:
+        resp = await self._request("GET", ep.SD_MODELS, what="listing checkpoints")
+        return self._parse(resp, _SD_MODELS, "listing checkpoints")
+
+    async def refresh_checkpoints(self) -> None:
+        """Rescan the WebUI's checkpoint folder."""
+        await self._request(
+            "POST",
+            ep.REFRESH_CHECKPOINTS,
+            read=self.timeouts.model_load,
+            what="refreshing the checkpoint list",
+        )
+
+    async def samplers(self) -> list[Sampler]:
+        resp = await self._request("GET", ep.SAMPLERS, what="listing samplers")
+        return self._parse(resp, _SAMPLERS, "listing samplers")
+
+    async def progress(self) -> Progress:
+        resp = await self._request(
+            "GET", ep.PROGRESS, params={"skip_current_image": "true"}, what="reading progress"
+        )
+        return self._parse(resp, Progress, "reading progress")
+
+    async def interrupt(self) -> None:
+        """Ask the WebUI to stop the running generation (answers at once)."""
+        await self._request("POST", ep.INTERRUPT, what="interrupting")
+
+    async def memory(self) -> Memory:
+        resp = await self._request("GET", ep.MEMORY, what="reading memory use")
+        return self._parse(resp, Memory, "reading memory use")
+
+    async def find_checkpoint(self, name: str) -> SDModel:
+        """The checkpoint called ``name`` (title, model name or file name, with or without
+        extension or ``[hash]``); rescans the folder once if it is not listed."""
+        for attempt in range(2):
+            models = await self.sd_models()
+            found = _pick_checkpoint(name, models, self.label)
+            if found is not None:
+                return found
+            if attempt == 0:
+                await self.refresh_checkpoints()
+        names = sorted({m.model_name for m in models} | {m.file_name for m in models})
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
+        raise CheckpointNotLoaded(
+            f"no checkpoint {name!r} in this WebUI's model folder ({len(models)} listed)",
+            hint=f"close names: {', '.join(close)}"
+            if close
+            else "copy the file into the WebUI's models/Stable-diffusion folder",
+            instance=self.label,
+        )
+
+    async def set_checkpoint(self, name: str) -> SDModel:
+        """Load checkpoint ``name`` and check with ``GET /options`` that the WebUI really
+        switched (a failed load answers 200 and silently keeps the old model)."""
+        async with self._model_lock:
+            model = await self.find_checkpoint(name)
+            current = (await self.get_options()).sd_model_checkpoint or ""
+            if model.matches(current):
+                return model
+            await self._request(
+                "POST",
+                ep.OPTIONS,
+                json={"sd_model_checkpoint": model.title},
+                read=self.timeouts.model_load,
+                what=f"loading checkpoint {model.title}",
+            )
+            after = (await self.get_options()).sd_model_checkpoint or ""
+            if not model.matches(after):
+                raise CheckpointNotLoaded(
+                    f"the WebUI did not switch to {model.title}; it still has {after or 'none'}",
+                    hint="the load failed inside the WebUI (out of memory, a corrupt or "
+                    "incompatible file?); see the WebUI console",
+                    instance=self.label,
+                )
+            log.info("%s: checkpoint %s loaded", self.label, model.title)
+            return model
+
+    async def txt2img(
+        self, body: Mapping[str, Any], *, expect_merge_id: str | None = None
+    ) -> Txt2ImgResult:
+        """Render ``body`` (A1111 txt2img fields) and decode the images.
+
+        No read timeout: a watcher polls ``/progress`` on a second connection and raises
+        ``WebUITimeout`` when nothing advances for ``timeouts.stall`` seconds (then sends
+        ``/interrupt`` if ``timeouts.interrupt_on_stall``). With ``expect_merge_id`` the bridge's
+        merge is checked before and after rendering (``MergeLost``), so images of a lost merge
+        are never returned.
+        """
+        async with self._model_lock:
+            if expect_merge_id is not None:
+                await self.ensure_merge_live(expect_merge_id)
+            t0 = time.monotonic()
+            resp = await self._watched_post(ep.TXT2IMG, dict(body), what="txt2img")
+            result = await asyncio.to_thread(self._decode_txt2img, resp, time.monotonic() - t0)
+            if expect_merge_id is not None:
+                await self.ensure_merge_live(expect_merge_id)
+        self._check_sampler(body, result)
+        return result
+
+    # --- bridge -----------------------------------------------------------------------------
+    async def bridge_status(self) -> BridgeStatus:
+        resp = await self._request("GET", ep.BRIDGE_STATUS, what="reading the bridge status")
+        return self._parse(resp, BridgeStatus, "reading the bridge status")
+
+    async def bridge_merge(
+        self,
+        model_a: str,
+        model_b: str,
+        weights: Weights,
+        *,
+        cache_device: str = "auto",
+    ) -> MergeResult:
+        """Merge A and B in the WebUI's memory with ``weights``; the result's ``merge_id``
+        names this merge (check it with ``ensure_merge_live`` or ``txt2img(expect_merge_id=)``)."""
+        body: dict[str, Any] = {
+            "model_a": model_a,
+            "model_b": model_b,
+            "weights": weights.to_dict(),
+            "cache_device": cache_device,
+        }
+        if weights.text_encoder is not None:
+            body["text_encoder_weight"] = weights.text_encoder
+        async with self._model_lock:
+            resp = await self._request(
+                "POST",
+                ep.BRIDGE_MERGE,
+                json=body,
+                read=self.timeouts.model_load,
+                what="bridge merge",
+            )
+        return self._parse(resp, MergeResult, "bridge merge")
+
+    async def bridge_restore(self, free_caches: bool = False) -> RestoreResult:
+        """Put A's original weights back; ``free_caches`` also drops the bridge's block caches."""
+        async with self._model_lock:
+            resp = await self._request(
+                "POST",
+                ep.BRIDGE_RESTORE,
+                json={"free_caches": free_caches},
+                read=self.timeouts.model_load,
+                what="bridge restore",
+            )
+        return self._parse(resp, RestoreResult, "bridge restore")
+
+    async def bridge_save(
+        self, name: str, weights: Weights, *, dtype: str = "fp16", overwrite: bool = False
+    ) -> SaveResult:
+        """Write the merge with ``weights`` as a checkpoint into the WebUI's model folder."""
+        body: dict[str, Any] = {
+            "name": name,
+            "weights": weights.to_dict(),
+            "dtype": dtype,
+            "overwrite": overwrite,
+        }
+        if weights.text_encoder is not None:
+            body["text_encoder_weight"] = weights.text_encoder
+        async with self._model_lock:
+            resp = await self._request(
+                "POST",
+                ep.BRIDGE_SAVE,
+                json=body,
+                read=self.timeouts.model_load,
+                idempotent=False,
+                what="bridge save",
+            )
+        return self._parse(resp, SaveResult, "bridge save")
+
+    async def ensure_merge_live(self, merge_id: str) -> BridgeStatus:
+        """Raise ``MergeLost`` unless the bridge still holds merge ``merge_id`` in the model."""
+        status = await self.bridge_status()
+        if status.merge_id != merge_id:
+            raise MergeLost(
+                f"the bridge holds merge {status.merge_id or 'none'}, not {merge_id}",
+                hint="another client or a WebUI restart replaced the merge; merge again",
+                instance=self.label,
+                expected=merge_id,
+                current=status.merge_id,
+            )
+        if not status.merge_live:
+            why = status.lost_reason or "the WebUI reloaded its checkpoint"
+            raise MergeLost(
+                f"merge {merge_id} is no longer in the model: {why}",
+                hint="merge again before rendering; images of a lost merge are never scored",
+                instance=self.label,
+                expected=merge_id,
+                current=status.merge_id,
+            )
+        return status
+
+    # --- transport --------------------------------------------------------------------------
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        read: float | Literal[True] | None = True,
+        idempotent: bool = True,
+        attempts: int | None = None,
+        what: str = "",
+    ) -> httpx.Response:
+        """Send with retries for connection-level failures; map errors; return a 2xx answer.
+
+        ``read``: True the control read timeout, None no read timeout, a number that many s.
+        """
+        self._check_open()
+        what = what or f"{method} {path}"
+        read_s = self.timeouts.read if read is True else read
+        timeout = httpx_timeout(self.timeouts, read_s)
+        tries = attempts if attempts is not None else self.retry.attempts
+        last: httpx.TransportError | None = None
+        sent = False
+        for attempt in range(tries):
+            try:
+                resp = await self._http.request(
+                    method, path, json=json, params=params, timeout=timeout
+                )
+            except _NOT_SENT as e:
+                last, sent = e, False
+            except _SENT as e:
+                last, sent = e, True
+                if not idempotent:
+                    break
+            except httpx.TimeoutException as e:  # read/pool timeout: no retry
+                raise WebUITimeout(
+                    f"{what} timed out ({type(e).__name__}, {_timeout_of(e, timeout)})",
+                    hint="the WebUI is busy or hung; raise the timeouts in the instance config "
+                    "if it is just slow",
+                    instance=self.label,
+                ) from e
+            except httpx.TransportError as e:  # proxy/protocol/unsupported: not retryable
+                raise WebUIUnreachable(
+                    f"{what} failed: {_describe(e)}",
+                    hint=f"check that {self.url} is a running WebUI",
+                    instance=self.label,
+                ) from e
+            else:
+                _log_response(self.label, method, path, resp)
+                self._raise_for_status(resp, method, path, what)
+                return resp
+            if attempt + 1 < tries:
+                delay = self.retry.delay(attempt)
+                log.info(
+                    "%s: %s failed (%s); retry %d/%d in %.1f s",
+                    self.label,
+                    what,
+                    _describe(last),
+                    attempt + 1,
+                    tries - 1,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        assert last is not None
+        if sent:
+            raise WebUIUnreachable(
+                f"{what}: the connection dropped before an answer ({_describe(last)})",
+                hint="the WebUI may have crashed or restarted; check its console"
+                + ("" if idempotent else "; the job may still be running there"),
+                instance=self.label,
+                request_sent=True,
+            ) from last
+        raise WebUIUnreachable(
+            f"cannot reach {self.url} for {what}: {_describe(last)}"
+            + (f" ({tries} attempts)" if tries > 1 else ""),
+            hint="start the WebUI (with --api) and check the URL and port; for a remote "
+            "machine the WebUI needs --listen",
+            instance=self.label,
+        ) from last
+
+    async def _watched_post(self, path: str, body: dict[str, Any], *, what: str) -> httpx.Response:
+        """POST without read timeout while polling /progress; give up after a stall."""
+        t = self.timeouts
+        loop = asyncio.get_running_loop()
+        post = asyncio.create_task(
+            self._request("POST", path, json=body, read=None, idempotent=False, what=what)
+        )
+        last_fp: tuple[object, ...] | None = None
+        last_change = loop.time()
+        stalled = 0.0
+        try:
+            while True:
+                done, _ = await asyncio.wait({post}, timeout=t.poll_interval)
+                if done:
+                    return post.result()
+                fp = await self._poll_fingerprint()
+                now = loop.time()
+                if fp is not None and fp != last_fp:
+                    last_fp, last_change = fp, now
+                elif now - last_change >= t.stall:
+                    stalled = now - last_change
+                    break
+        finally:
+            if not post.done():
+                post.cancel()
+                with contextlib.suppress(asyncio.CancelledError, WebUIError):
+                    await post
+        if t.interrupt_on_stall:
+            try:
+                await self._request("POST", ep.INTERRUPT, attempts=1, what="interrupting")
+            except WebUIError as e:
+                log.debug("%s: interrupt after stall failed: %s", self.label, e)
+        raise WebUITimeout(
+            f"{what} made no progress for {stalled:.0f} s; gave up",
+            hint="the WebUI is hung or stuck (check its console); raise timeouts.stall in the "
+            "instance config if a step really takes that long (model loads, hires fix)",
+            instance=self.label,
+            stalled_s=stalled,
+        )
+
+    async def _poll_fingerprint(self) -> tuple[object, ...] | None:
+        """One /progress poll; None when it fails (counts as no progress)."""
+        t = self.timeouts
+        try:
+            resp = await self._request(
+                "GET",
+                ep.PROGRESS,
+                params={"skip_current_image": "true"},
+                read=min(t.read, t.stall),
+                attempts=1,
+                what="reading progress",
+            )
+            return self._parse(resp, Progress, "reading progress").fingerprint()
+        except WebUIError as e:
+            log.debug("%s: progress poll failed: %s", self.label, e)
+            return None
+
+    # --- answers ----------------------------------------------------------------------------
+    def _parse(self, resp: httpx.Response, model: type[M] | TypeAdapter[M], what: str) -> M:
+        try:
+            data = resp.json()
+        except ValueError:
+            raise WebUIBadResponse(
+                f"{what}: the answer is not JSON ({resp.status_code}, "
+                f"{resp.headers.get('content-type', 'no content type')}: "
+                f"{_clip(resp.text, 120)!r})",
+                hint=f"is {self.url} an AUTOMATIC1111 WebUI? a proxy or another program may "
+                "answer on that port",
+                instance=self.label,
+            ) from None
+        try:
+            if isinstance(model, TypeAdapter):
+                return model.validate_python(data)
+            assert issubclass(model, BaseModel)
+            return model.model_validate(data)  # type: ignore[return-value]
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"]) or "answer"
+            raise WebUIBadResponse(
+                f"{what}: unexpected answer ({loc}: {first['msg']})",
+                hint="this WebUI version answers differently than autombw expects; check that "
+                "the WebUI and the bridge extension are up to date",
+                instance=self.label,
+            ) from e
+
+    def _decode_txt2img(self, resp: httpx.Response, elapsed: float) -> Txt2ImgResult:
+        raw = self._parse(resp, Txt2ImgResponse, "txt2img")
+        info = _parse_info(raw.info, self.label)
+        decoded = [
+            decode_b64_image(b64, what=f"txt2img image {i}", instance=self.label)
+            for i, b64 in enumerate(raw.images or [])
+        ]
+        first = info.get("index_of_first_image", 0)
+        first = first if isinstance(first, int) and 0 <= first <= len(decoded) else 0
+        seeds = info.get("all_seeds")
+        count = len(seeds) if isinstance(seeds, list) and seeds else len(decoded) - first
+        picked = decoded[first : first + count]
+        extra = decoded[:first] + decoded[first + count :]
+        return Txt2ImgResult(
+            images=[img for img, _, _ in picked],
+            raw_images=[data for _, data, _ in picked],
+            formats=[fmt for _, _, fmt in picked],
+            info=info,
+            parameters=dict(raw.parameters),
+            extra_images=[img for img, _, _ in extra],
+            elapsed_s=elapsed,
+        )
+
+    def _check_sampler(self, body: Mapping[str, Any], result: Txt2ImgResult) -> None:
+        """A1111 silently falls back to another sampler for an unknown name: say so once."""
+        asked = body.get("sampler_name") or body.get("sampler_index")
+        used = result.info.get("sampler_name")
+        if not asked or not used or str(asked).lower() == str(used).lower():
+            return
+        if asked not in self._warned_sampler:
+            self._warned_sampler.add(str(asked))
+            log.warning(
+                "%s: sampler %r is unknown to this WebUI; it rendered with %r instead "
+                "(GET /sdapi/v1/samplers lists the valid names)",
+                self.label,
+                asked,
+                used,
+            )
+
+    def _raise_for_status(self, resp: httpx.Response, method: str, path: str, what: str) -> None:
+        if resp.is_success:
+            return
+        status = resp.status_code
+        try:
+            body: Any = resp.json()
+        except ValueError:
+            body = None
+        detail = _error_text(body, resp.text)
+        common = {"instance": self.label, "method": method, "path": path, "detail": detail}
+        if status == 401:
+            who = (
+                f"the credentials of user {self._user!r} were rejected"
+                if self._user is not None
+                else "the instance wants a user name and password"
+            )
+            raise WebUIAuthError(
+                f"{what} refused (401 Unauthorized): {who}",
+                hint="the WebUI runs with --api-auth user:password; set the instance's "
+                "credentials through the environment variables named in the config",
+                status_code=401,
+                **common,
+            )
+        if status == 404 and _route_missing(body):
+            if ep.is_sdapi(path):
+                raise ApiNotEnabled(
+                    f"{path} not found (404): the WebUI's API is off",
+                    hint="start the WebUI with --api (add it to COMMANDLINE_ARGS in "
+                    "webui-user.sh / webui-user.bat)",
+                    status_code=404,
+                    **common,
+                )
+            if ep.is_bridge(path):
+                raise BridgeMissing(
+                    f"{path} not found (404): the autombw bridge extension is not installed",
+                    hint="run `autombw webui install-extension WEBUI_DIR` and restart the WebUI",
+                    status_code=404,
+                    **common,
+                )
+            raise WebUIHTTPError(
+                f"{path} not found (404)",
+                hint=f"is {self.url} an AUTOMATIC1111 WebUI (1.6 or newer)?",
+                status_code=404,
+                **common,
+            )
+        if status == 422:
+            fields = _field_errors(body)
+            listed = "; ".join(str(f) for f in fields) or detail
+            raise WebUIValidationError(
+                f"{what} rejected (422): {listed}",
+                hint="fix these fields" + (" in the payload file" if path == ep.TXT2IMG else ""),
+                fields=fields,
+                **common,
+            )
+        if status >= 500:
+            error_type = str(body.get("error") or "") if isinstance(body, dict) else ""
+            raise WebUIServerError(
+                f"{what} failed on the server ({status}): {detail or 'no error text'}",
+                error_type=error_type,
+                status_code=status,
+                hint="the GPU ran out of memory: lower width/height/batch_size or the hires-fix "
+                "scale, or start the WebUI with --medvram"
+                if is_out_of_memory(f"{error_type} {detail}")
+                else "the WebUI console shows the full traceback",
+                **common,
+            )
+        raise WebUIHTTPError(
+            f"{what} refused ({status}): {detail or resp.reason_phrase}",
+            status_code=status,
+            **common,
+        )
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def _pick_checkpoint(name: str, models: list[SDModel], label: str) -> SDModel | None:
+    exact = [m for m in models if name in (m.title, m.model_name)]
+    if exact:
+        return exact[0]
+    matching = [m for m in models if m.matches(name)]
+    if len(matching) > 1:
+        titles = ", ".join(m.title for m in matching)
+        raise CheckpointNotLoaded(
+            f"{name!r} matches several checkpoints: {titles}",
+            hint="give the full title as the WebUI lists it",
+            instance=label,
+        )
+    return matching[0] if matching else None
+
+
+def _route_missing(body: Any) -> bool:
+    """A 404 of the router itself (``{"detail": "Not Found"}`` or not JSON), as opposed to a
+    route's own 404 (A1111 answers those with an ``error`` field, the bridge with its text)."""
+    if body is None:
+        return True
+    return isinstance(body, dict) and set(body) == {"detail"} and body["detail"] == "Not Found"
+
+
+def _error_text(body: Any, text: str) -> str:
+    """The server's words: A1111's ``{error, detail, body, errors}`` or FastAPI's ``detail``."""
+    if isinstance(body, dict):
+        detail = body.get("detail")
+        errors = body.get("errors")
+        error = body.get("error")
+        msg = ""
+        if isinstance(detail, str) and detail:
+            msg = detail
+        elif isinstance(errors, str) and errors:
+            msg = errors
+        elif detail:
+            msg = json.dumps(detail)
+        elif errors:
+            msg = json.dumps(errors)
+        if isinstance(error, str) and error and error != "HTTPException":
+            msg = f"{error}: {msg}" if msg else error
+        return _clip(msg, _DETAIL_MAX)
+    return _clip(text.strip(), _DETAIL_MAX)
+
+
+def _field_errors(body: Any) -> tuple[FieldError, ...]:
+    """FastAPI's 422 ``detail`` list (pydantic 1 or 2 shape) as dotted field paths."""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if not isinstance(detail, list):
+        return ()
+    out = []
+    for item in detail:
+        if not isinstance(item, dict):
+            continue
+        loc = [str(p) for p in item.get("loc", [])]
+        if loc and loc[0] in ("body", "query", "path"):
+            loc = loc[1:]
+        msg = str(item.get("msg", "invalid"))
+        if "input" in item and not isinstance(item["input"], dict | list):
+            msg += f" (got {item['input']!r})"
+        out.append(FieldError(".".join(loc), msg))
+    return tuple(out)
+
+
+def _parse_info(info: str | dict[str, Any], label: str) -> dict[str, Any]:
+    if isinstance(info, dict):
+        return info
+    if not info:
+        return {}
+    try:
+        parsed = json.loads(info)
+    except ValueError as e:
+        raise WebUIBadResponse(
+            f"txt2img: 'info' is not JSON ({e})",
+            hint="an extension may have altered the API answer",
+            instance=label,
+        ) from e
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _describe(e: BaseException | None) -> str:
+    if e is None:
+        return "unknown error"
+    text = str(e) or type(e).__name__
+    low = text.lower()
+    if "refused" in low:
+        return "connection refused"
+    if "reset" in low:
+        return "connection reset"
+    if "disconnected" in low or "incomplete" in low:
+        return "the server closed the connection"
+    return _clip(text, 200)
+
+
+def _timeout_of(e: httpx.TimeoutException, timeout: httpx.Timeout) -> str:
+    if isinstance(e, httpx.ReadTimeout):
+        return f"no answer within {timeout.read:g} s"
+    if isinstance(e, httpx.PoolTimeout):
+        return f"no free connection within {timeout.pool:g} s"
+    if isinstance(e, httpx.WriteTimeout):
+        return f"sending took over {timeout.write:g} s"
+    return "timed out"
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _log_response(label: str, method: str, path: str, resp: httpx.Response) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "%s: %s %s -> %d (%.2f s)",
+            label,
+            method,
+            path,
+            resp.status_code,
+            resp.elapsed.total_seconds(),
+        )
