@@ -1,0 +1,628 @@
+"""The scheduler: one asyncio worker per WebUI instance plus one scoring stage.
+
+A worker loops: take a candidate (a retry first, else a new one from the source) → merge it
+through the bridge → render every prompt → check the merge was still live → hand the images to
+the scoring stage → take the next candidate at once. The scoring stage runs the (synchronous,
+batched) scorer in its own thread and batches across workers; the optimizer and the journal run
+in another single thread. So a WebUI never waits on scoring or on the optimizer.
+
+Failures never become scores: a failed evaluation goes back to the retry queue (preferring
+another instance) up to ``max_attempts``, then the source is told to abandon it. An instance
+that fails ``park_after`` times in a row, or is unreachable, is parked and probed with backoff;
+it rejoins once it answers. When every instance stays down for ``all_down_after_s`` the run
+stops (``StopReason.ALL_DOWN``) with what it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from PIL import Image
+
+from autombw_cli.blocks import Weights
+from autombw_cli.errors import AutombwError, ScorerError, WebUIError
+from autombw_cli.search.events import (
+    EvaluationFailed,
+    EventSink,
+    InstanceStateChanged,
+    RunWarning,
+    ScorerQueue,
+    StopReason,
+    WorkerState,
+)
+
+log = logging.getLogger(__name__)
+
+
+# --- seams ---------------------------------------------------------------------------------
+class InstanceClient(Protocol):
+    """What the scheduler needs of a WebUI client (``webui.client.WebUIClient`` has it)."""
+
+    async def ping(self) -> Any: ...
+
+    async def bridge_status(self) -> Any: ...  # .version, .merge_id, .merge_live
+
+    async def ensure_merge_live(self, merge_id: str) -> Any: ...  # raises MergeLost
+
+    async def bridge_merge(self, model_a: str, model_b: str, weights: Weights, **kw: Any) -> Any:
+        ...  # .merge_id
+
+    async def txt2img(self, body: dict[str, Any]) -> Any: ...  # .images, .raw_images
+
+
+class ScorerLike(Protocol):
+    name: str
+
+    def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]: ...
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """One expanded prompt of one payload, fixed for the whole run."""
+
+    payload_name: str
+    index: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+    body: dict[str, Any]  # the txt2img request
+    score_weight: float = 1.0
+    reverse_scoring: bool = False
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A point to evaluate. ``trial`` is the optimizer's handle, opaque here."""
+
+    number: int
+    weights: Weights
+    pass_index: int
+    trial: Any = None
+
+
+@dataclass(frozen=True)
+class RenderedImage:
+    spec: PromptSpec
+    image: Image.Image
+    raw: bytes
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished evaluation as the scheduler hands it to the source (not yet tallied)."""
+
+    candidate: Candidate
+    instance: str
+    merge_id: str
+    images: tuple[RenderedImage, ...]
+    raw_scores: tuple[float, ...]  # one per image, as the scorer returned them
+    merge_s: float
+    generate_s: float
+    score_s: float
+    queue_s: float  # time the images waited for the scorer
+    started_at: float
+    finished_at: float
+    attempts: int
+
+
+class CandidateSource(Protocol):
+    """Where candidates come from and where results go (the run's passes and optimizer).
+
+    All three are called from one dedicated thread, one at a time, in order.
+    ``next_candidate`` returns None when it has nothing to hand out right now; when it still
+    returns None after every outstanding evaluation has come back, the search is over.
+    """
+
+    def next_candidate(self) -> Candidate | None: ...
+
+    def complete(self, outcome: Outcome) -> None: ...
+
+    def abandon(self, candidate: Candidate, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    max_attempts: int = 3  # tries per evaluation across instances before it is abandoned
+    park_after: int = 3  # consecutive failures that park an instance
+    probe_backoff_s: float = 1.0  # first wait before probing a parked instance
+    probe_backoff_max_s: float = 30.0
+    all_down_after_s: float = 60.0  # every instance down this long: stop the run
+    scorer_batch_size: int = 8  # images per scorer call
+    cache_device: str = "auto"
+    identical_image_warnings: int = 3  # how many times to warn about identical images
+
+
+@dataclass
+class Instance:
+    """One WebUI instance and what the scheduler knows about it."""
+
+    label: str
+    client: InstanceClient
+    state: WorkerState = WorkerState.STARTING
+    parked: bool = False
+    parked_since: float = 0.0
+    consecutive_failures: int = 0
+    evaluations: int = 0
+    failures: int = 0
+    busy_s: float = 0.0  # time spent merging + generating + verifying
+    first_start: float | None = None
+    last_end: float | None = None
+    last_eval_s: float | None = None
+    last_error: str = ""
+
+
+@dataclass
+class _Job:
+    candidate: Candidate
+    attempts: int = 0
+    failed_on: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Rendered:
+    job: _Job
+    instance: str
+    merge_id: str
+    images: list[RenderedImage]
+    merge_s: float
+    generate_s: float
+    started_at: float
+    queued_at: float
+
+
+class Scheduler:
+    """Runs a search's evaluations over a set of WebUI instances (see the module docstring)."""
+
+    def __init__(
+        self,
+        instances: Sequence[Instance],
+        scorer: ScorerLike,
+        prompts: Sequence[PromptSpec],
+        *,
+        model_a: str,
+        model_b: str,
+        emit: EventSink,
+        settings: SchedulerSettings | None = None,
+    ) -> None:
+        if not instances:
+            raise ValueError("the scheduler needs at least one instance")
+        if not prompts:
+            raise ValueError("the scheduler needs at least one prompt")
+        self.instances = list(instances)
+        self.scorer = scorer
+        self.prompts = list(prompts)
+        self.model_a = model_a
+        self.model_b = model_b
+        self.emit = emit
+        self.settings = settings or SchedulerSettings()
+        self._stopping = False
+        self._stop_reason: StopReason | None = None
+        self._retries: list[_Job] = []
+        self._outstanding = 0
+        self._cond: asyncio.Condition | None = None
+        self._score_queue: asyncio.Queue[_Rendered | None] | None = None
+        self._fatal: BaseException | None = None
+        self._image_digests: dict[str, tuple[int, tuple[float, ...]]] = {}
+        self._identical_warned = 0
+        self._opt_pool: ThreadPoolExecutor | None = None
+        self._score_pool: ThreadPoolExecutor | None = None
+        self._source: CandidateSource | None = None
+        self._scoring_depth = 0
+        self._over = False
+
+    # --- public --------------------------------------------------------------------------
+    def request_stop(self, reason: StopReason = StopReason.INTERRUPTED) -> None:
+        """Hand out no new candidates; evaluations in flight finish and are recorded."""
+        if not self._stopping:
+            self._stopping = True
+            self._stop_reason = reason
+            log.info("stopping (%s): finishing evaluations in flight", reason.value)
+        if self._cond is not None:
+            asyncio.get_running_loop().create_task(self._notify())
+
+    @property
+    def stop_reason(self) -> StopReason | None:
+        return self._stop_reason
+
+    async def run(self, source: CandidateSource) -> StopReason | None:
+        """Evaluate until the source runs dry, a stop is requested, or every instance is down.
+
+        Returns the stop reason (None when the source simply ran dry). Raises the first fatal
+        error (a scorer failure, a bug) after cancelling the workers.
+        """
+        self._source = source
+        self._cond = asyncio.Condition()
+        self._score_queue = asyncio.Queue()
+        self._opt_pool = ThreadPoolExecutor(1, thread_name_prefix="autombw-optimizer")
+        self._score_pool = ThreadPoolExecutor(1, thread_name_prefix="autombw-scorer")
+        for inst in self.instances:
+            if not inst.parked:
+                self._set_state(inst, WorkerState.IDLE)
+        scoring = asyncio.create_task(self._scoring_loop(), name="autombw-scoring")
+        workers = [
+            asyncio.create_task(self._worker_loop(inst), name=f"autombw-worker-{inst.label}")
+            for inst in self.instances
+        ]
+        try:
+            results = await asyncio.gather(*workers, return_exceptions=True)
+            async with self._cond:
+                await self._abandon_retries("every instance is down")
+            await self._score_queue.put(None)  # nothing more will come: let scoring finish
+            await scoring
+            for r in results:
+                if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                    raise r
+            if self._fatal is not None:
+                raise self._fatal
+        except BaseException:
+            for t in [*workers, scoring]:
+                t.cancel()
+            await asyncio.gather(*workers, scoring, return_exceptions=True)
+            self._opt_pool.shutdown(wait=False, cancel_futures=True)
+            self._score_pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        self._opt_pool.shutdown(wait=True)
+        self._score_pool.shutdown(wait=True)
+        return self._stop_reason
+
+    def busy_fractions(self) -> dict[str, float]:
+        """Share of each instance's active span it spent merging/generating."""
+        out = {}
+        for inst in self.instances:
+            if inst.first_start is None or inst.last_end is None:
+                out[inst.label] = 0.0
+                continue
+            span = max(inst.last_end - inst.first_start, 1e-9)
+            out[inst.label] = min(1.0, inst.busy_s / span)
+        return out
+
+    # --- candidates ----------------------------------------------------------------------
+    async def _notify(self) -> None:
+        assert self._cond is not None
+        async with self._cond:
+            self._cond.notify_all()
+
+    async def _call_source(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._opt_pool, fn, *args)
+
+    def _take_retry(self, inst: Instance) -> _Job | None:
+        healthy = [i for i in self.instances if not i.parked]
+        for pos, job in enumerate(self._retries):
+            # another instance first; the same one only when it is the only one left
+            if inst.label not in job.failed_on or all(
+                i.label in job.failed_on for i in healthy
+            ):
+                return self._retries.pop(pos)
+        return None
+
+    async def _next_job(self, inst: Instance) -> _Job | None:
+        assert self._cond is not None and self._source is not None
+        async with self._cond:
+            while True:
+                if self._fatal is not None or self._over:
+                    return None
+                if self._stopping:
+                    await self._abandon_retries("the run is stopping")
+                    return None
+                job = self._take_retry(inst)
+                if job is not None:
+                    return job
+                cand = await self._call_source(self._source.next_candidate)
+                if cand is not None:
+                    self._outstanding += 1
+                    return _Job(cand)
+                if self._outstanding == 0:
+                    self._over = True  # nothing in flight and nothing new: the search is done
+                    self._cond.notify_all()
+                    return None
+                await self._cond.wait()
+
+    async def _abandon_retries(self, reason: str) -> None:
+        """Give up the evaluations waiting for a retry (caller holds the condition)."""
+        assert self._cond is not None and self._source is not None
+        while self._retries:
+            job = self._retries.pop()
+            await self._call_source(self._source.abandon, job.candidate, reason)
+            self._outstanding -= 1
+        self._cond.notify_all()
+
+    async def _finish_job(self) -> None:
+        assert self._cond is not None
+        async with self._cond:
+            self._outstanding -= 1
+            self._cond.notify_all()
+
+    async def _requeue_or_abandon(self, inst: Instance, job: _Job, error: str) -> None:
+        assert self._cond is not None and self._source is not None
+        job.failed_on.add(inst.label)
+        retry = job.attempts < self.settings.max_attempts and not self._stopping
+        self.emit(
+            EvaluationFailed(
+                number=job.candidate.number,
+                instance=inst.label,
+                attempt=job.attempts,
+                error=error,
+                will_retry=retry,
+            )
+        )
+        if retry:
+            async with self._cond:
+                self._retries.append(job)
+                self._cond.notify_all()
+            return
+        await self._call_source(self._source.abandon, job.candidate, error)
+        await self._finish_job()
+
+    # --- workers -------------------------------------------------------------------------
+    async def _worker_loop(self, inst: Instance) -> None:
+        while True:
+            if inst.parked and not await self._probe_until_healthy(inst):
+                self._set_state(inst, WorkerState.DOWN)
+                return
+            job = await self._next_job(inst)
+            if job is None:
+                self._set_state(inst, WorkerState.DONE)
+                return
+            job.attempts += 1
+            try:
+                rendered = await self._render(inst, job)
+            except WebUIError as exc:
+                self._record_failure(inst, exc)
+                await self._requeue_or_abandon(inst, job, exc.message)
+                continue
+            except asyncio.CancelledError:
+                raise
+            inst.consecutive_failures = 0
+            inst.evaluations += 1
+            self._set_state(inst, WorkerState.SCORING)
+            self._scoring_depth += 1
+            assert self._score_queue is not None
+            await self._score_queue.put(rendered)
+            self.emit(ScorerQueue(depth=self._scoring_depth))
+
+    async def _render(self, inst: Instance, job: _Job) -> _Rendered:
+        started = time.monotonic()
+        if inst.first_start is None:
+            inst.first_start = started
+        try:
+            self._set_state(inst, WorkerState.MERGING, f"#{job.candidate.number}")
+            merge = await inst.client.bridge_merge(
+                self.model_a,
+                self.model_b,
+                job.candidate.weights,
+                cache_device=self.settings.cache_device,
+            )
+            merged = time.monotonic()
+            self._set_state(inst, WorkerState.GENERATING, f"#{job.candidate.number}")
+            images: list[RenderedImage] = []
+            for spec in self.prompts:
+                result = await inst.client.txt2img(spec.body)
+                seeds = list(getattr(result, "seeds", []) or [])
+                for k, (img, raw) in enumerate(
+                    zip(result.images, result.raw_images, strict=True)
+                ):
+                    seed = seeds[k] if k < len(seeds) else None
+                    images.append(RenderedImage(spec, img, raw, seed))
+            # a WebUI that reloaded its checkpoint mid-way rendered A, not this merge
+            await inst.client.ensure_merge_live(merge.merge_id)
+            if not images:
+                from autombw_cli.webui.errors import WebUIBadResponse
+
+                raise WebUIBadResponse("txt2img returned no images", instance=inst.label)
+        finally:
+            ended = time.monotonic()
+            inst.busy_s += ended - started
+            inst.last_end = ended
+        inst.last_eval_s = ended - started
+        return _Rendered(
+            job=job,
+            instance=inst.label,
+            merge_id=merge.merge_id,
+            images=images,
+            merge_s=merged - started,
+            generate_s=ended - merged,
+            started_at=time.time() - (ended - started),
+            queued_at=ended,
+        )
+
+    def _record_failure(self, inst: Instance, exc: WebUIError) -> None:
+        from autombw_cli.webui.errors import WebUITimeout, WebUIUnreachable
+
+        inst.failures += 1
+        inst.consecutive_failures += 1
+        inst.last_error = exc.message
+        log.warning("%s: evaluation failed: %s", inst.label, exc.message)
+        gone = isinstance(exc, WebUIUnreachable | WebUITimeout)
+        if gone or inst.consecutive_failures >= self.settings.park_after:
+            inst.parked = True
+            inst.parked_since = time.monotonic()
+            self._set_state(inst, WorkerState.DOWN, exc.message)
+        else:
+            self._set_state(inst, WorkerState.IDLE, exc.message)
+
+    async def _probe_until_healthy(self, inst: Instance) -> bool:
+        """Probe a parked instance with backoff; True once it answers, False when the run ends
+        (stop requested, search over, or every instance down for too long)."""
+        delay = self.settings.probe_backoff_s
+        while True:
+            if self._all_down_too_long():
+                if not self._stopping:
+                    self.emit(RunWarning(message="every WebUI instance is down; stopping the run"))
+                    self._stopping = True
+                    self._stop_reason = StopReason.ALL_DOWN
+                    await self._notify()
+                return False
+            if self._stopping or self._fatal is not None or self._search_over():
+                return False
+            await self._sleep_or_wake(min(delay, self._time_to_all_down()))
+            delay = min(delay * 2, self.settings.probe_backoff_max_s)
+            if self._stopping or self._fatal is not None:
+                return False
+            try:
+                await inst.client.ping()
+                status = await inst.client.bridge_status()
+                _ = status.version
+            except WebUIError as exc:
+                inst.last_error = exc.message
+                log.debug("%s: still down: %s", inst.label, exc.message)
+                continue
+            inst.parked = False
+            inst.consecutive_failures = 0
+            log.warning("%s: back up, rejoining the search", inst.label)
+            self._set_state(inst, WorkerState.IDLE, "rejoined")
+            return True
+
+    def _search_over(self) -> bool:
+        return self._over
+
+    def _time_to_all_down(self) -> float:
+        if not all(i.parked for i in self.instances):
+            return self.settings.probe_backoff_max_s
+        last = max(i.parked_since for i in self.instances)
+        return max(0.05, last + self.settings.all_down_after_s - time.monotonic())
+
+    def _all_down_too_long(self) -> bool:
+        if not all(i.parked for i in self.instances):
+            return False
+        last = max(i.parked_since for i in self.instances)
+        return time.monotonic() - last >= self.settings.all_down_after_s
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        """Sleep ``seconds``, but wake early when the run stops, fails or is over."""
+        assert self._cond is not None
+        deadline = time.monotonic() + seconds
+        async with self._cond:
+            while not (self._stopping or self._over or self._fatal is not None):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                try:
+                    await asyncio.wait_for(self._cond.wait(), timeout=remaining)
+                except TimeoutError:
+                    return
+
+    # --- scoring -------------------------------------------------------------------------
+    async def _scoring_loop(self) -> None:
+        assert self._score_queue is not None
+        closed = False
+        while not closed:
+            first = await self._score_queue.get()
+            if first is None:
+                break
+            batch = [first]
+            n_images = len(first.images)
+            while n_images < self.settings.scorer_batch_size and not self._score_queue.empty():
+                item = self._score_queue.get_nowait()
+                if item is None:
+                    closed = True
+                    break
+                batch.append(item)
+                n_images += len(item.images)
+            try:
+                await self._score_batch(batch)
+            except BaseException as exc:
+                if not isinstance(exc, asyncio.CancelledError):
+                    self._fatal = exc
+                    self._stopping = True
+                    await self._notify()
+                raise
+        # drain: anything still queued after the sentinel (should not happen)
+        while not self._score_queue.empty():
+            item = self._score_queue.get_nowait()
+            if item is not None:
+                await self._score_batch([item])
+
+    async def _score_batch(self, batch: list[_Rendered]) -> None:
+        images = [ri.image for r in batch for ri in r.images]
+        prompts = [ri.spec.prompt for r in batch for ri in r.images]
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        try:
+            scores = await loop.run_in_executor(self._score_pool, self._score_all, images, prompts)
+        except AutombwError:
+            raise
+        except Exception as exc:
+            raise ScorerError(f"the scorer {self.scorer.name!r} failed: {exc}") from exc
+        score_s = time.monotonic() - t0
+        pos = 0
+        for r in batch:
+            n = len(r.images)
+            raw = tuple(float(s) for s in scores[pos : pos + n])
+            pos += n
+            self._check_identical(r, raw)
+            outcome = Outcome(
+                candidate=r.job.candidate,
+                instance=r.instance,
+                merge_id=r.merge_id,
+                images=tuple(r.images),
+                raw_scores=raw,
+                merge_s=r.merge_s,
+                generate_s=r.generate_s,
+                score_s=score_s * n / max(len(images), 1),
+                queue_s=t0 - r.queued_at,
+                started_at=r.started_at,
+                finished_at=time.time(),
+                attempts=r.job.attempts,
+            )
+            assert self._source is not None
+            await self._call_source(self._source.complete, outcome)
+            self._scoring_depth -= 1
+            inst = next(i for i in self.instances if i.label == r.instance)
+            if inst.state is WorkerState.SCORING:
+                self._set_state(inst, WorkerState.IDLE)
+            await self._finish_job()
+        self.emit(ScorerQueue(depth=self._scoring_depth))
+
+    def _score_all(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
+        size = max(1, self.settings.scorer_batch_size)
+        out: list[float] = []
+        for start in range(0, len(images), size):
+            chunk = self.scorer.score(images[start : start + size], prompts[start : start + size])
+            if len(chunk) != len(images[start : start + size]):
+                raise ScorerError(
+                    f"the scorer {self.scorer.name!r} returned {len(chunk)} scores for "
+                    f"{len(images[start : start + size])} images"
+                )
+            out.extend(chunk)
+        return out
+
+    def _check_identical(self, r: _Rendered, raw: tuple[float, ...]) -> None:
+        """Warn loudly when different weights gave byte-identical images: the merge is not
+        being applied (auto-MBW-rt's "same score every iteration")."""
+        if any(ri.spec.seed == -1 for ri in r.images):
+            return  # random seeds: identical images are impossible to judge
+        h = hashlib.sha256()
+        for ri in r.images:
+            h.update(ri.image.tobytes())
+        digest = h.hexdigest()
+        key = r.job.candidate.weights.key()
+        seen = self._image_digests.get(digest)
+        if seen is None:
+            self._image_digests[digest] = (r.job.candidate.number, key)
+            return
+        if seen[1] == key or self._identical_warned >= self.settings.identical_image_warnings:
+            return
+        self._identical_warned += 1
+        msg = (
+            f"evaluations #{seen[0]} and #{r.job.candidate.number} (on {r.instance}) have "
+            "different weights but byte-identical images: the merge is NOT being applied "
+            "(check the bridge extension and that models A and B differ)"
+        )
+        log.warning(msg)
+        self.emit(RunWarning(message=msg))
+
+    # --- state -------------------------------------------------------------------------
+    def _set_state(self, inst: Instance, state: WorkerState, detail: str = "") -> None:
+        if inst.state is state and not detail:
+            return
+        inst.state = state
+        self.emit(InstanceStateChanged(instance=inst.label, state=state, detail=detail))
