@@ -1,0 +1,256 @@
+"""The offline merge: two checkpoints and a `Recipe` in, one merged ``.safetensors`` out.
+
+Streams tensor by tensor: both inputs are read one tensor at a time (see `checkpoint_io`), large
+tensors are interpolated in chunks, and each result goes straight into the output file (see
+`safetensors_writer`), so peak memory stays around one tensor of A, one of B and one output
+tensor, far below the size of the inputs. Everything is validated before the first byte is
+written; the output appears atomically (temp file, fsync, rename) or not at all.
+
+Per key: UNet keys (``model.diffusion_model.*``) are lerped with their block slot's weight; text
+encoder keys with the text-encoder weight when the recipe has one; everything else (VAE, other
+buffers) is A's tensor bit for bit (converted only when an output dtype is asked for).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from autombw_cli.blocks import Arch, Weights, detect_arch, is_text_encoder_key, layout
+from autombw_cli.errors import ConfigError, ModelMismatchError, OutputExistsError
+from autombw_cli.merging.checkpoint_io import (
+    CheckpointReader,
+    check_same_keys_and_shapes,
+    checkpoint,
+    find_mismatches,
+)
+from autombw_cli.merging.kernels import lerp_tensor
+from autombw_cli.merging.safetensors_writer import TensorEntry, write_safetensors_stream
+from autombw_cli.recipe import Recipe, write_recipe_files
+
+OUTPUT_DTYPES: Mapping[str, torch.dtype] = {
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp32": torch.float32,
+}
+TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+CHUNK_ELEMENTS = 1 << 22  # 4M elements: float32 temporaries of ~16 MB each
+TEXT_ENCODER = "BASE"  # the report's name for text-encoder keys
+
+ProgressFn = Callable[[int, int], None]  # (tensors done, tensors total)
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    output: Path
+    recipe_files: tuple[Path, ...]
+    arch: Arch
+    keys_per_slot: Mapping[str, int]  # [BASE,] slots in recipe order -> keys lerped with it
+    copied_keys: int  # taken from A unchanged
+    total_keys: int
+    bytes_written: int
+    elapsed_s: float
+    dtype: str | None  # None: each tensor keeps A's dtype
+
+
+def output_path(output: Path | str) -> Path:
+    """The merged file's path: always ``.safetensors`` (appended when missing)."""
+    p = Path(output)
+    if p.suffix.lower() == ".safetensors":
+        return p
+    if p.suffix.lower() in TORCH_SUFFIXES:
+        raise ConfigError(
+            f"{p}: autombw writes .safetensors only",
+            hint=f"use -o {p.with_suffix('.safetensors')}",
+        )
+    return p.with_name(p.name + ".safetensors")
+
+
+def recipe_stem(output: Path) -> Path:
+    """``out/mix.safetensors`` → ``out/mix`` (sidecars: ``mix.recipe.txt``, ``mix.recipe.json``)."""
+    return output.with_suffix("")
+
+
+def plan_weights(
+    keys: Sequence[str], weights: Weights, *, copy: Collection[str] = ()
+) -> dict[str, tuple[str, float] | None]:
+    """For each key, ``(slot, weight)`` to interpolate with, or None to copy A's tensor
+    (keys in ``copy``, e.g. integer buffers such as CLIP position ids, are always copied)."""
+    lay = layout(weights.arch)
+    plan: dict[str, tuple[str, float] | None] = {}
+    for key in keys:
+        slot = lay.slot_of(key)
+        if key in copy:
+            plan[key] = None
+        elif slot is not None:
+            plan[key] = (slot, weights[slot])
+        elif weights.text_encoder is not None and is_text_encoder_key(key, weights.arch):
+            plan[key] = (TEXT_ENCODER, weights.text_encoder)
+        else:
+            plan[key] = None
+    return plan
+
+
+def lerp_chunked(
+    a: torch.Tensor, b: torch.Tensor, w: float, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """`lerp_tensor` over flat chunks into one output tensor (bounded float32 temporaries)."""
+    if not a.is_floating_point():
+        return a
+    src = a if a.dtype == out_dtype else None
+    if w == 0.0 and src is not None:
+        return a
+    out = torch.empty(a.shape, dtype=out_dtype)
+    flat_out, flat_a, flat_b = out.view(-1), a.reshape(-1), b.reshape(-1)
+    for i in range(0, flat_a.numel(), CHUNK_ELEMENTS):
+        j = i + CHUNK_ELEMENTS
+        ca = flat_a[i:j]
+        if ca.dtype != out_dtype:
+            ca = ca.float()  # interpolate in float32 and round once, to the output dtype
+        flat_out[i:j] = lerp_tensor(ca, flat_b[i:j], w)
+    return out
+
+
+def merge_checkpoints(
+    model_a: Path | str,
+    model_b: Path | str,
+    recipe: Recipe,
+    output: Path | str,
+    *,
+    dtype: str | None = None,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> MergeReport:
+    """Merge A and B with ``recipe``'s weights into ``output`` (a ``.safetensors`` file) and
+    write ``<stem>.recipe.txt`` / ``.recipe.json`` beside it."""
+    started = time.perf_counter()
+    if dtype is not None and dtype not in OUTPUT_DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}", hint=f"one of {', '.join(OUTPUT_DTYPES)}")
+    out_dtype = OUTPUT_DTYPES[dtype] if dtype else None
+    out = output_path(output)
+    path_a, path_b = Path(model_a), Path(model_b)
+    _check_output(out, (path_a, path_b), force=force)
+
+    with checkpoint(path_a) as reader_a, checkpoint(path_b) as reader_b:
+        recipe = _validated_recipe(reader_a, reader_b, recipe)
+        keys = reader_a.keys()
+        not_float = {k for k in keys if not reader_a.info(k).dtype.is_floating_point}
+        plan = plan_weights(keys, recipe.weights, copy=not_float)
+        entries = [_output_entry(reader_a, k, out_dtype) for k in keys]
+        _check_disk_space(out, sum(e.nbytes for e in entries))
+        done = 0
+
+        def produce(entry: TensorEntry) -> torch.Tensor:
+            nonlocal done
+            step = plan[entry.key]
+            a = reader_a.get(entry.key)
+            if step is None:
+                result = a.to(entry.dtype)
+            else:
+                w = step[1]
+                b = a if w == 0.0 else reader_b.get(entry.key)
+                result = lerp_chunked(a, b, w, entry.dtype)
+            done += 1
+            if progress is not None:
+                progress(done, len(entries))
+            return result
+
+        metadata = {"format": "pt", **recipe.safetensors_metadata()}
+        size = write_safetensors_stream(out, entries, produce, metadata=metadata)
+
+    sidecars = write_recipe_files(recipe, recipe_stem(out))
+    counts = dict.fromkeys((TEXT_ENCODER, *layout(recipe.arch).slots), 0)
+    for step in plan.values():
+        if step is not None:
+            counts[step[0]] += 1
+    if recipe.weights.text_encoder is None:
+        del counts[TEXT_ENCODER]
+    return MergeReport(
+        output=out,
+        recipe_files=sidecars,
+        arch=recipe.arch,
+        keys_per_slot=counts,
+        copied_keys=sum(1 for s in plan.values() if s is None),
+        total_keys=len(plan),
+        bytes_written=size,
+        elapsed_s=time.perf_counter() - started,
+        dtype=dtype,
+    )
+
+
+def _output_entry(reader: CheckpointReader, key: str, out_dtype: torch.dtype | None) -> TensorEntry:
+    info = reader.info(key)
+    dt = info.dtype
+    if out_dtype is not None and dt.is_floating_point:
+        dt = out_dtype
+    return TensorEntry(key, dt, info.shape)
+
+
+def _check_output(out: Path, inputs: Sequence[Path], *, force: bool) -> None:
+    for p, name in zip(inputs, ("A", "B"), strict=True):
+        if p.exists() and out.exists() and out.resolve() == p.resolve():
+            raise ConfigError(
+                f"{out}: the output is model {name} itself", hint="choose another -o path"
+            )
+    stem = recipe_stem(out)
+    targets = [
+        out,
+        stem.with_name(stem.name + ".recipe.txt"),
+        stem.with_name(stem.name + ".recipe.json"),
+    ]
+    if not force:
+        for target in targets:
+            if target.exists():
+                raise OutputExistsError(
+                    f"{target} already exists; not overwriting it",
+                    hint="pass --force to overwrite, or choose another -o path",
+                )
+
+
+def _validated_recipe(
+    reader_a: CheckpointReader, reader_b: CheckpointReader, recipe: Recipe
+) -> Recipe:
+    shapes_a, shapes_b = reader_a.shapes(), reader_b.shapes()
+    arch_a = detect_arch(shapes_a, source=f"model A ({reader_a.path})")
+    arch_b = detect_arch(shapes_b, source=f"model B ({reader_b.path})")
+    if arch_a is not arch_b:
+        first = next(find_mismatches(shapes_a, shapes_b), None)
+        raise ModelMismatchError(
+            f"checkpoints cannot be merged: model A ({reader_a.path.name}) is {arch_a.value} "
+            f"but model B ({reader_b.path.name}) is {arch_b.value}"
+            + (f"; first mismatching key: {first.key!r} ({first.problem})" if first else ""),
+            hint="merge two models of the same architecture",
+        )
+    check_same_keys_and_shapes(
+        shapes_a,
+        shapes_b,
+        name_a=f"model A ({reader_a.path.name})",
+        name_b=f"model B ({reader_b.path.name})",
+    )
+    weights = recipe.weights
+    if weights.arch is not arch_a:
+        if len(layout(weights.arch).slots) != len(layout(arch_a).slots):
+            raise ModelMismatchError(
+                f"the weights are for {weights.arch.value} ({len(weights)} blocks) but the "
+                f"checkpoints are {arch_a.value} ({len(layout(arch_a).slots)} blocks)",
+                hint="give weights for the checkpoints' architecture",
+            )
+        weights = Weights(arch_a, weights.values, weights.text_encoder)  # SD1 ↔ SD2: same slots
+        recipe = dataclasses.replace(recipe, weights=weights)
+    return recipe
+
+
+def _check_disk_space(out: Path, needed: int) -> None:
+    folder = out.parent if out.parent.exists() else Path.cwd()
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise ConfigError(
+            f"{out}: the merge needs {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB is free",
+            hint="free some space or write elsewhere with -o",
+        )
