@@ -18,6 +18,7 @@ from autombw_cli.errors import AutombwError
 
 # Command modules register themselves on import.
 from autombw_cli.cli import blocks_cmd as _blocks_cmd  # noqa: F401  isort: skip
+from autombw_cli.cli import merge_cmd as _merge_cmd  # noqa: F401  isort: skip
 
 EXIT_INTERRUPTED = 130
 
