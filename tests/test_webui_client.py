@@ -591,3 +591,17 @@ async def test_every_client_error_is_a_webui_error() -> None:
     async with client(not_found) as c:
         with pytest.raises(WebUIError):
             await c.progress()
+
+
+async def test_bridge_refusal_keeps_the_servers_text_and_hint() -> None:
+    body = {
+        "error": "UnknownModel",
+        "detail": "no checkpoint 'modelC' in the WebUI",
+        "hint": "close names: modelA, modelB",
+    }
+    async with client(lambda r: httpx.Response(400, json=body)) as c:
+        with pytest.raises(WebUIHTTPError) as exc:
+            await c.bridge_merge("modelA", "modelC", Weights.uniform(Arch.SD1, 0.5))
+    assert exc.value.status_code == 400 and not isinstance(exc.value, BridgeMissing)
+    assert "bridge merge refused (400): UnknownModel: no checkpoint 'modelC'" in str(exc.value)
+    assert exc.value.hint == "close names: modelA, modelB"

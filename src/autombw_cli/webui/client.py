@@ -31,6 +31,7 @@ import difflib
 import enum
 import json
 import logging
+import socket
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -669,8 +670,10 @@ class WebUIClient:
                 else "the WebUI console shows the full traceback",
                 **common,
             )
+        server_hint = body.get("hint") if isinstance(body, dict) else None
         raise WebUIHTTPError(
             f"{what} refused ({status}): {detail or resp.reason_phrase}",
+            hint=server_hint if isinstance(server_hint, str) and server_hint else None,
             status_code=status,
             **common,
         )
@@ -757,8 +760,20 @@ def _parse_info(info: str | dict[str, Any], label: str) -> dict[str, Any]:
 
 
 def _describe(e: BaseException | None) -> str:
+    """A short, user-facing cause of a transport error (walks the exception chain)."""
     if e is None:
         return "unknown error"
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cur, ConnectionResetError):
+            return "connection reset"
+        if isinstance(cur, socket.gaierror):
+            return f"host name not found ({cur.strerror})"
+        cur = cur.__cause__ or cur.__context__
     text = str(e) or type(e).__name__
     low = text.lower()
     if "refused" in low:

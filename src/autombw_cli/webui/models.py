@@ -170,9 +170,10 @@ class Txt2ImgResult:
 
 # --- autombw bridge ------------------------------------------------------------------------
 class BridgeModelRef(WireModel):
-    """A checkpoint the bridge holds: its file (name or path) and sha256 when known."""
+    """A checkpoint the bridge holds: its file (name or path), title and sha256 when known."""
 
     file: str | None = None
+    title: str | None = None
     sha256: str | None = None
 
 
@@ -184,9 +185,12 @@ class BridgeStatus(WireModel):
     """
 
     version: str
+    bridge_api: int | str | None = None
+    host: str | None = None
     arch: str | None = None
     model_a: BridgeModelRef | None = None
     model_b: BridgeModelRef | None = None
+    loaded_checkpoint: str | None = None
     merge_id: str | None = None
     weights: dict[str, float] | None = None
     text_encoder_weight: float | None = None
@@ -197,7 +201,8 @@ class BridgeStatus(WireModel):
 
 
 class MergeResult(WireModel):
-    """``POST /autombw/v1/merge``: ``merge_id`` identifies the merge now in the WebUI."""
+    """``POST /autombw/v1/merge``: ``merge_id`` identifies the merge now in the WebUI;
+    ``changed_blocks`` the slots rewritten (``BASE`` for the text encoder)."""
 
     merge_id: str
     changed_blocks: list[str] = Field(default_factory=list)
@@ -205,6 +210,7 @@ class MergeResult(WireModel):
     model_a: str = ""
     model_b: str = ""
     arch: str = ""
+    cache_device: str | None = None
 
 
 class RestoreResult(WireModel):
@@ -212,6 +218,7 @@ class RestoreResult(WireModel):
 
     restored: bool = True
     freed_bytes: int = 0
+    cache_bytes: int = 0
 
 
 class SaveResult(WireModel):
@@ -222,3 +229,4 @@ class SaveResult(WireModel):
     recipe_path: str | None = None
     sha256: str | None = None
     bytes: int | None = None
+    elapsed_s: float = 0.0
