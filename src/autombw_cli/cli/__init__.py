@@ -19,6 +19,8 @@ from autombw_cli.errors import AutombwError
 # Command modules register themselves on import.
 from autombw_cli.cli import blocks_cmd as _blocks_cmd  # noqa: F401  isort: skip
 from autombw_cli.cli import merge_cmd as _merge_cmd  # noqa: F401  isort: skip
+from autombw_cli.cli import recover_cmd as _recover_cmd  # noqa: F401  isort: skip
+from autombw_cli.cli import weights_cmd as _weights_cmd  # noqa: F401  isort: skip
 
 EXIT_INTERRUPTED = 130
 
@@ -78,7 +80,14 @@ def main(argv: list[str] | None = None) -> None:
 def _click_exceptions() -> tuple[type[BaseException], ...]:
     import click
 
-    return (click.ClickException,)
+    classes: list[type[BaseException]] = [click.ClickException]
+    try:  # typer >= 0.17 vendors click as typer._click: its usage errors are not click's
+        from typer._click.exceptions import ClickException as TyperClickException
+    except ImportError:
+        pass
+    else:
+        classes.append(TyperClickException)
+    return tuple(classes)
 
 
 def _print_error(exc: AutombwError) -> None:

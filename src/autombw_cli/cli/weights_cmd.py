@@ -1,0 +1,114 @@
+"""`autombw weights ...`: convert weights between orderings, list presets."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from autombw_cli.blocks import Arch, Ordering, Weights, format_weight, parse_weights
+from autombw_cli.cli._app import app
+from autombw_cli.presets import load_presets
+
+weights_app = typer.Typer(
+    help="Convert block weights between the orderings old tools use; list presets.",
+    no_args_is_help=True,
+)
+app.add_typer(weights_app, name="weights")
+
+
+class TargetForm(StrEnum):
+    RECIPE = "recipe"
+    NAT = "nat"
+    BLOCKS = "blocks"
+    NAMED = "named"
+    JSON = "json"
+
+
+def convert_weights(weights: Weights, to: TargetForm) -> str:
+    """One weights value in a written form (`blocks` puts BASE first when it is set)."""
+    if to is TargetForm.NAMED:
+        return weights.to_named_string()
+    if to is TargetForm.JSON:
+        data: dict[str, float] = {}
+        if weights.text_encoder is not None:
+            data["BASE"] = weights.text_encoder
+        data.update(weights.items())
+        return json.dumps(data)
+    values = weights.to_list(Ordering(to.value))
+    if to is TargetForm.BLOCKS and weights.text_encoder is not None:
+        values.insert(0, weights.text_encoder)
+    return ",".join(format_weight(v) for v in values)
+
+
+PresetsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--presets",
+        help="A preset.tsv whose presets add to / override the built-in ones. Default: none.",
+    ),
+]
+
+
+@weights_app.command("convert")
+def convert_command(
+    text: Annotated[
+        str,
+        typer.Argument(
+            help="Weights: one number, NAME:VALUE list, 27/22 values, 25/26 values or a preset.",
+            show_default=False,
+        ),
+    ],
+    from_: Annotated[
+        Ordering,
+        typer.Option(
+            "--from",
+            help="Order of a full-length list (upstream = OUT/TIME_EMBED swapped, read only). "
+            "Default: recipe.",
+        ),
+    ] = Ordering.RECIPE,
+    to: Annotated[
+        TargetForm, typer.Option(help="Form to print. Default: recipe.")
+    ] = TargetForm.RECIPE,
+    arch: Annotated[Arch, typer.Option(help="Architecture. Default: sd1.")] = Arch.SD1,
+    extrapolation: Annotated[
+        bool, typer.Option(help="Allow values in -1..2 instead of 0..1. Default: off.")
+    ] = False,
+    presets: PresetsOption = None,
+) -> None:
+    """Read weights in one form and print them in another."""
+    weights = parse_weights(
+        text,
+        arch,
+        ordering=from_,
+        allow_upstream=from_ is Ordering.UPSTREAM,
+        presets=load_presets(presets),
+        extrapolation=extrapolation,
+        source="TEXT",
+    )
+    typer.echo(convert_weights(weights, to))
+
+
+@weights_app.command("presets")
+def presets_command(
+    presets: PresetsOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print {name: [25 values]} as JSON. Default: table.")
+    ] = False,
+) -> None:
+    """List the named presets (built-in auto-MBW-rt ones plus --presets FILE)."""
+    found = load_presets(presets)
+    if as_json:
+        typer.echo(json.dumps({k: list(v) for k, v in found.items()}, indent=2))
+        return
+    table = Table(title="weight presets (blocks order: [BASE,] IN00..IN11, M00, OUT00..OUT11)")
+    table.add_column("name")
+    table.add_column("values")
+    for preset_name, values in found.items():
+        table.add_row(preset_name, ",".join(f"{v:.3g}" for v in values))
+    Console().print(table)
