@@ -29,37 +29,32 @@ import asyncio
 import contextlib
 import difflib
 import enum
-import json
 import logging
-import socket
 import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
 import httpx
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from autombw_cli.blocks import Weights
 from autombw_cli.errors import ConfigError
 from autombw_cli.webui import endpoints as ep
 from autombw_cli.webui.errors import (
-    ApiNotEnabled,
-    BridgeMissing,
     CheckpointNotLoaded,
-    FieldError,
     MergeLost,
-    WebUIAuthError,
-    WebUIBadResponse,
     WebUIError,
-    WebUIHTTPError,
-    WebUIServerError,
     WebUITimeout,
     WebUIUnreachable,
-    WebUIValidationError,
-    is_out_of_memory,
 )
-from autombw_cli.webui.images import decode_b64_image
+from autombw_cli.webui.images import decode_txt2img
+from autombw_cli.webui.mapping import (
+    describe_transport_error,
+    parse_answer,
+    raise_for_status,
+    timeout_text,
+)
 from autombw_cli.webui.models import (
     BridgeStatus,
     Memory,
@@ -82,7 +77,6 @@ M = TypeVar("M")
 
 _SD_MODELS = TypeAdapter(list[SDModel])
 _SAMPLERS = TypeAdapter(list[Sampler])
-_DETAIL_MAX = 600  # characters of a server's error text kept in a message
 
 # Connection failures where the request certainly did not reach the server.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.WriteError)
@@ -436,20 +430,28 @@ class WebUIClient:
                     break
             except httpx.TimeoutException as e:  # read/pool timeout: no retry
                 raise WebUITimeout(
-                    f"{what} timed out ({type(e).__name__}, {_timeout_of(e, timeout)})",
+                    f"{what} timed out ({type(e).__name__}, {timeout_text(e, timeout)})",
                     hint="the WebUI is busy or hung; raise the timeouts in the instance config "
                     "if it is just slow",
                     instance=self.label,
                 ) from e
             except httpx.TransportError as e:  # proxy/protocol/unsupported: not retryable
                 raise WebUIUnreachable(
-                    f"{what} failed: {_describe(e)}",
+                    f"{what} failed: {describe_transport_error(e)}",
                     hint=f"check that {self.url} is a running WebUI",
                     instance=self.label,
                 ) from e
             else:
                 _log_response(self.label, method, path, resp)
-                self._raise_for_status(resp, method, path, what)
+                raise_for_status(
+                    resp,
+                    method=method,
+                    path=path,
+                    what=what,
+                    instance=self.label,
+                    url=self.url,
+                    user=self._user,
+                )
                 return resp
             if attempt + 1 < tries:
                 delay = self.retry.delay(attempt)
@@ -457,7 +459,7 @@ class WebUIClient:
                     "%s: %s failed (%s); retry %d/%d in %.1f s",
                     self.label,
                     what,
-                    _describe(last),
+                    describe_transport_error(last),
                     attempt + 1,
                     tries - 1,
                     delay,
@@ -466,14 +468,15 @@ class WebUIClient:
         assert last is not None
         if sent:
             raise WebUIUnreachable(
-                f"{what}: the connection dropped before an answer ({_describe(last)})",
+                f"{what}: the connection dropped before an answer "
+                f"({describe_transport_error(last)})",
                 hint="the WebUI may have crashed or restarted; check its console"
                 + ("" if idempotent else "; the job may still be running there"),
                 instance=self.label,
                 request_sent=True,
             ) from last
         raise WebUIUnreachable(
-            f"cannot reach {self.url} for {what}: {_describe(last)}"
+            f"cannot reach {self.url} for {what}: {describe_transport_error(last)}"
             + (f" ({tries} attempts)" if tries > 1 else ""),
             hint="start the WebUI (with --api) and check the URL and port; for a remote "
             "machine the WebUI needs --listen",
@@ -539,54 +542,11 @@ class WebUIClient:
 
     # --- answers ----------------------------------------------------------------------------
     def _parse(self, resp: httpx.Response, model: type[M] | TypeAdapter[M], what: str) -> M:
-        try:
-            data = resp.json()
-        except ValueError:
-            raise WebUIBadResponse(
-                f"{what}: the answer is not JSON ({resp.status_code}, "
-                f"{resp.headers.get('content-type', 'no content type')}: "
-                f"{_clip(resp.text, 120)!r})",
-                hint=f"is {self.url} an AUTOMATIC1111 WebUI? a proxy or another program may "
-                "answer on that port",
-                instance=self.label,
-            ) from None
-        try:
-            if isinstance(model, TypeAdapter):
-                return model.validate_python(data)
-            assert issubclass(model, BaseModel)
-            return model.model_validate(data)  # type: ignore[return-value]
-        except ValidationError as e:
-            first = e.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"]) or "answer"
-            raise WebUIBadResponse(
-                f"{what}: unexpected answer ({loc}: {first['msg']})",
-                hint="this WebUI version answers differently than autombw expects; check that "
-                "the WebUI and the bridge extension are up to date",
-                instance=self.label,
-            ) from e
+        return parse_answer(resp, model, what=what, instance=self.label, url=self.url)
 
     def _decode_txt2img(self, resp: httpx.Response, elapsed: float) -> Txt2ImgResult:
         raw = self._parse(resp, Txt2ImgResponse, "txt2img")
-        info = _parse_info(raw.info, self.label)
-        decoded = [
-            decode_b64_image(b64, what=f"txt2img image {i}", instance=self.label)
-            for i, b64 in enumerate(raw.images or [])
-        ]
-        first = info.get("index_of_first_image", 0)
-        first = first if isinstance(first, int) and 0 <= first <= len(decoded) else 0
-        seeds = info.get("all_seeds")
-        count = len(seeds) if isinstance(seeds, list) and seeds else len(decoded) - first
-        picked = decoded[first : first + count]
-        extra = decoded[:first] + decoded[first + count :]
-        return Txt2ImgResult(
-            images=[img for img, _, _ in picked],
-            raw_images=[data for _, data, _ in picked],
-            formats=[fmt for _, _, fmt in picked],
-            info=info,
-            parameters=dict(raw.parameters),
-            extra_images=[img for img, _, _ in extra],
-            elapsed_s=elapsed,
-        )
+        return decode_txt2img(raw, instance=self.label, elapsed=elapsed)
 
     def _check_sampler(self, body: Mapping[str, Any], result: Txt2ImgResult) -> None:
         """A1111 silently falls back to another sampler for an unknown name: say so once."""
@@ -604,80 +564,6 @@ class WebUIClient:
                 used,
             )
 
-    def _raise_for_status(self, resp: httpx.Response, method: str, path: str, what: str) -> None:
-        if resp.is_success:
-            return
-        status = resp.status_code
-        try:
-            body: Any = resp.json()
-        except ValueError:
-            body = None
-        detail = _error_text(body, resp.text)
-        common = {"instance": self.label, "method": method, "path": path, "detail": detail}
-        if status == 401:
-            who = (
-                f"the credentials of user {self._user!r} were rejected"
-                if self._user is not None
-                else "the instance wants a user name and password"
-            )
-            raise WebUIAuthError(
-                f"{what} refused (401 Unauthorized): {who}",
-                hint="the WebUI runs with --api-auth user:password; set the instance's "
-                "credentials through the environment variables named in the config",
-                status_code=401,
-                **common,
-            )
-        if status == 404 and _route_missing(body):
-            if ep.is_sdapi(path):
-                raise ApiNotEnabled(
-                    f"{path} not found (404): the WebUI's API is off",
-                    hint="start the WebUI with --api (add it to COMMANDLINE_ARGS in "
-                    "webui-user.sh / webui-user.bat)",
-                    status_code=404,
-                    **common,
-                )
-            if ep.is_bridge(path):
-                raise BridgeMissing(
-                    f"{path} not found (404): the autombw bridge extension is not installed",
-                    hint="run `autombw webui install-extension WEBUI_DIR` and restart the WebUI",
-                    status_code=404,
-                    **common,
-                )
-            raise WebUIHTTPError(
-                f"{path} not found (404)",
-                hint=f"is {self.url} an AUTOMATIC1111 WebUI (1.6 or newer)?",
-                status_code=404,
-                **common,
-            )
-        if status == 422:
-            fields = _field_errors(body)
-            listed = "; ".join(str(f) for f in fields) or detail
-            raise WebUIValidationError(
-                f"{what} rejected (422): {listed}",
-                hint="fix these fields" + (" in the payload file" if path == ep.TXT2IMG else ""),
-                fields=fields,
-                **common,
-            )
-        if status >= 500:
-            error_type = str(body.get("error") or "") if isinstance(body, dict) else ""
-            raise WebUIServerError(
-                f"{what} failed on the server ({status}): {detail or 'no error text'}",
-                error_type=error_type,
-                status_code=status,
-                hint="the GPU ran out of memory: lower width/height/batch_size or the hires-fix "
-                "scale, or start the WebUI with --medvram"
-                if is_out_of_memory(f"{error_type} {detail}")
-                else "the WebUI console shows the full traceback",
-                **common,
-            )
-        server_hint = body.get("hint") if isinstance(body, dict) else None
-        raise WebUIHTTPError(
-            f"{what} refused ({status}): {detail or resp.reason_phrase}",
-            hint=server_hint if isinstance(server_hint, str) and server_hint else None,
-            status_code=status,
-            **common,
-        )
-
 
 # --- helpers ----------------------------------------------------------------------------------
 def _pick_checkpoint(name: str, models: list[SDModel], label: str) -> SDModel | None:
@@ -693,110 +579,6 @@ def _pick_checkpoint(name: str, models: list[SDModel], label: str) -> SDModel | 
             instance=label,
         )
     return matching[0] if matching else None
-
-
-def _route_missing(body: Any) -> bool:
-    """A 404 of the router itself (``{"detail": "Not Found"}`` or not JSON), as opposed to a
-    route's own 404 (A1111 answers those with an ``error`` field, the bridge with its text)."""
-    if body is None:
-        return True
-    return isinstance(body, dict) and set(body) == {"detail"} and body["detail"] == "Not Found"
-
-
-def _error_text(body: Any, text: str) -> str:
-    """The server's words: A1111's ``{error, detail, body, errors}`` or FastAPI's ``detail``."""
-    if isinstance(body, dict):
-        detail = body.get("detail")
-        errors = body.get("errors")
-        error = body.get("error")
-        msg = ""
-        if isinstance(detail, str) and detail:
-            msg = detail
-        elif isinstance(errors, str) and errors:
-            msg = errors
-        elif detail:
-            msg = json.dumps(detail)
-        elif errors:
-            msg = json.dumps(errors)
-        if isinstance(error, str) and error and error != "HTTPException":
-            msg = f"{error}: {msg}" if msg else error
-        return _clip(msg, _DETAIL_MAX)
-    return _clip(text.strip(), _DETAIL_MAX)
-
-
-def _field_errors(body: Any) -> tuple[FieldError, ...]:
-    """FastAPI's 422 ``detail`` list (pydantic 1 or 2 shape) as dotted field paths."""
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if not isinstance(detail, list):
-        return ()
-    out = []
-    for item in detail:
-        if not isinstance(item, dict):
-            continue
-        loc = [str(p) for p in item.get("loc", [])]
-        if loc and loc[0] in ("body", "query", "path"):
-            loc = loc[1:]
-        msg = str(item.get("msg", "invalid"))
-        if "input" in item and not isinstance(item["input"], dict | list):
-            msg += f" (got {item['input']!r})"
-        out.append(FieldError(".".join(loc), msg))
-    return tuple(out)
-
-
-def _parse_info(info: str | dict[str, Any], label: str) -> dict[str, Any]:
-    if isinstance(info, dict):
-        return info
-    if not info:
-        return {}
-    try:
-        parsed = json.loads(info)
-    except ValueError as e:
-        raise WebUIBadResponse(
-            f"txt2img: 'info' is not JSON ({e})",
-            hint="an extension may have altered the API answer",
-            instance=label,
-        ) from e
-    return parsed if isinstance(parsed, dict) else {}
-
-
-def _describe(e: BaseException | None) -> str:
-    """A short, user-facing cause of a transport error (walks the exception chain)."""
-    if e is None:
-        return "unknown error"
-    seen: set[int] = set()
-    cur: BaseException | None = e
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(cur, ConnectionResetError):
-            return "connection reset"
-        if isinstance(cur, socket.gaierror):
-            return f"host name not found ({cur.strerror})"
-        cur = cur.__cause__ or cur.__context__
-    text = str(e) or type(e).__name__
-    low = text.lower()
-    if "refused" in low:
-        return "connection refused"
-    if "reset" in low:
-        return "connection reset"
-    if "disconnected" in low or "incomplete" in low:
-        return "the server closed the connection"
-    return _clip(text, 200)
-
-
-def _timeout_of(e: httpx.TimeoutException, timeout: httpx.Timeout) -> str:
-    if isinstance(e, httpx.ReadTimeout):
-        return f"no answer within {timeout.read:g} s"
-    if isinstance(e, httpx.PoolTimeout):
-        return f"no free connection within {timeout.pool:g} s"
-    if isinstance(e, httpx.WriteTimeout):
-        return f"sending took over {timeout.write:g} s"
-    return "timed out"
-
-
-def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _log_response(label: str, method: str, path: str, resp: httpx.Response) -> None:

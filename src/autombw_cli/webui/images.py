@@ -10,11 +10,14 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import struct
+from typing import Any
 
 from PIL import Image
 
 from autombw_cli.webui.errors import WebUIBadResponse
+from autombw_cli.webui.models import Txt2ImgResponse, Txt2ImgResult
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PNG_IEND = b"IEND\xaeB`\x82"
@@ -103,3 +106,48 @@ def decode_b64_image(
     data = decode_base64(text, what=what, instance=instance)
     img, fmt = decode_image(data, what=what, instance=instance)
     return img, data, fmt
+
+
+def decode_txt2img(
+    raw: Txt2ImgResponse, *, instance: str | None = None, elapsed: float = 0.0
+) -> Txt2ImgResult:
+    """Decode every image of a txt2img answer and keep the generated ones (see
+    ``Txt2ImgResult``): a batch grid sits before ``index_of_first_image``, extension extras
+    (ControlNet maps...) after the ``len(all_seeds)`` generated images."""
+    info = parse_info(raw.info, instance)
+    decoded = [
+        decode_b64_image(b64, what=f"txt2img image {i}", instance=instance)
+        for i, b64 in enumerate(raw.images or [])
+    ]
+    first = info.get("index_of_first_image", 0)
+    first = first if isinstance(first, int) and 0 <= first <= len(decoded) else 0
+    seeds = info.get("all_seeds")
+    count = len(seeds) if isinstance(seeds, list) and seeds else len(decoded) - first
+    picked = decoded[first : first + count]
+    extra = decoded[:first] + decoded[first + count :]
+    return Txt2ImgResult(
+        images=[img for img, _, _ in picked],
+        raw_images=[data for _, data, _ in picked],
+        formats=[fmt for _, _, fmt in picked],
+        info=info,
+        parameters=dict(raw.parameters),
+        extra_images=[img for img, _, _ in extra],
+        elapsed_s=elapsed,
+    )
+
+
+def parse_info(info: str | dict[str, Any], instance: str | None) -> dict[str, Any]:
+    """txt2img's ``info``: a JSON string (a dict in some forks)."""
+    if isinstance(info, dict):
+        return info
+    if not info:
+        return {}
+    try:
+        parsed = json.loads(info)
+    except ValueError as e:
+        raise WebUIBadResponse(
+            f"txt2img: 'info' is not JSON ({e})",
+            hint="an extension may have altered the API answer",
+            instance=instance,
+        ) from e
+    return parsed if isinstance(parsed, dict) else {}
