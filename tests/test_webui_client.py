@@ -387,8 +387,12 @@ async def test_unknown_sampler_fallback_is_warned(caplog: pytest.LogCaptureFixtu
 
     with caplog.at_level(logging.WARNING, logger="autombw_cli.webui.client"):
         async with client(handler) as c:
+            await c.txt2img({"sampler_name": "Euler Karras"})  # scheduler split off: fine
+            assert "unknown" not in caplog.text
+            await c.txt2img({"sampler_name": "DPM++ 9M"})
             await c.txt2img({"sampler_name": "DPM++ 9M"})
     assert "'DPM++ 9M' is unknown" in caplog.text
+    assert caplog.text.count("is unknown") == 1  # once per client and sampler
 
 
 async def test_one_generation_in_flight_per_client() -> None:

@@ -549,10 +549,11 @@ class WebUIClient:
         return decode_txt2img(raw, instance=self.label, elapsed=elapsed)
 
     def _check_sampler(self, body: Mapping[str, Any], result: Txt2ImgResult) -> None:
-        """A1111 silently falls back to another sampler for an unknown name: say so once."""
+        """A1111 silently falls back to another sampler for an unknown name: say so once.
+        (1.9+ reports "DPM++ 2M" for "DPM++ 2M Karras", scheduler split off: not a fallback.)"""
         asked = body.get("sampler_name") or body.get("sampler_index")
         used = result.info.get("sampler_name")
-        if not asked or not used or str(asked).lower() == str(used).lower():
+        if not asked or not used or str(asked).lower().startswith(str(used).lower()):
             return
         if asked not in self._warned_sampler:
             self._warned_sampler.add(str(asked))
