@@ -146,25 +146,41 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "recipe JSON") -> Recipe:
+        def text_field(key: str, default: str | None = None) -> str:
+            if key not in data:
+                if default is None:
+                    raise JournalError(f"{source}: missing field {key!r}")
+                return default
+            value = data[key]
+            if not isinstance(value, str):
+                raise JournalError(f"{source}: field {key!r} must be a string, got {value!r:.40}")
+            return value
+
+        raw_weights = data.get("weights")
+        if not isinstance(raw_weights, dict):
+            if "weights" not in data:
+                raise JournalError(f"{source}: missing field 'weights'")
+            raise JournalError(
+                f"{source}: field 'weights' must be an object {{slot: number}}, "
+                f"got {type(raw_weights).__name__}"
+            )
         try:
             arch = Arch(data.get("arch", "sd1"))
-            weights = Weights.from_mapping(arch, data["weights"])
+            weights = Weights.from_mapping(arch, raw_weights)
             te = data.get("text_encoder_weight")
             if te is not None:
                 weights = Weights(arch, weights.values, float(te))
             return cls(
-                model_a=str(data["model_a"]),
-                model_b=str(data["model_b"]),
-                output_name=str(data.get("output_name", "")),
+                model_a=text_field("model_a"),
+                model_b=text_field("model_b"),
+                output_name=text_field("output_name", ""),
                 weights=weights,
-                position_id_fix=str(data.get("position_id_fix", "Keep Original")),
-                output_mode=str(data.get("output_mode", "Max Precision")),
+                position_id_fix=text_field("position_id_fix", "Keep Original"),
+                output_mode=text_field("output_mode", "Max Precision"),
             )
-        except KeyError as exc:
-            raise JournalError(f"{source}: missing field {exc.args[0]!r}") from None
-        except (TypeError, ValueError, AttributeError) as exc:
-            if isinstance(exc, WeightsError):
-                raise JournalError(f"{source}: {exc.message}") from exc
+        except WeightsError as exc:
+            raise JournalError(f"{source}: {exc.message}", hint=exc.hint) from exc
+        except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:
             raise JournalError(f"{source}: {exc}") from exc
 
     @classmethod
@@ -173,6 +189,8 @@ class Recipe:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise JournalError(f"{source}: not valid JSON ({exc})") from None
+        except (RecursionError, ValueError) as exc:  # too deeply nested / too long an integer
+            raise JournalError(f"{source}: not usable JSON ({exc})") from None
         if not isinstance(data, dict):
             raise JournalError(f"{source}: expected a JSON object")
         return cls.from_dict(data, source=source)
