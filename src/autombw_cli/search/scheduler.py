@@ -51,8 +51,9 @@ class InstanceClient(Protocol):
 
     async def ensure_merge_live(self, merge_id: str) -> Any: ...  # raises MergeLost
 
-    async def bridge_merge(self, model_a: str, model_b: str, weights: Weights, **kw: Any) -> Any:
-        ...  # .merge_id
+    async def bridge_merge(
+        self, model_a: str, model_b: str, weights: Weights, **kw: Any
+    ) -> Any: ...  # .merge_id
 
     async def txt2img(self, body: dict[str, Any]) -> Any: ...  # .images, .raw_images
 
@@ -298,9 +299,7 @@ class Scheduler:
         healthy = [i for i in self.instances if not i.parked]
         for pos, job in enumerate(self._retries):
             # another instance first; the same one only when it is the only one left
-            if inst.label not in job.failed_on or all(
-                i.label in job.failed_on for i in healthy
-            ):
+            if inst.label not in job.failed_on or all(i.label in job.failed_on for i in healthy):
                 return self._retries.pop(pos)
         return None
 
@@ -407,9 +406,7 @@ class Scheduler:
             for spec in self.prompts:
                 result = await inst.client.txt2img(spec.body)
                 seeds = list(getattr(result, "seeds", []) or [])
-                for k, (img, raw) in enumerate(
-                    zip(result.images, result.raw_images, strict=True)
-                ):
+                for k, (img, raw) in enumerate(zip(result.images, result.raw_images, strict=True)):
                     seed = seeds[k] if k < len(seeds) else None
                     images.append(RenderedImage(spec, img, raw, seed))
             # a WebUI that reloaded its checkpoint mid-way rendered A, not this merge

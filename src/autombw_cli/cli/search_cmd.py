@@ -1,0 +1,144 @@
+"""`autombw search CONFIG` (run or resume a search) and `autombw doctor CONFIG`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from autombw_cli.cli._app import app
+from autombw_cli.errors import ConfigError
+
+EXIT_INTERRUPTED = 130
+
+
+@app.command("search")
+def search_command(
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="The search config (YAML). Not needed with --resume."),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume", help="Continue the run in this folder (runs/<name>-<time>). Default: off."
+        ),
+    ] = None,
+    plain: Annotated[
+        bool,
+        typer.Option("--plain", help="One line per evaluation instead of the live display."),
+    ] = False,
+    json_log: Annotated[
+        Path | None,
+        typer.Option("--json-log", help="Also write every event as a JSON line to FILE."),
+    ] = None,
+    max_evaluations: Annotated[
+        int | None,
+        typer.Option(
+            "--max-evaluations", min=1, help="Cap the evaluations (default: the config's)."
+        ),
+    ] = None,
+    warm_start: Annotated[
+        Path | None,
+        typer.Option(
+            "--warm-start",
+            help="Seed the optimizer with a history CSV (ours or auto-MBW-rt's). Default: none.",
+        ),
+    ] = None,
+) -> None:
+    """Search the best block weights: merge, render, score, repeat; resumable.
+
+    Exit codes: 0 done, 2 config error, 3 every WebUI instance down, 130 interrupted.
+    """
+    from autombw_cli.search.run import Run
+
+    if (config is None) == (resume is None):
+        raise ConfigError(
+            "give either a CONFIG file or --resume RUN_DIR",
+            hint="e.g. `autombw search configs/quickstart.yaml`",
+        )
+    if resume is not None:
+        if warm_start is not None:
+            raise ConfigError("--warm-start only applies to a new run, not to --resume")
+        run = Run.resume(resume, max_evaluations=max_evaluations)
+    else:
+        from autombw_cli.config import load_config
+
+        assert config is not None
+        cfg = load_config(config)
+        run = Run.create(cfg, max_evaluations=max_evaluations, warm_start=warm_start)
+    code = _execute(run, plain=plain, json_log=json_log)
+    raise typer.Exit(code)
+
+
+def _execute(run: object, *, plain: bool, json_log: Path | None) -> int:
+    from autombw_cli.report.progress import JsonLog, LiveDisplay, PlainPrinter
+    from autombw_cli.search.events import fan_out
+
+    err = Console(stderr=True)
+    live = not plain and sys.stdout.isatty() and err.is_terminal
+    sinks: list = []
+    display = LiveDisplay(err) if live else None
+    sinks.append(display if display is not None else PlainPrinter(sys.stdout))
+    jlog = JsonLog(json_log) if json_log is not None else None
+    if jlog is not None:
+        sinks.append(jlog)
+    try:
+        result = asyncio.run(run.execute(fan_out(sinks)))  # type: ignore[attr-defined]
+    except asyncio.CancelledError:
+        err.print(
+            f"[bold red]aborted.[/] The journal is intact; continue with "
+            f"`autombw search --resume {run.run_dir}`"  # type: ignore[attr-defined]
+        )
+        return EXIT_INTERRUPTED
+    finally:
+        if display is not None:
+            display.close()
+        if jlog is not None:
+            jlog.close()
+    best = "none" if result.best is None else f"{result.best.score:.4f} (#{result.best.number})"
+    print(f"{result.reason.value}: {result.done} evaluations, best {best}; {result.run_dir}")
+    if "recipe" in result.outputs:
+        print(f"best recipe: {result.outputs['recipe']}")
+    return result.exit_code
+
+
+@app.command("doctor")
+def doctor_command(
+    config: Annotated[Path, typer.Argument(help="The search config (YAML).")],
+) -> None:
+    """Check every WebUI instance of a config (and the scorer) without searching."""
+    from autombw_cli.config import load_config
+    from autombw_cli.search.instances import doctor
+    from autombw_cli.search.run import expand_prompts
+
+    cfg = load_config(config)
+    report = asyncio.run(doctor(cfg, expand_prompts(cfg)))
+    table = Table(title="WebUI instances")
+    for col in ("instance", "URL", "WebUI", "bridge", "GPU memory", "models", "state"):
+        table.add_column(col)
+    for r in report.instances:
+        style = "green" if r.ok else "red"
+        table.add_row(
+            r.label,
+            r.url,
+            r.webui_version or "-",
+            r.bridge_version or "-",
+            r.gpu_memory or "-",
+            r.models_found,
+            f"[{style}]{r.state}[/]",
+        )
+    out = Console()
+    out.print(table)
+    if report.scorer_problem:
+        out.print(f"[red]scorer {report.scorer_name}: {report.scorer_problem}[/]")
+    else:
+        out.print(f"scorer {report.scorer_name}: [green]loads[/]")
+    for p in report.problems():
+        out.print(f"[red]-[/] {p}")
+    raise typer.Exit(0 if report.ok else 3)

@@ -1,0 +1,181 @@
+"""The files a run leaves behind: ``summary.json``, the best recipe, plots and best images.
+
+Every function takes plain values and writes atomically; nothing here changes search state.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autombw_cli.atomic import atomic_write_bytes, atomic_write_text
+from autombw_cli.blocks import Arch, Ordering, Weights, format_weight
+from autombw_cli.recipe import Recipe, write_recipe_files
+
+SUMMARY_FILE = "summary.json"
+BEST_IMAGES_DIR = "best-images"
+PLOTS_DIR = "plots"
+TOP_K = 5
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    """One completed evaluation as the report sees it."""
+
+    number: int
+    pass_index: int
+    score: float
+    weights: Weights
+    instance: str = ""
+    payload_scores: Mapping[str, float] = field(default_factory=dict)
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True)
+class BestImage:
+    """One image of the best evaluation: its bytes as the WebUI sent them and its prompt."""
+
+    payload_name: str
+    index: int
+    image_index: int
+    prompt: str
+    negative_prompt: str
+    seed: int | None
+    raw: bytes
+    raw_score: float
+
+
+def image_extension(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "png"
+    if data.startswith(b"\xff\xd8"):
+        return "jpg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return "bin"
+
+
+def top_k(records: Sequence[EvaluationRecord], k: int = TOP_K) -> list[EvaluationRecord]:
+    """The ``k`` best evaluations, best first (ties: the earlier evaluation)."""
+    return sorted(records, key=lambda r: (-r.score, r.number))[:k]
+
+
+def best_recipe(best: EvaluationRecord, *, model_a: str, model_b: str, output: str) -> Recipe:
+    return Recipe(model_a=model_a, model_b=model_b, output_name=output, weights=best.weights)
+
+
+def write_best_recipe(recipe: Recipe, run_dir: Path) -> tuple[Path, Path]:
+    """``<output>.recipe.txt`` + ``.recipe.json`` in the run folder."""
+    return write_recipe_files(recipe, run_dir / recipe.output_name)
+
+
+def write_best_images(images: Sequence[BestImage], folder: Path) -> list[Path]:
+    """The best evaluation's images, one file each, plus ``prompts.txt`` naming their prompts."""
+    written: list[Path] = []
+    lines = []
+    for img in images:
+        stem = _safe(f"{img.payload_name}-{img.index:02d}-{img.image_index}")
+        name = f"{stem}.{image_extension(img.raw)}"
+        written.append(atomic_write_bytes(folder / name, img.raw))
+        lines.append(
+            f"{name}\tscore={img.raw_score:.6g}\tseed={img.seed}\tprompt={img.prompt}"
+            f"\tnegative={img.negative_prompt}"
+        )
+    if images:
+        written.append(atomic_write_text(folder / "prompts.txt", "\n".join(lines) + "\n"))
+    return written
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^\w.+-]", "_", name)
+
+
+def build_summary(
+    *,
+    name: str,
+    run_dir: Path,
+    reason: str,
+    exit_code: int,
+    records: Sequence[EvaluationRecord],
+    budget: int | None,
+    elapsed_s: float,
+    failed: int,
+    instances: Mapping[str, Mapping[str, Any]],
+    model_a: str,
+    model_b: str,
+    arch: Arch,
+    outputs: Mapping[str, str],
+    passes: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """The JSON-able summary of a run (pure)."""
+    best = top_k(records, 1)
+    best_entry: dict[str, Any] | None = None
+    if best:
+        b = best[0]
+        best_entry = {
+            "number": b.number,
+            "pass": b.pass_index,
+            "score": b.score,
+            "instance": b.instance,
+            "payload_scores": dict(b.payload_scores),
+            "weights": b.weights.to_dict(),
+            "recipe_line": ",".join(format_weight(v) for v in b.weights.to_list(Ordering.RECIPE)),
+            "nat_line": ",".join(format_weight(v) for v in b.weights.to_list(Ordering.NAT)),
+            "found_after": sum(1 for r in records if r.number <= b.number),
+        }
+    return {
+        "name": name,
+        "run_dir": str(run_dir),
+        "stop_reason": reason,
+        "exit_code": exit_code,
+        "models": {"a": model_a, "b": model_b, "arch": arch.value},
+        "evaluations": len(records),
+        "failed_evaluations": failed,
+        "budget": budget,
+        "elapsed_s": round(elapsed_s, 3),
+        "best": best_entry,
+        "top": [
+            {"number": r.number, "score": r.score, "weights": r.weights.to_dict()}
+            for r in top_k(records)
+        ],
+        "passes": list(passes),
+        "instances": {k: dict(v) for k, v in instances.items()},
+        "outputs": dict(outputs),
+    }
+
+
+def write_summary(summary: Mapping[str, Any], run_dir: Path) -> Path:
+    return atomic_write_text(
+        run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n"
+    )
+
+
+def write_plots(records: Sequence[EvaluationRecord], arch: Arch, run_dir: Path) -> list[Path]:
+    """Score per evaluation, the best weights over the UNet, the top-k weights."""
+    from autombw_cli.report import plots
+
+    if not records:
+        return []
+    folder = run_dir / PLOTS_DIR
+    ordered = sorted(records, key=lambda r: r.number)
+    best = top_k(records, 1)[0]
+    return [
+        plots.plot_scores(
+            [r.number for r in ordered], [r.score for r in ordered], folder / "scores.png"
+        ),
+        plots.plot_weights(
+            arch,
+            best.weights.to_dict(),
+            folder / "best-weights.png",
+            title=f"Best weights (#{best.number}, score {best.score:.4f})",
+        ),
+        plots.plot_top_k(
+            arch,
+            [(r.number, r.score, r.weights.to_dict()) for r in top_k(records)],
+            folder / "top-k.png",
+        ),
+    ]

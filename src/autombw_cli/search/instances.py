@@ -1,0 +1,107 @@
+"""The WebUI instances of a run: start simulated ones when the config asks, open one client per
+instance, run the preflight and load the scorer.
+
+Everything opened here is registered on the caller's ``AsyncExitStack``, so the run closes
+clients and stops simulators however it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autombw_cli.search.preflight import PreflightReport, required_samplers, run_preflight
+from autombw_cli.search.scheduler import PromptSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    label: str
+    url: str
+    client: Any  # webui.client.WebUIClient
+    simulated: bool = False
+
+
+async def open_instances(
+    config: Any, stack: contextlib.AsyncExitStack, *, run_dir: Path | None = None
+) -> list[Endpoint]:
+    """Clients for every instance of ``config`` (starting simulators for ``simulate: N``)."""
+    from autombw_cli.webui.client import WebUIClient
+
+    endpoints: list[Endpoint] = []
+    if config.simulated:
+        sims = config.instances
+        for i in range(sims.simulate):
+            handle = await asyncio.to_thread(_start_simulator, config, i, run_dir)
+            stack.callback(handle.stop)
+            label = f"sim{i + 1}"
+            client = WebUIClient(handle.url, label=label)
+            await stack.enter_async_context(client)
+            endpoints.append(Endpoint(label, handle.url, client, simulated=True))
+        return endpoints
+    for inst in config.instances:
+        auth = inst.auth.resolve(instance=inst.name) if inst.auth else None
+        client = WebUIClient(inst.url, auth=auth, label=inst.name)
+        await stack.enter_async_context(client)
+        endpoints.append(Endpoint(inst.name, inst.url, client))
+    return endpoints
+
+
+def _start_simulator(config: Any, index: int, run_dir: Path | None) -> Any:
+    from autombw_cli.sim.server import start_simulator_in_thread
+
+    sims = config.instances
+    options = dict(sims.options)
+    return start_simulator_in_thread(
+        port=0,
+        arch=config.models.arch,
+        latency_per_image=sims.latency,
+        **options,
+    )
+
+
+async def load_scorer(config: Any) -> Any:
+    from autombw_cli.scoring.registry import create_scorer
+
+    return await asyncio.to_thread(create_scorer, config.scorer)
+
+
+async def preflight(
+    config: Any,
+    endpoints: Sequence[Endpoint],
+    prompts: Sequence[PromptSpec],
+    *,
+    with_scorer: bool = True,
+) -> tuple[PreflightReport, Any]:
+    return await run_preflight(
+        [(e.label, e.url, e.client) for e in endpoints],
+        model_a=config.models.a,
+        model_b=config.models.b,
+        samplers=required_samplers([p.body for p in prompts]),
+        load_scorer=(lambda: load_scorer(config)) if with_scorer else None,
+        scorer_name=config.scorer.name,
+    )
+
+
+async def preflight_and_scorer(
+    config: Any, endpoints: Sequence[Endpoint], prompts: Sequence[PromptSpec]
+) -> Any:
+    """Run the preflight; raise with every problem at once, or return the loaded scorer."""
+    report, scorer = await preflight(config, endpoints, prompts)
+    report.raise_if_failed()
+    return scorer
+
+
+async def doctor(config: Any, prompts: Sequence[PromptSpec]) -> PreflightReport:
+    """The preflight alone (``autombw doctor``)."""
+    async with contextlib.AsyncExitStack() as stack:
+        endpoints = await open_instances(config, stack)
+        report, _ = await preflight(config, endpoints, prompts)
+        return report

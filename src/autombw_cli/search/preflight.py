@@ -1,0 +1,273 @@
+"""Preflight: check every instance (and the scorer) before the first evaluation, reporting every
+problem at once instead of failing on the first.
+
+Per instance: reachable, API enabled (``--api``), credentials accepted, bridge installed with
+this autombw's version, models A and B listed, the payloads' samplers known; GPU memory and
+versions for ``autombw doctor``. The scorer check is a callable that loads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from autombw_cli.errors import AutombwError, WebUIError
+
+
+@dataclass(frozen=True)
+class InstanceReport:
+    label: str
+    url: str
+    reachable: bool = False
+    webui_version: str | None = None
+    bridge_version: str | None = None
+    gpu_memory: str | None = None
+    models_found: str = "-"
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def state(self) -> str:
+        if not self.reachable:
+            return "unreachable"
+        return "ready" if self.ok else "problem"
+
+
+@dataclass(frozen=True)
+class PreflightReport:
+    instances: tuple[InstanceReport, ...]
+    scorer_problem: str | None = None
+    scorer_name: str = ""
+    extra: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return all(i.ok for i in self.instances) and self.scorer_problem is None
+
+    def problems(self) -> list[str]:
+        out = [f"{i.label} ({i.url}): {p}" for i in self.instances for p in i.problems]
+        if self.scorer_problem:
+            out.append(f"scorer {self.scorer_name}: {self.scorer_problem}")
+        out.extend(self.extra)
+        return out
+
+    def raise_if_failed(self) -> None:
+        if self.ok:
+            return
+        problems = self.problems()
+        lines = "\n".join(f"  - {p}" for p in problems)
+        err: type[AutombwError] = WebUIError
+        if all(not i.problems for i in self.instances):
+            from autombw_cli.errors import ScorerError
+
+            err = ScorerError
+        raise err(
+            f"preflight found {len(problems)} problem(s):\n{lines}",
+            hint="`autombw doctor CONFIG` shows the state of every instance",
+        )
+
+
+def expected_bridge_version() -> str:
+    try:
+        from autombw_cli.webui import bridge
+
+        version = getattr(bridge, "BRIDGE_VERSION", None)
+        if version:
+            return str(version)
+    except ImportError:
+        pass
+    from autombw_cli import __version__
+
+    return __version__
+
+
+def required_samplers(bodies: Sequence[dict[str, Any]]) -> set[str]:
+    out = set()
+    for body in bodies:
+        for key in ("sampler_name", "sampler_index"):
+            if body.get(key):
+                out.add(str(body[key]))
+    return out
+
+
+async def check_instance(
+    client: Any,
+    *,
+    label: str,
+    url: str,
+    model_a: str,
+    model_b: str,
+    samplers: set[str],
+    bridge_version: str | None = None,
+) -> InstanceReport:
+    """Every check of one instance; problems are collected, not raised."""
+    from autombw_cli.webui.errors import (
+        ApiNotEnabled,
+        BridgeMissing,
+        WebUIAuthError,
+    )
+
+    problems: list[str] = []
+    info: dict[str, Any] = {"label": label, "url": url}
+    try:
+        await client.ping()
+    except WebUIError as exc:
+        return InstanceReport(**info, problems=(f"unreachable: {exc.message}",))
+    info["reachable"] = True
+    api_ok = True
+    try:
+        await client.get_options()
+    except WebUIAuthError:
+        problems.append("credentials missing or rejected (HTTP 401); check instances[].auth")
+        api_ok = False
+    except ApiNotEnabled:
+        problems.append("the API is not enabled: start the WebUI with --api")
+        api_ok = False
+    except WebUIError as exc:
+        problems.append(f"options: {exc.message}")
+        api_ok = False
+    info["webui_version"] = await _webui_version(client)
+    try:
+        status = await client.bridge_status()
+        info["bridge_version"] = status.version
+        want = bridge_version or expected_bridge_version()
+        if status.version != want:
+            problems.append(
+                f"bridge version {status.version} does not match autombw {want}: run "
+                "`autombw webui install-extension WEBUI_DIR` and restart the WebUI"
+            )
+    except BridgeMissing:
+        problems.append(
+            "the autombw bridge is not installed: run `autombw webui install-extension "
+            "WEBUI_DIR` and restart the WebUI"
+        )
+    except WebUIError as exc:
+        problems.append(f"bridge status: {exc.message}")
+    if api_ok:
+        await _check_models(client, model_a, model_b, info, problems)
+        await _check_samplers(client, samplers, problems)
+        info["gpu_memory"] = await _gpu_memory(client)
+    return InstanceReport(**info, problems=tuple(problems))
+
+
+async def _webui_version(client: Any) -> str | None:
+    getter = getattr(client, "webui_version", None)
+    if getter is None:
+        return None
+    try:
+        value = await getter()
+    except WebUIError:
+        return None
+    return None if value is None else str(value)
+
+
+async def _check_models(
+    client: Any, model_a: str, model_b: str, info: dict[str, Any], problems: list[str]
+) -> None:
+    try:
+        models = await client.sd_models()
+    except WebUIError as exc:
+        problems.append(f"listing checkpoints: {exc.message}")
+        return
+    found = []
+    for role, name in (("A", model_a), ("B", model_b)):
+        hit = next((m for m in models if m.matches(name)), None)
+        if hit is None:
+            import difflib
+
+            names = sorted({m.model_name for m in models})
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
+            problems.append(
+                f"model {role} {name!r} is not in this WebUI's checkpoint list"
+                + (f" (close: {', '.join(close)})" if close else "")
+            )
+        else:
+            found.append(role)
+    info["models_found"] = "+".join(found) if found else "none"
+
+
+async def _check_samplers(client: Any, samplers: set[str], problems: list[str]) -> None:
+    if not samplers:
+        return
+    try:
+        known_list = await client.samplers()
+    except WebUIError as exc:
+        problems.append(f"listing samplers: {exc.message}")
+        return
+    known = set()
+    for s in known_list:
+        known.add(s.name.lower())
+        known.update(a.lower() for a in s.aliases)
+    for name in sorted(samplers):
+        if name.lower() not in known:
+            problems.append(
+                f"sampler {name!r} is unknown here (the WebUI would silently use another); "
+                f"known: {', '.join(sorted(s.name for s in known_list))}"
+            )
+
+
+async def _gpu_memory(client: Any) -> str | None:
+    try:
+        mem = await client.memory()
+    except WebUIError:
+        return None
+    cuda = mem.cuda or {}
+    system = cuda.get("system") if isinstance(cuda, dict) else None
+    if isinstance(system, dict) and system.get("total"):
+        total = float(system["total"]) / 2**30
+        free = float(system.get("free", 0)) / 2**30
+        return f"{free:.1f}/{total:.1f} GiB free"
+    return None
+
+
+async def run_preflight(
+    instances: Sequence[tuple[str, str, Any]],
+    *,
+    model_a: str,
+    model_b: str,
+    samplers: set[str],
+    load_scorer: Callable[[], Awaitable[Any]] | None = None,
+    scorer_name: str = "",
+) -> tuple[PreflightReport, Any]:
+    """Check all instances concurrently and load the scorer at the same time.
+
+    ``instances`` are (label, url, client). Returns the report and the loaded scorer (None
+    if it failed or was not asked for).
+    """
+    checks = [
+        check_instance(c, label=label, url=url, model_a=model_a, model_b=model_b, samplers=samplers)
+        for label, url, c in instances
+    ]
+    scorer_problem = None
+    scorer = None
+
+    async def scorer_task() -> Any:
+        if load_scorer is None:
+            return None
+        return await load_scorer()
+
+    results = await asyncio.gather(*checks, scorer_task(), return_exceptions=True)
+    reports = []
+    for r, (label, url, _c) in zip(results[:-1], instances, strict=True):
+        if isinstance(r, BaseException):
+            if not isinstance(r, AutombwError):
+                raise r
+            reports.append(InstanceReport(label=label, url=url, problems=(r.message,)))
+        else:
+            reports.append(r)
+    last = results[-1]
+    if isinstance(last, BaseException):
+        if not isinstance(last, AutombwError):
+            raise last
+        scorer_problem = str(last)
+    else:
+        scorer = last
+    return (
+        PreflightReport(tuple(reports), scorer_problem=scorer_problem, scorer_name=scorer_name),
+        scorer,
+    )
