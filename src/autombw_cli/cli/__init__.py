@@ -21,6 +21,7 @@ from autombw_cli.cli import blocks_cmd as _blocks_cmd  # noqa: F401  isort: skip
 from autombw_cli.cli import merge_cmd as _merge_cmd  # noqa: F401  isort: skip
 from autombw_cli.cli import recover_cmd as _recover_cmd  # noqa: F401  isort: skip
 from autombw_cli.cli import weights_cmd as _weights_cmd  # noqa: F401  isort: skip
+from autombw_cli.cli import search_cmd as _search_cmd  # noqa: F401  isort: skip
 
 EXIT_INTERRUPTED = 130
 
