@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from autombw_cli.blocks import (
     Arch,
@@ -13,7 +15,7 @@ from autombw_cli.blocks import (
     layout,
     parse_weights,
 )
-from autombw_cli.errors import ModelMismatchError, WeightsError
+from autombw_cli.errors import AutombwError, ModelMismatchError, WeightsError
 
 FIXTURE_NAT = (
     "0.4,0.9,0.5,0.6,0.5,0.0,0.9,0.9,1.0,0.4,0.3,0.8,0.3,1.0,"
@@ -148,3 +150,71 @@ def test_detect_arch() -> None:
     assert detect_arch(xl) is Arch.SDXL
     with pytest.raises(ModelMismatchError, match="not a Stable Diffusion checkpoint"):
         detect_arch({"foo": (1,)}, source="x.safetensors")
+
+
+# --- property tests and fuzzing -------------------------------------------------------------
+weight_floats = st.floats(min_value=0.0, max_value=1.0, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(list(Arch)), st.data())
+def test_every_ordering_round_trips(arch: Arch, data: st.DataObject) -> None:
+    slots = layout(arch).slots
+    values = data.draw(st.lists(weight_floats, min_size=len(slots), max_size=len(slots)))
+    w = Weights(arch, dict(zip(slots, values, strict=True)))
+    for ordering in (Ordering.NAT, Ordering.RECIPE):
+        text = ",".join(format_weight(v) for v in w.to_list(ordering))
+        assert parse_weights(text, arch, ordering=ordering) == w
+    assert parse_weights(w.to_named_string(), arch) == w
+    # a blocks list loses OUT/TIME_EMBED/LABEL_EMB (they follow OUT11/IN00), nothing else
+    again = parse_weights(",".join(map(format_weight, w.to_list(Ordering.BLOCKS))), arch)
+    assert again.to_list(Ordering.BLOCKS) == w.to_list(Ordering.BLOCKS)
+
+
+weight_tokens = st.sampled_from(
+    (
+        *("0.5", "1", "0", "-0", "1e-3", "2.5", "-1", "1e999", "nan", "inf", "", " ", ".", "-"),
+        *("IN00:", "in5=", "M00:", "OUT:", "TIME_EMBED:", "BASE:", "label_emb:", "IN99:", "::"),
+        *("GRAD_V", "FLAT_25", "x", "e", "1_0", "\u0661.\u0665", "IN\u0661:"),
+    )
+)
+weights_like_text = st.lists(
+    st.tuples(weight_tokens, weight_tokens).map("".join), max_size=30
+).flatmap(lambda parts: st.sampled_from([",", ", ", " ", "\n", ",,"]).map(lambda s: s.join(parts)))
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.one_of(st.text(max_size=120), weights_like_text),
+    st.sampled_from(list(Arch)),
+    st.sampled_from(list(Ordering)),
+    st.booleans(),
+)
+def test_parse_weights_raises_only_project_errors(
+    text: str, arch: Arch, ordering: Ordering, extrapolation: bool
+) -> None:
+    presets = {"GRAD_V": [i / 24 for i in range(25)], "FLAT_25": [0.25] * 25}
+    try:
+        w = parse_weights(
+            text,
+            arch,
+            ordering=ordering,
+            allow_upstream=True,
+            presets=presets,
+            extrapolation=extrapolation,
+            source="fuzz",
+        )
+    except AutombwError as exc:
+        assert exc.message.startswith(("fuzz", "preset "))  # errors name their source
+    else:
+        assert w.arch is arch and len(w) == len(layout(arch).slots)
+        w.check_range(extrapolation=extrapolation)
+
+
+def test_named_string_with_spaces_after_colons() -> None:
+    w = Weights.uniform(Arch.SD1, 0.5, text_encoder=0.2)
+    spaced = w.to_named_string().replace(":", ": ").replace(",", ", ")
+    assert parse_weights(spaced) == w
+    assert parse_weights(w.to_named_string().replace(",", " ")) == w
+    with pytest.raises(WeightsError, match=r"^w: unknown block name 'IN99'"):
+        parse_weights("IN99: 0.5", source="w")

@@ -411,11 +411,16 @@ def parse_weights(
 
 def _parse_named(text: str, arch: Arch, source: str) -> Weights:
     mapping: dict[str, float] = {}
-    for i, part in enumerate(p for p in re.split(r"[,\s]+", text) if p):
+    # items are separated by commas/semicolons/newlines, or by spaces before the next name
+    items = (p.strip() for p in re.split(r"[,;\n]+|\s+(?=[A-Za-z_])", text))
+    for i, part in enumerate(p for p in items if p):
         m = re.fullmatch(r"([A-Za-z_]+\d*)\s*[:=]\s*(.+)", part)
         if not m:
             raise WeightsError(f"{source}: item {i + 1} {part!r} is not NAME:VALUE")
-        slot = canonical_slot(m.group(1), arch)
+        try:
+            slot = canonical_slot(m.group(1), arch)
+        except WeightsError as exc:
+            raise WeightsError(f"{source}: {exc.message}", hint=exc.hint) from None
         if slot in mapping:
             raise WeightsError(f"{source}: block {slot} is given twice")
         mapping[slot] = parse_number(m.group(2), where=f"{source}: {slot}")
