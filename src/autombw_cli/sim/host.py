@@ -1,0 +1,124 @@
+"""The simulated WebUI's model host: a folder of checkpoints and one loaded torch module.
+
+`SimHost` implements the bridge's `BridgeHost`, so the simulator runs the very same
+`BridgeCore` as the A1111 extension. Loading a checkpoint builds a fresh module whose
+``state_dict`` keys are the checkpoint keys, and tells every ``on_model_loaded`` listener (the
+bridge marks its merge lost), as A1111's ``script_callbacks.on_model_loaded`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+
+from autombw_cli.webui.bridge.files import TensorFile
+from autombw_cli.webui.bridge.names import CHECKPOINT_SUFFIXES, CheckpointRef, find_checkpoint
+
+HASH_LIMIT_BYTES = 256 << 20  # hash files up to this size at refresh (A1111 hashes lazily)
+
+
+def module_from_state_dict(state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    """A module tree whose ``state_dict()`` has exactly these keys (float tensors become
+    parameters, others buffers)."""
+    root = torch.nn.Module()
+    for key, tensor in state.items():
+        *path, leaf = key.split(".")
+        mod = root
+        for part in path:
+            child = mod._modules.get(part)
+            if child is None:
+                child = torch.nn.Module()
+                mod.add_module(part, child)
+            mod = child
+        if tensor.is_floating_point():
+            mod.register_parameter(leaf, torch.nn.Parameter(tensor, requires_grad=False))
+        else:
+            mod.register_buffer(leaf, tensor)
+    return root
+
+
+class SimHost:
+    """Checkpoints in ``model_dir``; one of them loaded as a torch module."""
+
+    name = "sim"
+
+    def __init__(self, model_dir: Path, *, lock: threading.Lock | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        self._lock = lock or threading.Lock()
+        self._refs: list[CheckpointRef] = []
+        self._model: torch.nn.Module | None = None
+        self._loaded: CheckpointRef | None = None
+        self._listeners: list[Callable[[str], None]] = []
+        self._load_count = 0
+        self.refresh_checkpoints()
+
+    # --- BridgeHost ---------------------------------------------------------------------
+    @property
+    def queue_lock(self) -> threading.Lock:
+        return self._lock
+
+    def live_model(self) -> torch.nn.Module | None:
+        return self._model
+
+    def loaded_checkpoint(self) -> CheckpointRef | None:
+        return self._loaded
+
+    def load_checkpoint(self, ref: CheckpointRef) -> None:
+        with TensorFile(ref.path) as tf:
+            state = {k: tf.get(k).clone() for k in tf.tensor_keys()}
+        self._model = module_from_state_dict(state)
+        self._loaded = ref
+        self._load_count += 1
+        for listener in list(self._listeners):
+            listener(f"the WebUI loaded {ref.title}")
+
+    def list_checkpoints(self) -> list[CheckpointRef]:
+        return list(self._refs)
+
+    def checkpoint_dir(self) -> Path:
+        return self.model_dir
+
+    def refresh_checkpoints(self) -> None:
+        refs = []
+        for path in sorted(self.model_dir.rglob("*")):
+            if path.suffix.lower() not in CHECKPOINT_SUFFIXES or not path.is_file():
+                continue
+            if any(part.startswith(".") for part in path.relative_to(self.model_dir).parts):
+                continue  # temp files of atomic writes
+            rel = path.relative_to(self.model_dir).as_posix()
+            sha = _sha256(path) if path.stat().st_size <= HASH_LIMIT_BYTES else None
+            short = sha[:10] if sha else None
+            title = f"{rel} [{short}]" if short else rel
+            model_name = rel.rsplit(".", 1)[0].replace("/", "_")
+            refs.append(CheckpointRef(title=title, name=model_name, path=path, sha256=sha))
+        self._refs = refs
+
+    # --- simulator extras ---------------------------------------------------------------
+    def on_model_loaded(self, listener: Callable[[str], None]) -> None:
+        self._listeners.append(listener)
+
+    def find(self, name: str) -> CheckpointRef | None:
+        return find_checkpoint(name, self._refs)
+
+    def unload(self) -> None:
+        """Forget the loaded model (a WebUI restart); listeners are told."""
+        self._model = None
+        self._loaded = None
+        for listener in list(self._listeners):
+            listener("the WebUI restarted")
+
+    @property
+    def load_count(self) -> int:
+        return self._load_count
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

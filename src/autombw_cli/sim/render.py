@@ -1,0 +1,135 @@
+"""The simulated WebUI's "diffusion": a cheap, deterministic image from the live UNet tensors.
+
+1. **Features** (`unet_features`): for every block slot, three projections of that slot's
+   tensors onto fixed random directions (seeded by key name), divided by the slot's norm. They
+   are computed from whatever tensors the live model holds, so a merge changes them smoothly
+   and each block moves its own features.
+2. **Image** (`render`): a fixed smooth nonlinear map of all features (a small random
+   two-layer network with pairwise products, so blocks interact) to the parameters of a few
+   coloured wave patterns, shifted by the prompt, perturbed by the seed, sharpened by the
+   number of steps, and drawn at the requested size.
+
+Everything is deterministic in (tensors, prompt, negative prompt, seed, size, steps, cfg).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from autombw_cli.blocks import UNET_PREFIX, Arch, layout
+
+FEATURES_PER_SLOT = 3
+HIDDEN = 24
+WAVES = 6
+PARAMS_PER_WAVE = 7  # r, g, b amplitude, x frequency, y frequency, phase, sharpness
+MAX_SIDE = 1024
+
+
+def _stable_seed(*parts: object) -> int:
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+@dataclass(frozen=True)
+class RenderParams:
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = 1
+    width: int = 512
+    height: int = 512
+    steps: int = 20
+    cfg_scale: float = 7.0
+
+
+class Renderer:
+    """Features and images for one architecture (holds the fixed random directions)."""
+
+    def __init__(self, arch: Arch | str) -> None:
+        self.arch = Arch(arch)
+        self.layout = layout(self.arch)
+        self.slots = self.layout.slots
+        self._directions: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+        rng = np.random.default_rng(_stable_seed("autombw-sim-render", self.arch.value))
+        dim = len(self.slots) * FEATURES_PER_SLOT
+        n_params = WAVES * PARAMS_PER_WAVE
+        self._w1 = rng.normal(0.0, 2.0 / math.sqrt(dim), size=(HIDDEN, dim))
+        self._b1 = rng.normal(0.0, 0.3, size=HIDDEN)
+        self._w2 = rng.normal(0.0, 1.2 / math.sqrt(HIDDEN * 1.5), size=(n_params, HIDDEN * 3 // 2))
+        self._b2 = rng.normal(0.0, 0.3, size=n_params)
+
+    # --- features ---------------------------------------------------------------------------
+    def _direction(self, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+        cached = self._directions.get((key, shape))
+        if cached is None:
+            gen = torch.Generator().manual_seed(_stable_seed("direction", key))
+            n = int(np.prod(shape)) if shape else 1
+            cached = torch.randn((FEATURES_PER_SLOT, n), generator=gen, dtype=torch.float32)
+            self._directions[(key, shape)] = cached
+        return cached
+
+    def unet_features(self, state: Mapping[str, torch.Tensor]) -> np.ndarray:
+        """``(n_slots, 3)`` features of the UNet tensors in a checkpoint-keyed state dict."""
+        dots = {s: torch.zeros(FEATURES_PER_SLOT, dtype=torch.float64) for s in self.slots}
+        norms = dict.fromkeys(self.slots, 0.0)
+        with torch.no_grad():
+            for key, tensor in state.items():
+                if not key.startswith(UNET_PREFIX) or not tensor.is_floating_point():
+                    continue
+                slot = self.layout.slot_of(key)
+                if slot is None:
+                    continue
+                x = tensor.detach().reshape(-1).to("cpu", torch.float32)
+                d = self._direction(key, tuple(tensor.shape))
+                dots[slot] += (d @ x).double()
+                norms[slot] += float((x.double() ** 2).sum())
+        out = np.zeros((len(self.slots), FEATURES_PER_SLOT))
+        for i, slot in enumerate(self.slots):
+            if norms[slot] > 0:
+                out[i] = dots[slot].numpy() / math.sqrt(norms[slot])
+        return out
+
+    # --- image ------------------------------------------------------------------------------
+    def render(self, features: np.ndarray, params: RenderParams) -> np.ndarray:
+        """An ``(height, width, 3)`` uint8 image."""
+        width = max(8, min(int(params.width), MAX_SIDE))
+        height = max(8, min(int(params.height), MAX_SIDE))
+        seed_rng = np.random.default_rng(_stable_seed("seed", params.seed))
+        z = features.reshape(-1) + 0.03 * seed_rng.normal(size=features.size)
+        h = np.tanh(self._w1 @ z + self._b1)
+        half = HIDDEN // 2
+        u = np.concatenate([h, h[:half] * h[half:]])  # pairwise products: blocks interact
+        p = self._w2 @ u + self._b2
+        p = p + 0.6 * _text_vector(params.prompt, p.size)
+        p = p - 0.2 * _text_vector(params.negative_prompt, p.size)
+        waves = p.reshape(WAVES, PARAMS_PER_WAVE)
+
+        cfg_gain = 0.6 + 0.4 * math.tanh(float(params.cfg_scale) / 7.0)
+        contrast = 1.0 - math.exp(-max(1, int(params.steps)) / 6.0)
+        yy, xx = np.meshgrid(
+            np.linspace(0.0, 1.0, height, endpoint=False),
+            np.linspace(0.0, 1.0, width, endpoint=False),
+            indexing="ij",
+        )
+        acc = np.zeros((3, height, width))
+        for r, g, b, fx, fy, phase, sharp in waves:
+            freq_x = 0.5 + 3.0 / (1.0 + math.exp(-fx))
+            freq_y = 0.5 + 3.0 / (1.0 + math.exp(-fy))
+            wave = np.sin(2 * math.pi * (freq_x * xx + freq_y * yy) + math.pi * math.tanh(phase))
+            wave = np.tanh((1.0 + 1.5 / (1.0 + math.exp(-sharp))) * wave)
+            for c, amp in enumerate((r, g, b)):
+                acc[c] += 0.6 * math.tanh(amp) * wave
+        img = 0.5 + 0.45 * np.tanh(cfg_gain * contrast * acc)
+        img = img + 0.015 * seed_rng.normal(size=img.shape) / math.sqrt(max(1, params.steps) / 20)
+        return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+
+
+def _text_vector(text: str, n: int) -> np.ndarray:
+    if not text:
+        return np.zeros(n)
+    return np.random.default_rng(_stable_seed("text", text.strip())).normal(size=n)

@@ -1,0 +1,813 @@
+"""The bridge's merge engine: an in-memory block merge of two checkpoints inside a WebUI.
+
+`BridgeCore` knows nothing of AUTOMATIC1111. It works through a small `BridgeHost` (the live
+model, loading a checkpoint, listing checkpoints, the checkpoint folder, the queue lock), so the
+same code runs inside A1111 (``a1111_host.py``) and inside the simulated WebUI (``sim/``).
+
+How a merge works:
+
+1. Model A is loaded as the WebUI's checkpoint if it is not already (the host does it).
+2. Per pair, caches are filled once: A's original UNet tensors (copied from the live model, so
+   a restore is bit-exact) and B's UNet tensors (read from B's file, cast to the live dtype),
+   grouped by block slot, on the cache device (``cuda`` or ``cpu``). Changing B keeps A's cache;
+   changing A drops both.
+3. Only the slots whose weight differs from what the live model holds are recomputed
+   (``merging.kernels.lerp_tensor``) and written with ``load_state_dict(strict=False)``.
+4. Every merge gets a new ``merge_id``. When the host reloads a checkpoint for any reason
+   (`BridgeCore.mark_lost`), the merge is lost: status reports ``merge_live: false`` and the
+   next merge starts from the reloaded weights.
+
+The caller (the routes) holds the host's queue lock around every call. Only torch,
+safetensors and the standard library are used (this file is copied into the WebUI extension).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import torch
+from torch import Tensor
+
+from autombw_cli.atomic import atomic_path, atomic_write_text
+from autombw_cli.blocks import (
+    BASE,
+    EXTRAPOLATION_RANGE,
+    UNET_PREFIX,
+    WEIGHT_RANGE,
+    Arch,
+    Weights,
+    canonical_slot,
+    detect_arch,
+    format_weight,
+    is_text_encoder_key,
+    layout,
+)
+from autombw_cli.errors import AutombwError
+from autombw_cli.merging.kernels import lerp_tensor
+from autombw_cli.recipe import Recipe
+from autombw_cli.webui.bridge.files import (
+    DTYPE_NAMES,
+    TensorFile,
+    write_safetensors_streaming,
+)
+from autombw_cli.webui.bridge.names import (
+    CheckpointRef,
+    NameError_,
+    close_names,
+    find_checkpoint,
+    safe_output_path,
+)
+
+BRIDGE_API = 1
+CACHE_DEVICES = ("auto", "cuda", "cpu")
+UNET_MODULE = "model.diffusion_model"
+WRITE_CHUNK_BYTES = 1 << 30  # tensors handed to one load_state_dict call (bounds temp memory)
+_UNKNOWN = math.nan  # "the live model holds something else for this slot": always rewritten
+
+
+class BridgeError(Exception):
+    """A request the bridge refuses; ``status`` is the HTTP status, ``kind`` the error name."""
+
+    def __init__(
+        self, message: str, *, status: int = 400, kind: str = "BridgeError", hint: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.kind = kind
+        self.hint = hint
+
+
+class BridgeHost(Protocol):
+    """What the bridge needs from the program that holds the model (A1111 or the simulator)."""
+
+    name: str
+
+    @property
+    def queue_lock(self) -> AbstractContextManager[Any]:
+        """The lock that serializes generation, model loads and merges."""
+        ...
+
+    def live_model(self) -> torch.nn.Module | None:
+        """The loaded model; its ``state_dict`` keys are checkpoint keys
+        (``model.diffusion_model.*`` for the UNet)."""
+        ...
+
+    def loaded_checkpoint(self) -> CheckpointRef | None: ...
+
+    def load_checkpoint(self, ref: CheckpointRef) -> None:
+        """Load ``ref`` as the WebUI's checkpoint (the host's own loading path)."""
+        ...
+
+    def list_checkpoints(self) -> list[CheckpointRef]: ...
+
+    def checkpoint_dir(self) -> Path: ...
+
+    def refresh_checkpoints(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    merge_id: str
+    changed_blocks: list[str]
+    elapsed_s: float
+    model_a: str
+    model_b: str
+    arch: str
+    cache_device: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "merge_id": self.merge_id,
+            "changed_blocks": self.changed_blocks,
+            "elapsed_s": self.elapsed_s,
+            "model_a": self.model_a,
+            "model_b": self.model_b,
+            "arch": self.arch,
+            "cache_device": self.cache_device,
+        }
+
+
+@dataclass(frozen=True)
+class SaveOutcome:
+    name: str
+    path: str
+    recipe_path: str
+    sha256: str
+    bytes: int
+    elapsed_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _PairState:
+    """Caches and live-model bookkeeping for one (A, B) pair."""
+
+    a: CheckpointRef
+    b: CheckpointRef
+    arch: Arch
+    slot_keys: dict[str, list[str]] = field(default_factory=dict)  # slot -> live state keys
+    a_cache: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    b_cache: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    applied: dict[str, float] = field(default_factory=dict)  # slot (and BASE) -> weight live
+
+
+class BridgeCore:
+    """The in-memory merge engine (one per WebUI process). Not thread-safe on its own: callers
+    hold the host's queue lock; `mark_lost` may be called from anywhere."""
+
+    def __init__(self, host: BridgeHost, *, version: str) -> None:
+        self.host = host
+        self.version = version
+        self._state_lock = threading.RLock()
+        self._pair: _PairState | None = None
+        self._cache_device: torch.device | None = None
+        self._live_known = False  # the live model holds exactly A + `applied`
+        self._model_identity: int | None = None
+        self._self_loading = False
+        self._merge_id: str | None = None
+        self._weights: Weights | None = None
+        self._merge_live = False
+        self._lost_reason: str | None = None
+        self._shape_cache: dict[tuple[str, int, int], dict[str, tuple[int, ...]]] = {}
+
+    # --- host notifications ---------------------------------------------------------------
+    def mark_lost(self, reason: str = "the WebUI reloaded its checkpoint") -> None:
+        """The host (re)loaded a model: whatever merge was live is gone."""
+        with self._state_lock:
+            if self._self_loading:
+                return
+            self._live_known = False
+            if self._merge_id is not None and self._merge_live:
+                self._merge_live = False
+                self._lost_reason = reason
+
+    # --- status ---------------------------------------------------------------------------
+    def cache_bytes(self) -> int:
+        with self._state_lock:
+            pair = self._pair
+            if pair is None:
+                return 0
+            return sum(
+                t.numel() * t.element_size()
+                for cache in (pair.a_cache, pair.b_cache)
+                for tensors in cache.values()
+                for t in tensors.values()
+            )
+
+    def status(self) -> dict[str, Any]:
+        with self._state_lock:
+            pair = self._pair
+            loaded = self.host.loaded_checkpoint()
+            live = self._merge_live and self._still_our_model()
+            return {
+                "version": self.version,
+                "bridge_api": BRIDGE_API,
+                "host": self.host.name,
+                "arch": pair.arch.value if pair else None,
+                "model_a": _ref_json(pair.a) if pair else None,
+                "model_b": _ref_json(pair.b) if pair else None,
+                "loaded_checkpoint": loaded.title if loaded else None,
+                "merge_id": self._merge_id,
+                "weights": dict(self._weights.values) if self._weights else None,
+                "text_encoder_weight": self._weights.text_encoder if self._weights else None,
+                "cache_device": str(self._cache_device) if self._cache_device else None,
+                "cache_bytes": self.cache_bytes(),
+                "merge_live": live,
+                "lost_reason": None if live else self._lost_reason,
+            }
+
+    # --- merge ----------------------------------------------------------------------------
+    def merge(
+        self,
+        model_a: str,
+        model_b: str,
+        weights: Mapping[str, float],
+        *,
+        cache_device: str = "auto",
+        text_encoder_weight: float | None = None,
+        extrapolation: bool = False,
+    ) -> MergeOutcome:
+        t0 = time.perf_counter()
+        with self._state_lock, torch.no_grad():
+            refs = self.host.list_checkpoints()
+            ref_a = self._resolve(model_a, refs, "model_a")
+            ref_b = self._resolve(model_b, refs, "model_b")
+            if _same_file(ref_a.path, ref_b.path):
+                raise BridgeError(
+                    f"model_a and model_b are the same checkpoint ({ref_a.name})",
+                    kind="SameModel",
+                    hint="a merge needs two different checkpoints",
+                )
+            arch = self._check_pair(ref_a, ref_b)
+            w = _parse_weights(arch, weights, text_encoder_weight, extrapolation)
+            if cache_device not in CACHE_DEVICES:
+                raise BridgeError(
+                    f"cache_device must be one of {', '.join(CACHE_DEVICES)}, not {cache_device!r}",
+                    status=422,
+                    kind="ValidationError",
+                )
+
+            pair = self._switch_pair(ref_a, ref_b, arch)
+            model = self._ensure_a_loaded(pair)
+            unet = model.get_submodule(UNET_MODULE)
+            if not pair.slot_keys:
+                pair.slot_keys = _slot_keys(unet.state_dict(), arch)
+            device = self._choose_cache_device(cache_device, unet, pair)
+            self._move_caches(pair, device)
+
+            targets = {slot: w.values[slot] for slot in pair.slot_keys}
+            te = w.text_encoder if w.text_encoder is not None else 0.0
+            changed = [s for s, v in targets.items() if pair.applied.get(s, _UNKNOWN) != v]
+            te_changed = pair.applied.get(BASE, 0.0) != te
+
+            # From here on the live model is being modified: if anything fails midway, the
+            # live weights are unknown and the next merge reloads A.
+            self._merge_live = False
+            self._merge_id = None
+            self._live_known = False
+            self._write_unet_slots(pair, unet, {s: targets[s] for s in changed})
+            if te_changed:
+                self._write_text_encoder(pair, model, te)
+            pair.applied.update({s: targets[s] for s in changed})
+            pair.applied[BASE] = te
+            self._live_known = True
+
+            self._merge_id = uuid.uuid4().hex[:16]
+            self._weights = w
+            self._merge_live = True
+            self._lost_reason = None
+            return MergeOutcome(
+                merge_id=self._merge_id,
+                changed_blocks=changed + ([BASE] if te_changed else []),
+                elapsed_s=round(time.perf_counter() - t0, 6),
+                model_a=ref_a.name,
+                model_b=ref_b.name,
+                arch=arch.value,
+                cache_device=str(device),
+            )
+
+    # --- restore --------------------------------------------------------------------------
+    def restore(self, *, free_caches: bool = False) -> dict[str, Any]:
+        """Put A's original weights back (bit for bit); optionally drop the caches."""
+        with self._state_lock, torch.no_grad():
+            pair = self._pair
+            restored = False
+            if pair is not None and self._live_known and self._still_our_model():
+                model = self.host.live_model()
+                assert model is not None
+                dirty = {s: 0.0 for s, v in pair.applied.items() if v != 0.0 and s != BASE}
+                if dirty:
+                    self._write_unet_slots(pair, model.get_submodule(UNET_MODULE), dirty)
+                if pair.applied.get(BASE, 0.0) != 0.0:
+                    self._write_text_encoder(pair, model, 0.0)
+                pair.applied = {s: 0.0 for s in pair.applied}
+                restored = True
+            self._merge_id = None
+            self._weights = None
+            self._merge_live = False
+            self._lost_reason = None
+            freed = 0
+            if free_caches:
+                freed = self.cache_bytes()
+                self._drop_caches()
+            return {"restored": restored, "freed_bytes": freed, "cache_bytes": self.cache_bytes()}
+
+    # --- save -----------------------------------------------------------------------------
+    def save(
+        self,
+        name: object,
+        weights: Mapping[str, float] | None = None,
+        *,
+        dtype: str = "fp16",
+        overwrite: bool = False,
+        text_encoder_weight: float | None = None,
+        extrapolation: bool = False,
+    ) -> SaveOutcome:
+        """Write A's non-UNet tensors + the merged UNet (from the files, in float32) as a
+        ``.safetensors`` file in the checkpoint folder, with a ``.recipe.txt`` beside it."""
+        t0 = time.perf_counter()
+        with self._state_lock, torch.no_grad():
+            pair = self._pair
+            if pair is None:
+                raise BridgeError(
+                    "no merge pair yet: nothing to save",
+                    status=409,
+                    kind="NoMerge",
+                    hint="POST /autombw/v1/merge first; save uses that merge's models",
+                )
+            if weights is None:
+                if self._weights is None:
+                    raise BridgeError(
+                        "no weights given and no current merge",
+                        status=422,
+                        kind="ValidationError",
+                        hint="pass weights: {slot: w}",
+                    )
+                w = self._weights
+            else:
+                w = _parse_weights(pair.arch, weights, text_encoder_weight, extrapolation)
+            if dtype not in DTYPE_NAMES:
+                raise BridgeError(
+                    f"dtype must be one of {', '.join(sorted(DTYPE_NAMES))}, not {dtype!r}",
+                    status=422,
+                    kind="ValidationError",
+                )
+            try:
+                target = safe_output_path(name, self.host.checkpoint_dir())
+            except NameError_ as exc:
+                raise BridgeError(str(exc), kind="BadName") from None
+            if target.exists() and not overwrite:
+                raise BridgeError(
+                    f"{target.name} already exists in the checkpoint folder",
+                    status=409,
+                    kind="OutputExists",
+                    hint="pass overwrite: true to replace it, or choose another name",
+                )
+            stem = target.name[: -len(".safetensors")]
+            recipe = Recipe(
+                model_a=pair.a.filename,
+                model_b=pair.b.filename,
+                output_name=stem,
+                weights=w,
+            )
+            out_dtype = DTYPE_NAMES[dtype]
+            with TensorFile(pair.a.path) as fa, TensorFile(pair.b.path) as fb:
+                entries = list(_save_entries(fa, fb, w, out_dtype))
+                with atomic_path(target) as tmp, open(tmp, "wb") as raw:
+                    hashing = _HashingWriter(raw)
+                    size = write_safetensors_streaming(
+                        hashing, entries, recipe.safetensors_metadata()
+                    )
+            recipe_path = target.with_name(stem + ".recipe.txt")
+            atomic_write_text(recipe_path, recipe.to_text())
+            self.host.refresh_checkpoints()
+            return SaveOutcome(
+                name=target.name,
+                path=str(target),
+                recipe_path=str(recipe_path),
+                sha256=hashing.hexdigest(),
+                bytes=size,
+                elapsed_s=round(time.perf_counter() - t0, 6),
+            )
+
+    # --- internals ------------------------------------------------------------------------
+    def _resolve(
+        self, requested: object, refs: list[CheckpointRef], field_name: str
+    ) -> CheckpointRef:
+        if not isinstance(requested, str) or not requested.strip():
+            raise BridgeError(
+                f"{field_name} must be a checkpoint name", status=422, kind="ValidationError"
+            )
+        ref = find_checkpoint(requested, refs)
+        if ref is None:
+            close = close_names(requested, refs)
+            hint = (
+                f"did you mean {', '.join(close)}?"
+                if close
+                else "see GET /sdapi/v1/sd-models, or refresh the checkpoint list"
+            )
+            raise BridgeError(
+                f"{field_name}: unknown checkpoint {requested!r}",
+                status=404,
+                kind="UnknownModel",
+                hint=hint,
+            )
+        return ref
+
+    def _shapes(self, ref: CheckpointRef) -> dict[str, tuple[int, ...]]:
+        try:
+            st = ref.path.stat()
+        except OSError as exc:
+            raise BridgeError(
+                f"{ref.name}: cannot read {ref.path} ({exc})", status=404, kind="UnknownModel"
+            ) from None
+        key = (str(ref.path), st.st_mtime_ns, st.st_size)
+        shapes = self._shape_cache.get(key)
+        if shapes is None:
+            try:
+                with TensorFile(ref.path) as tf:
+                    shapes = tf.shapes()
+            except Exception as exc:  # a broken file is the user's to fix, not a bridge bug
+                raise BridgeError(
+                    f"{ref.name}: not a readable checkpoint ({exc})", kind="ModelMismatch"
+                ) from exc
+            if len(self._shape_cache) >= 8:
+                self._shape_cache.clear()
+            self._shape_cache[key] = shapes
+        return shapes
+
+    def _check_pair(self, ref_a: CheckpointRef, ref_b: CheckpointRef) -> Arch:
+        sa, sb = self._shapes(ref_a), self._shapes(ref_b)
+        try:
+            arch_a = detect_arch(sa, source=ref_a.name)
+            arch_b = detect_arch(sb, source=ref_b.name)
+        except AutombwError as exc:
+            raise BridgeError(exc.message, status=409, kind="ModelMismatch") from None
+        if arch_a is not arch_b:
+            raise BridgeError(
+                f"architectures differ: {ref_a.name} is {arch_a.value}, "
+                f"{ref_b.name} is {arch_b.value}",
+                status=409,
+                kind="ModelMismatch",
+                hint="merge two checkpoints of the same architecture",
+            )
+        unet_a = {k: v for k, v in sa.items() if k.startswith(UNET_PREFIX)}
+        unet_b = {k: v for k, v in sb.items() if k.startswith(UNET_PREFIX)}
+        for key in sorted(set(unet_a) | set(unet_b)):
+            if key not in unet_b:
+                raise BridgeError(
+                    f"{ref_b.name} lacks UNet key {key} that {ref_a.name} has",
+                    status=409,
+                    kind="ModelMismatch",
+                )
+            if key not in unet_a:
+                raise BridgeError(
+                    f"{ref_a.name} lacks UNet key {key} that {ref_b.name} has",
+                    status=409,
+                    kind="ModelMismatch",
+                )
+            if tuple(unet_a[key]) != tuple(unet_b[key]):
+                raise BridgeError(
+                    f"UNet key {key} has shape {list(unet_a[key])} in {ref_a.name} but "
+                    f"{list(unet_b[key])} in {ref_b.name}",
+                    status=409,
+                    kind="ModelMismatch",
+                    hint="an inpainting and a regular model cannot be merged block by block",
+                )
+        return arch_a
+
+    def _switch_pair(self, ref_a: CheckpointRef, ref_b: CheckpointRef, arch: Arch) -> _PairState:
+        old = self._pair
+        if old is not None and _same_file(old.a.path, ref_a.path) and old.arch is arch:
+            if not _same_file(old.b.path, ref_b.path):
+                # Same A: keep its originals; every slot that holds some of the old B is stale.
+                old.b_cache.clear()
+                old.applied = {s: (0.0 if v == 0.0 else _UNKNOWN) for s, v in old.applied.items()}
+                old.b = ref_b
+            old.a = ref_a
+            return old
+        if old is not None and self._live_known and self._still_our_model():
+            self.restore()  # leave A's weights as they were before the next pair loads
+        new = _PairState(a=ref_a, b=ref_b, arch=arch)
+        if old is not None and _same_file(old.b.path, ref_b.path) and old.arch is arch:
+            new.b_cache = old.b_cache
+        self._pair = new
+        self._live_known = False
+        return new
+
+    def _ensure_a_loaded(self, pair: _PairState) -> torch.nn.Module:
+        loaded = self.host.loaded_checkpoint()
+        if loaded is None or not _same_file(loaded.path, pair.a.path):
+            self._self_loading = True
+            try:
+                self.host.load_checkpoint(pair.a)
+            finally:
+                self._self_loading = False
+            loaded = self.host.loaded_checkpoint()
+            if loaded is None or not _same_file(loaded.path, pair.a.path):
+                raise BridgeError(
+                    f"the WebUI did not load {pair.a.name} (loaded: "
+                    f"{loaded.name if loaded else 'nothing'})",
+                    status=500,
+                    kind="LoadFailed",
+                    hint="check the WebUI console for the load error",
+                )
+            self._live_known = False
+        model = self.host.live_model()
+        if model is None:
+            raise BridgeError("the WebUI has no model loaded", status=500, kind="LoadFailed")
+        if not self._live_known or self._model_identity != id(model):
+            # The live model holds A's original weights: (re)take the originals from it.
+            pair.a_cache.clear()
+            pair.applied = {s: 0.0 for s in pair.slot_keys}
+            pair.applied[BASE] = 0.0
+            self._model_identity = id(model)
+            self._live_known = True
+        return model
+
+    def _still_our_model(self) -> bool:
+        model = self.host.live_model()
+        return model is not None and id(model) == self._model_identity
+
+    def _choose_cache_device(
+        self, requested: str, unet: torch.nn.Module, pair: _PairState
+    ) -> torch.device:
+        live_device = _module_device(unet)
+        if requested == "cpu":
+            device = torch.device("cpu")
+        elif requested == "cuda":
+            if not torch.cuda.is_available():
+                raise BridgeError(
+                    "cache_device=cuda but this WebUI has no CUDA device",
+                    kind="NoCuda",
+                    hint="use cache_device auto or cpu",
+                )
+            device = live_device if live_device.type == "cuda" else torch.device("cuda")
+        elif live_device.type == "cuda":
+            unet_bytes = sum(t.numel() * t.element_size() for t in unet.state_dict().values())
+            held = sum(
+                t.numel() * t.element_size()
+                for cache in (pair.a_cache, pair.b_cache)
+                for ts in cache.values()
+                for t in ts.values()
+                if t.device.type == "cuda"
+            )
+            free, _ = torch.cuda.mem_get_info(live_device)
+            need = 2 * unet_bytes - held + (1 << 30)
+            device = live_device if free > need else torch.device("cpu")
+        else:
+            device = torch.device("cpu")
+        self._cache_device = device
+        return device
+
+    def _move_caches(self, pair: _PairState, device: torch.device) -> None:
+        for cache in (pair.a_cache, pair.b_cache):
+            for slot, tensors in cache.items():
+                if any(t.device != device for t in tensors.values()):
+                    cache[slot] = {k: _to_cache(t, device) for k, t in tensors.items()}
+
+    def _fill_slot(self, pair: _PairState, slot: str, live: Mapping[str, Tensor]) -> None:
+        device = self._cache_device or torch.device("cpu")
+        keys = pair.slot_keys[slot]
+        if slot not in pair.a_cache:
+            pair.a_cache[slot] = {k: _to_cache(live[k], device, copy=True) for k in keys}
+        if slot not in pair.b_cache:
+            pair.b_cache[slot] = self._read_b(pair, [(UNET_PREFIX + k, k) for k in keys], live)
+
+    def _read_b(
+        self, pair: _PairState, keys: list[tuple[str, str]], live: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
+        device = self._cache_device or torch.device("cpu")
+        out: dict[str, Tensor] = {}
+        with TensorFile(pair.b.path) as fb:
+            present = set(fb.tensor_keys())
+            for file_key, live_key in keys:
+                ref = live[live_key]
+                if file_key not in present:
+                    continue  # e.g. a text-encoder buffer B does not carry: A's value stays
+                t = fb.get(file_key)
+                if tuple(t.shape) != tuple(ref.shape):
+                    raise BridgeError(
+                        f"{pair.b.name}: {file_key} has shape {list(t.shape)}, the loaded "
+                        f"model has {list(ref.shape)}",
+                        status=409,
+                        kind="ModelMismatch",
+                    )
+                out[live_key] = _to_cache(t.to(ref.dtype), device)
+        return out
+
+    def _write_unet_slots(
+        self, pair: _PairState, unet: torch.nn.Module, targets: Mapping[str, float]
+    ) -> None:
+        if not targets:
+            return
+        live = unet.state_dict()
+        batch: dict[str, Tensor] = {}
+        batch_bytes = 0
+        for slot, w in targets.items():
+            self._fill_slot(pair, slot, live)
+            a_slot, b_slot = pair.a_cache[slot], pair.b_cache[slot]
+            for key, a in a_slot.items():
+                dst = live[key]
+                a_dev = a.to(dst.device, non_blocking=True)
+                b = b_slot.get(key)
+                if b is None or w == 0.0:
+                    merged = a_dev
+                else:
+                    merged = lerp_tensor(a_dev, b.to(dst.device, non_blocking=True), w)
+                batch[key] = merged
+                batch_bytes += merged.numel() * merged.element_size()
+            if batch_bytes >= WRITE_CHUNK_BYTES:
+                _load_into(unet, batch)
+                batch, batch_bytes = {}, 0
+        if batch:
+            _load_into(unet, batch)
+
+    def _write_text_encoder(self, pair: _PairState, model: torch.nn.Module, w: float) -> None:
+        live = model.state_dict()
+        keys = [k for k in live if is_text_encoder_key(k, pair.arch)]
+        if not keys:
+            raise BridgeError(
+                "the loaded model has no text-encoder keys this bridge recognises",
+                kind="Unsupported",
+                hint="leave text_encoder_weight unset",
+            )
+        device = self._cache_device or torch.device("cpu")
+        if BASE not in pair.a_cache:
+            pair.a_cache[BASE] = {k: _to_cache(live[k], device, copy=True) for k in keys}
+        if BASE not in pair.b_cache and w != 0.0:
+            pair.b_cache[BASE] = self._read_b(pair, [(k, k) for k in keys], live)
+        a_te, b_te = pair.a_cache[BASE], pair.b_cache.get(BASE, {})
+        batch = {}
+        for key, a in a_te.items():
+            a_dev = a.to(live[key].device)
+            b = b_te.get(key)
+            batch[key] = a_dev if b is None else lerp_tensor(a_dev, b.to(a_dev.device), w)
+        _load_into(model, batch)
+
+    def _drop_caches(self) -> None:
+        pair = self._pair
+        if pair is not None:
+            pair.a_cache.clear()
+            pair.b_cache.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def _parse_weights(
+    arch: Arch,
+    weights: object,
+    text_encoder_weight: object,
+    extrapolation: bool,
+) -> Weights:
+    if not isinstance(weights, Mapping) or not weights:
+        raise BridgeError(
+            "weights must be an object {slot: weight}", status=422, kind="ValidationError"
+        )
+    values: dict[str, float] = {}
+    te = text_encoder_weight
+    slots = layout(arch).slots
+    for name, v in weights.items():
+        try:
+            slot = canonical_slot(str(name), arch)
+        except AutombwError as exc:
+            raise BridgeError(exc.message, status=422, kind="ValidationError") from None
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise BridgeError(
+                f"weights.{name} must be a number, not {v!r}", status=422, kind="ValidationError"
+            )
+        if slot == BASE:
+            te = v
+        else:
+            values[slot] = float(v)
+    missing = [s for s in slots if s not in values]
+    if missing:
+        raise BridgeError(
+            f"weights for {arch.value} lack {', '.join(missing)}",
+            status=422,
+            kind="ValidationError",
+            hint=f"give every slot: {', '.join(slots)}",
+        )
+    if te is not None and (isinstance(te, bool) or not isinstance(te, int | float)):
+        raise BridgeError(
+            f"text_encoder_weight must be a number, not {te!r}", status=422, kind="ValidationError"
+        )
+    lo, hi = EXTRAPOLATION_RANGE if extrapolation else WEIGHT_RANGE
+    checks = list(values.items()) + ([(BASE, float(te))] if te is not None else [])
+    for slot, v in checks:
+        if not math.isfinite(v) or not lo <= v <= hi:
+            raise BridgeError(
+                f"weight {slot}={format_weight(v) if math.isfinite(v) else v} is outside "
+                f"{lo:g}..{hi:g}",
+                status=422,
+                kind="ValidationError",
+                hint=None if extrapolation else "set extrapolation: true to allow -1..2",
+            )
+    return Weights(arch, values, None if te is None else float(te))
+
+
+def _slot_keys(live: Mapping[str, Tensor], arch: Arch) -> dict[str, list[str]]:
+    lay = layout(arch)
+    keys: dict[str, list[str]] = {s: [] for s in lay.slots}
+    for key, t in live.items():
+        slot = lay.slot_of(UNET_PREFIX + key)
+        if slot is not None and t.is_floating_point():
+            keys[slot].append(key)
+    return {s: ks for s, ks in keys.items() if ks}
+
+
+def _load_into(module: torch.nn.Module, tensors: dict[str, Tensor]) -> None:
+    result = module.load_state_dict(tensors, strict=False)
+    if result.unexpected_keys:
+        raise BridgeError(
+            f"the loaded model has no key {result.unexpected_keys[0]}",
+            status=500,
+            kind="ModelMismatch",
+        )
+
+
+def _to_cache(t: Tensor, device: torch.device, *, copy: bool = False) -> Tensor:
+    out = t.detach().to(device, copy=copy or t.device != device)
+    if device.type == "cpu" and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):
+            out = out.pin_memory()  # faster copies to the GPU when merging
+    return out
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a == b:
+        return True
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _ref_json(ref: CheckpointRef) -> dict[str, Any]:
+    return {"file": ref.filename, "title": ref.title, "sha256": ref.sha256}
+
+
+def _save_entries(
+    fa: TensorFile, fb: TensorFile, w: Weights, out_dtype: torch.dtype | None
+) -> Iterator[tuple[str, torch.dtype, tuple[int, ...], Any]]:
+    lay = layout(w.arch)
+    b_keys = set(fb.tensor_keys())
+    for key in fa.tensor_keys():
+        src_dtype = fa.dtype(key)
+        shape = fa.shape(key)
+        floating = src_dtype.is_floating_point
+        dtype = out_dtype if (out_dtype is not None and floating) else src_dtype
+        slot = lay.slot_of(key)
+        if slot is not None:
+            weight = w.values[slot]
+        elif w.text_encoder is not None and is_text_encoder_key(key, w.arch):
+            weight = w.text_encoder
+        else:
+            weight = 0.0
+        mix = floating and weight != 0.0 and key in b_keys and fb.shape(key) == shape
+
+        def produce(key: str = key, weight: float = weight, mix: bool = mix, dtype=dtype) -> Tensor:
+            a = fa.get(key)
+            if not mix:
+                return a.to(dtype)
+            b = fb.get(key)
+            return torch.lerp(a.float(), b.float(), weight).to(dtype)
+
+        yield key, dtype, shape, produce
+
+
+class _HashingWriter:
+    """A write-only file wrapper that hashes what passes through it (sha256)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._hash = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self._hash.update(data)
+        return self._raw.write(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()

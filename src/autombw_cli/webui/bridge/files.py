@@ -1,0 +1,186 @@
+"""Checkpoint files for the bridge: lazy tensor reading and a streaming safetensors writer.
+
+Only torch, safetensors and the standard library (this module is copied into the WebUI
+extension). ``.safetensors`` files are read lazily (one tensor at a time through
+``safe_open``); ``.ckpt``/``.pt`` files are loaded with ``weights_only=True`` (memory-mapped
+where the file format allows).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO
+
+import torch
+from torch import Tensor
+
+SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_FROM_SAFETENSORS = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+
+DTYPE_NAMES: dict[str, torch.dtype | None] = {
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "keep": None,
+}
+
+
+class TensorFile:
+    """A checkpoint opened for reading one tensor at a time (use as a context manager)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._st: Any = None
+        self._sd: dict[str, Tensor] | None = None
+        if self.path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            self._st = safe_open(str(self.path), framework="pt", device="cpu")
+        else:
+            self._sd = _load_torch_state_dict(self.path)
+
+    def __enter__(self) -> TensorFile:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        st, self._st, self._sd = self._st, None, None
+        if st is not None and hasattr(st, "__exit__"):
+            st.__exit__(None, None, None)
+
+    def tensor_keys(self) -> list[str]:
+        if self._st is not None:
+            return list(self._st.keys())
+        assert self._sd is not None
+        return list(self._sd)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if self._st is not None:
+            return tuple(int(d) for d in self._st.get_slice(key).get_shape())
+        assert self._sd is not None
+        return tuple(self._sd[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        if self._st is not None:
+            name = self._st.get_slice(key).get_dtype()
+            return _FROM_SAFETENSORS.get(name, torch.float32)
+        assert self._sd is not None
+        return self._sd[key].dtype
+
+    def get(self, key: str) -> Tensor:
+        if self._st is not None:
+            return self._st.get_tensor(key)
+        assert self._sd is not None
+        return self._sd[key]
+
+    def metadata(self) -> dict[str, str]:
+        if self._st is not None:
+            return dict(self._st.metadata() or {})
+        return {}
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: self.shape(k) for k in self.tensor_keys()}
+
+
+def _load_torch_state_dict(path: Path) -> dict[str, Tensor]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # old (non-zip) serialization cannot be memory-mapped
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: not a checkpoint (expected a dict of tensors)")
+    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+
+
+def read_shapes(path: Path | str) -> dict[str, tuple[int, ...]]:
+    """Key → shape of a checkpoint (reads only the header of a ``.safetensors``)."""
+    with TensorFile(path) as tf:
+        return tf.shapes()
+
+
+TensorProducer = Callable[[], Tensor]
+
+
+def write_safetensors_streaming(
+    out: BinaryIO,
+    entries: Iterable[tuple[str, torch.dtype, tuple[int, ...], TensorProducer]],
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Write a ``.safetensors`` file producing one tensor at a time; return the bytes written.
+
+    ``entries`` gives each tensor's key, dtype and shape up front (for the header) and a
+    function that produces the tensor when its turn comes, so at most one tensor is in memory.
+    """
+    items = list(entries)
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for key, dtype, shape, _ in items:
+        size = _numel(shape) * _element_size(dtype)
+        header[key] = {
+            "dtype": SAFETENSORS_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    out.write(struct.pack("<Q", len(raw)))
+    out.write(raw)
+    written = 8 + len(raw)
+    for key, dtype, shape, produce in items:
+        tensor = produce()
+        if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+            raise ValueError(
+                f"{key}: produced {tensor.dtype} {tuple(tensor.shape)}, "
+                f"header says {dtype} {tuple(shape)}"
+            )
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        out.write(memoryview(data))
+        written += data.nbytes
+    return written
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def iter_keys_with_prefix(keys: Iterable[str], prefixes: tuple[str, ...]) -> Iterator[str]:
+    return (k for k in keys if k.startswith(prefixes))
