@@ -219,6 +219,10 @@ def test_weights_convert_upstream(capsys: pytest.CaptureFixture[str]) -> None:
     values = ["0"] * 25 + ["0.25", "0.75"]
     code, out, _ = run(["weights", "convert", ",".join(values), "--from", "upstream"], capsys)
     assert code == 0 and out.strip().endswith("0.75,0.25")
+    code, out, _ = run(["weights", "convert", ",".join(values), "--order", "upstream"], capsys)
+    assert code == 0 and out.strip().endswith("0.75,0.25")
+    code, out, _ = run(["weights", "convert", "1.5", "--extrapolate"], capsys)
+    assert code == 0 and out.strip() == ",".join(["1.5"] * 27)
 
 
 def test_weights_convert_bad_input(capsys: pytest.CaptureFixture[str]) -> None:

@@ -372,7 +372,11 @@ def parse_history_csv(
     number_col = next((lowered.index(c) for c in ("number", "trial") if c in lowered), None)
     arch_col = lowered.index("arch") if "arch" in lowered else None
     te_col = next(
-        (i for i, h in enumerate(lowered) if h in ("base", "text_encoder", "te")),
+        (
+            i
+            for i, h in enumerate(lowered)
+            if h in ("base", "text_encoder", "text_encoder_weight", "te")
+        ),
         None,
     )
     header_arch = _history_arch(header, rows, arch, arch_col, source)

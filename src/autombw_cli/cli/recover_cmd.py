@@ -84,11 +84,13 @@ def recover_command(
     upstream: Annotated[
         bool,
         typer.Option(
-            help="Read a recipe's 27 numbers in the upstream UI's order (TIME_EMBED before OUT)."
+            "--upstream",
+            help="Read a recipe's 27 numbers in the upstream UI's order (TIME_EMBED before OUT).",
         ),
     ] = False,
     force: Annotated[
-        bool, typer.Option(help="Overwrite existing recipe/merge outputs. Default: off.")
+        bool,
+        typer.Option("--force", help="Overwrite existing recipe/merge outputs. Default: off."),
     ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print machine-readable JSON. Default: tables.")

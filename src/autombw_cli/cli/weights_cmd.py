@@ -62,11 +62,13 @@ def convert_command(
         typer.Argument(
             help="Weights: one number, NAME:VALUE list, 27/22 values, 25/26 values or a preset.",
             show_default=False,
+            metavar="TEXT",
         ),
     ],
     from_: Annotated[
         Ordering,
         typer.Option(
+            "--order",
             "--from",
             help="Order of a full-length list (upstream = OUT/TIME_EMBED swapped, read only). "
             "Default: recipe.",
@@ -77,7 +79,8 @@ def convert_command(
     ] = TargetForm.RECIPE,
     arch: Annotated[Arch, typer.Option(help="Architecture. Default: sd1.")] = Arch.SD1,
     extrapolation: Annotated[
-        bool, typer.Option(help="Allow values in -1..2 instead of 0..1. Default: off.")
+        bool,
+        typer.Option("--extrapolate", help="Allow values in -1..2 instead of 0..1. Default: off."),
     ] = False,
     presets: PresetsOption = None,
 ) -> None:
