@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _search_common import run_search  # noqa: E402
+from _search_common import run_search
 
 
 def main() -> None:
@@ -28,16 +28,21 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512, help="image side in pixels")
     ap.add_argument("--optimizers", default="random,tpe")
     args = ap.parse_args()
-    print(f"machine: {platform.machine()}, latency {args.latency}s/image, "
-          f"{args.evaluations} evaluations, 1 image of {args.size}px each, 1 instance")
-    print(f"{'optimizer':>10} {'wall s':>8} {'generation s':>13} {'overhead s/eval':>16} "
-          f"{'share':>7}")
+    print(
+        f"machine: {platform.machine()}, latency {args.latency}s/image, "
+        f"{args.evaluations} evaluations, 1 image of {args.size}px each, 1 instance"
+    )
+    print(
+        f"{'optimizer':>10} {'wall s':>8} {'generation s':>13} {'overhead s/eval':>16} {'share':>7}"
+    )
     for opt in args.optimizers.split(","):
         stats = run_search(1, args.latency, args.evaluations, size=args.size, optimizer=opt)
         gen = stats.evaluations * args.latency
         over = stats.wall_s - gen
-        print(f"{opt:>10} {stats.wall_s:>8.2f} {gen:>13.2f} "
-              f"{over / stats.evaluations:>16.4f} {over / stats.wall_s:>7.2%}")
+        print(
+            f"{opt:>10} {stats.wall_s:>8.2f} {gen:>13.2f} "
+            f"{over / stats.evaluations:>16.4f} {over / stats.wall_s:>7.2%}"
+        )
 
 
 if __name__ == "__main__":

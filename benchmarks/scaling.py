@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _search_common import run_search  # noqa: E402
+from _search_common import run_search
 
 
 def main() -> None:
@@ -27,8 +27,10 @@ def main() -> None:
     ap.add_argument("--counts", default="1,2,4,8", help="instance counts")
     args = ap.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
-    print(f"machine: {platform.processor() or platform.machine()}, {_cpus()} CPUs; "
-          f"latency {args.latency}s/image, {args.evaluations} evaluations, 1 image each")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {_cpus()} CPUs; "
+        f"latency {args.latency}s/image, {args.evaluations} evaluations, 1 image each"
+    )
     rows = []
     base = None
     for n in counts:
@@ -36,11 +38,21 @@ def main() -> None:
         if base is None:
             base = stats.wall_s * (counts[0])  # time of the 1-instance run, scaled if counts[0]>1
         speedup = base / stats.wall_s
-        rows.append((n, stats.evaluations, stats.wall_s, speedup, min(stats.busy.values()),
-                     sum(stats.busy.values()) / len(stats.busy)))
+        rows.append(
+            (
+                n,
+                stats.evaluations,
+                stats.wall_s,
+                speedup,
+                min(stats.busy.values()),
+                sum(stats.busy.values()) / len(stats.busy),
+            )
+        )
     print()
-    print(f"{'instances':>9} {'evals':>6} {'wall s':>8} {'speedup':>8} {'x/N':>6} "
-          f"{'min busy':>9} {'mean busy':>9}")
+    print(
+        f"{'instances':>9} {'evals':>6} {'wall s':>8} {'speedup':>8} {'x/N':>6} "
+        f"{'min busy':>9} {'mean busy':>9}"
+    )
     for n, ev, wall, sp, bmin, bmean in rows:
         print(f"{n:>9} {ev:>6} {wall:>8.2f} {sp:>8.2f} {sp / n:>6.2f} {bmin:>9.1%} {bmean:>9.1%}")
 

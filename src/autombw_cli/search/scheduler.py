@@ -149,6 +149,7 @@ class Instance:
     client: InstanceClient
     state: WorkerState = WorkerState.STARTING
     parked: bool = False
+    disabled: bool = False  # parked for good (a setup problem probing cannot fix)
     parked_since: float = 0.0
     consecutive_failures: int = 0
     evaluations: int = 0
@@ -432,12 +433,21 @@ class Scheduler:
         )
 
     def _record_failure(self, inst: Instance, exc: WebUIError) -> None:
-        from autombw_cli.webui.errors import WebUITimeout, WebUIUnreachable
+        from autombw_cli.webui.errors import WebUIHTTPError, WebUITimeout, WebUIUnreachable
 
         inst.failures += 1
         inst.consecutive_failures += 1
         inst.last_error = exc.message
         log.warning("%s: evaluation failed: %s", inst.label, exc.message)
+        status = exc.status_code if isinstance(exc, WebUIHTTPError) else None
+        if status is not None and 400 <= status < 500 and status not in (408, 429):
+            # a setup problem (auth, no --api, no bridge, a refused request) repeats on every
+            # try: take the instance out for good instead of probing it
+            inst.disabled = True
+            inst.parked = True
+            inst.parked_since = time.monotonic()
+            self._set_state(inst, WorkerState.DOWN, f"needs attention: {exc.message}")
+            return
         gone = isinstance(exc, WebUIUnreachable | WebUITimeout)
         if gone or inst.consecutive_failures >= self.settings.park_after:
             inst.parked = True
@@ -460,6 +470,9 @@ class Scheduler:
                 return False
             if self._stopping or self._fatal is not None or self._search_over():
                 return False
+            if inst.disabled:
+                await self._sleep_or_wake(self._time_to_all_down())
+                continue
             await self._sleep_or_wake(min(delay, self._time_to_all_down()))
             delay = min(delay * 2, self.settings.probe_backoff_max_s)
             if self._stopping or self._fatal is not None:
