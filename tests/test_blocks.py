@@ -218,3 +218,32 @@ def test_named_string_with_spaces_after_colons() -> None:
     assert parse_weights(w.to_named_string().replace(",", " ")) == w
     with pytest.raises(WeightsError, match=r"^w: unknown block name 'IN99'"):
         parse_weights("IN99: 0.5", source="w")
+
+
+@pytest.mark.parametrize("arch", list(Arch))
+def test_every_synthetic_unet_key_lands_in_exactly_one_slot(arch: Arch) -> None:
+    """Real LDM key names (from the synthetic checkpoints): each UNet key has one slot, every
+    slot has keys, nothing outside the UNet is merged, and the arch is detected back."""
+    from autombw_cli.sim.checkpoints import key_shapes
+
+    shapes = key_shapes(arch, "full")
+    lay = layout(arch)
+    per_slot: dict[str, int] = dict.fromkeys(lay.slots, 0)
+    for key in shapes:
+        slot = lay.slot_of(key)
+        if key.startswith("model.diffusion_model."):
+            assert slot is not None, key
+            assert key.startswith(lay.slot_prefix(slot)), key
+            assert sum(key.startswith(lay.slot_prefix(s)) for s in lay.slots) == 1, key
+            per_slot[slot] += 1
+        else:
+            assert slot is None, key
+    assert all(n > 0 for n in per_slot.values()), per_slot
+    assert detect_arch(shapes) is arch
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60), st.sampled_from(list(Arch)))
+def test_slot_of_never_crashes(suffix: str, arch: Arch) -> None:
+    slot = layout(arch).slot_of("model.diffusion_model." + suffix)
+    assert slot is None or slot in layout(arch).slots
