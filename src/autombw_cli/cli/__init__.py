@@ -18,6 +18,9 @@ from autombw_cli.errors import AutombwError
 
 # Command modules register themselves on import.
 from autombw_cli.cli import blocks_cmd as _blocks_cmd  # noqa: F401  isort: skip
+from autombw_cli.cli import webui_cmd as _webui_cmd  # noqa: F401  isort: skip
+from autombw_cli.cli import config_cmd as _config_cmd  # noqa: F401  isort: skip
+from autombw_cli.cli import payload_cmd as _payload_cmd  # noqa: F401  isort: skip
 from autombw_cli.cli import merge_cmd as _merge_cmd  # noqa: F401  isort: skip
 from autombw_cli.cli import recover_cmd as _recover_cmd  # noqa: F401  isort: skip
 from autombw_cli.cli import weights_cmd as _weights_cmd  # noqa: F401  isort: skip

@@ -638,7 +638,14 @@ class BridgeCore:
 
     def _write_text_encoder(self, pair: _PairState, model: torch.nn.Module, w: float) -> None:
         live = model.state_dict()
-        keys = [k for k in live if is_text_encoder_key(k, pair.arch)]
+        # A1111 wraps its text encoders (``cond_stage_model.wrapped.transformer...``): the
+        # checkpoint key is the live key without the ``wrapped.`` segments.
+        pairs = [
+            (ckpt, k)
+            for k in live
+            if is_text_encoder_key(ckpt := k.replace(".wrapped.", "."), pair.arch)
+        ]
+        keys = [k for _, k in pairs]
         if not keys:
             raise BridgeError(
                 "the loaded model has no text-encoder keys this bridge recognises",
@@ -649,7 +656,7 @@ class BridgeCore:
         if BASE not in pair.a_cache:
             pair.a_cache[BASE] = {k: _to_cache(live[k], device, copy=True) for k in keys}
         if BASE not in pair.b_cache and w != 0.0:
-            pair.b_cache[BASE] = self._read_b(pair, [(k, k) for k in keys], live)
+            pair.b_cache[BASE] = self._read_b(pair, pairs, live)
         a_te, b_te = pair.a_cache[BASE], pair.b_cache.get(BASE, {})
         batch = {}
         for key, a in a_te.items():

@@ -1,0 +1,138 @@
+"""The bridge's host inside AUTOMATIC1111 WebUI (and Forge): only imported inside a WebUI.
+
+`install(app)` is what the extension's ``scripts/autombw_bridge.py`` calls from
+``script_callbacks.on_app_started``: it builds one `BridgeCore` over an `A1111Host`, marks the
+merge lost whenever the WebUI loads a model (``script_callbacks.on_model_loaded``), registers
+the routes, and warns in the WebUI log when the server listens beyond loopback without
+``--api-auth`` (the bridge routes then accept anyone who can reach the port).
+
+A1111 facts this relies on (DOMAIN.md §6): the live model is ``shared.sd_model`` (its UNet
+``.model.diffusion_model``); ``modules.call_queue.queue_lock`` serializes generation and
+loads; ``sd_models.reload_model_weights(info=...)`` loads a checkpoint (we call it directly,
+not through ``opts.set``, whose onchange handler would wait for the queue lock we hold).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autombw_cli.webui.bridge.core import BridgeCore
+from autombw_cli.webui.bridge.names import CheckpointRef
+from autombw_cli.webui.bridge.routes import register_routes
+
+log = logging.getLogger("autombw.bridge")
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}
+
+
+class A1111Host:
+    """`BridgeHost` over the running WebUI's modules."""
+
+    name = "a1111"
+
+    def __init__(self) -> None:
+        from modules import call_queue, sd_models, shared
+
+        self._shared = shared
+        self._sd_models = sd_models
+        self._queue_lock = call_queue.queue_lock
+
+    @property
+    def queue_lock(self) -> Any:
+        return self._queue_lock
+
+    def live_model(self) -> torch.nn.Module | None:
+        model_data = getattr(self._sd_models, "model_data", None)
+        model = getattr(model_data, "sd_model", None) if model_data is not None else None
+        if model is None:
+            model = getattr(self._shared, "sd_model", None)
+        return model
+
+    def loaded_checkpoint(self) -> CheckpointRef | None:
+        model = self.live_model()
+        info = getattr(model, "sd_checkpoint_info", None) if model is not None else None
+        return _ref(info) if info is not None else None
+
+    def load_checkpoint(self, ref: CheckpointRef) -> None:
+        info = self._info_for(ref)
+        self._sd_models.reload_model_weights(info=info)
+        # Keep the WebUI's setting in step without running its onchange (it would queue a
+        # second load behind the lock we hold).
+        self._shared.opts.data["sd_model_checkpoint"] = info.title
+
+    def list_checkpoints(self) -> list[CheckpointRef]:
+        return [_ref(info) for info in self._sd_models.checkpoints_list.values()]
+
+    def checkpoint_dir(self) -> Path:
+        ckpt_dir = getattr(self._shared.cmd_opts, "ckpt_dir", None)
+        return Path(ckpt_dir or self._sd_models.model_path)
+
+    def refresh_checkpoints(self) -> None:
+        refresh = getattr(self._shared, "refresh_checkpoints", None)
+        if callable(refresh):
+            refresh()
+        else:
+            self._sd_models.list_models()
+
+    # --- extras ---------------------------------------------------------------------------
+    def credentials(self) -> dict[str, str] | None:
+        """The ``--api-auth user:pass[,user2:pass2]`` pairs, or None."""
+        raw = getattr(self._shared.cmd_opts, "api_auth", None)
+        if not raw:
+            return None
+        pairs = {}
+        for item in str(raw).split(","):
+            user, sep, password = item.strip().partition(":")
+            if sep:
+                pairs[user] = password
+        return pairs or None
+
+    def exposed_without_auth(self) -> bool:
+        opts = self._shared.cmd_opts
+        listen = bool(getattr(opts, "listen", False)) or bool(getattr(opts, "share", False))
+        server_name = getattr(opts, "server_name", None) or ""
+        beyond_loopback = listen or server_name not in _LOOPBACK
+        return beyond_loopback and not self.credentials()
+
+    def _info_for(self, ref: CheckpointRef) -> Any:
+        for info in self._sd_models.checkpoints_list.values():
+            if info.title == ref.title or Path(info.filename) == ref.path:
+                return info
+        match = self._sd_models.get_closet_checkpoint_match(ref.title)
+        if match is None:
+            raise RuntimeError(f"checkpoint {ref.title!r} is not in the WebUI's list")
+        return match
+
+
+def _ref(info: Any) -> CheckpointRef:
+    return CheckpointRef(
+        title=str(info.title),
+        name=str(getattr(info, "model_name", None) or getattr(info, "name", info.title)),
+        path=Path(info.filename),
+        sha256=getattr(info, "sha256", None),
+    )
+
+
+def install(app: Any, *, version: str) -> BridgeCore:
+    """Register the bridge on the WebUI's FastAPI ``app`` (called from on_app_started)."""
+    from modules import script_callbacks
+
+    host = A1111Host()
+    core = BridgeCore(host, version=version)
+    script_callbacks.on_model_loaded(lambda _model: core.mark_lost())
+    register_routes(app, core, credentials=host.credentials)
+    if host.exposed_without_auth():
+        message = (
+            "autombw bridge: the WebUI listens beyond this machine without --api-auth; anyone "
+            "who can reach it can merge, restore and save checkpoints through /autombw/v1/. "
+            "Start the WebUI with --api-auth user:password (autombw reads the password from "
+            "an environment variable)."
+        )
+        log.warning(message)
+        print(f"*** {message}")
+    print(f"autombw bridge {version}: routes under /autombw/v1/ are ready")
+    return core
