@@ -180,6 +180,17 @@ def test_log_pairs_crlf_carriage_returns_and_progress_bars() -> None:
     assert result.warnings == ()
 
 
+def test_log_testweights_with_spaces_or_brackets() -> None:
+    nat = ", ".join(["0.5"] * 26 + ["0.25"])
+    text = f"INFO - testweights: [{nat}]\nINFO - test score: 0.5\n"
+    assert parse_console_log(text).best().weights["TIME_EMBED"] == 0.25
+    text = f"INFO - testweights: {nat}\nINFO - test score: 0.5\n"
+    assert parse_console_log(text).best().weights["TIME_EMBED"] == 0.25
+    glued = "INFO - testweights: " + ",".join(["0.5"] * 27) + "<Response [200]>\n"
+    with pytest.raises(JournalError, match="is not a list of numbers"):
+        parse_console_log(glued + "INFO - test score: 0.5\n")
+
+
 def test_log_truncated_and_incomplete_evaluations_are_skipped_with_warnings() -> None:
     nat = ",".join(["0.5"] * 27)
     text = (

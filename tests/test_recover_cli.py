@@ -243,3 +243,15 @@ def test_weights_presets_lists_builtins_and_user_file(
     assert code == 0 and "MINE" in out and "GRAD_V" in out
     code, out, _ = run(["weights", "convert", "mine", "--presets", str(user)], capsys)
     assert out.strip() == ",".join(["0.5"] * 27)
+
+
+def test_recover_merge_failure_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("autombw_cli.merging.offline")
+    out = tmp_path / "merged.safetensors"
+    argv = ["recover", str(CSV), "--merge", str(tmp_path / "a.safetensors")]
+    argv += [str(tmp_path / "b.safetensors"), "-o", str(out), "--out", str(tmp_path / "best")]
+    code, _, err = run(argv, capsys)
+    assert code != 0 and "a.safetensors" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

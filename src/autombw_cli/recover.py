@@ -493,7 +493,11 @@ def _arch_for_nat_count(count: int, arch: Arch | None, *, source: str) -> Arch:
 
 
 # --- console logs -------------------------------------------------------------------------
-_TESTWEIGHTS = re.compile(r"testweights:[ \t]*(?P<values>[^\s\[|]*)")
+_LOG_TOKEN = r"[^\s,\[\]|]+"
+# values separated by commas (spaces around them allowed), optionally in [brackets]
+_TESTWEIGHTS = re.compile(
+    rf"testweights:[ \t]*\[?[ \t]*(?P<values>(?:{_LOG_TOKEN}(?:[ \t]*,[ \t]*{_LOG_TOKEN})*)?)"
+)
 _TESTSCORE = re.compile(r"test score:[ \t]*(?P<score>[^\s\[|]*)")
 _BEST_SCORE = re.compile(r"Best score:[ \t]*(?P<score>[^\s\[|]*)")
 _BEST_SET = re.compile(r"Best parameter set:")
@@ -559,7 +563,7 @@ class _LogReader:
                 self.warn(self.pending[0], "testweights without a test score after it; skipped")
                 self.pending = None
             raw = m.group("values")
-            parts = raw.split(",")
+            parts = [p.strip() for p in raw.split(",")]
             values = [_log_number(p) for p in parts]
             if not raw or any(v is None for v in values):
                 self.warn(lineno, f"testweights {raw[:60]!r} is not a list of numbers; skipped")
