@@ -1,0 +1,477 @@
+"""The YAML search config: pydantic v2 models, loading, path resolution and redaction.
+
+`load_config(path)` reads a YAML file into a `SearchConfig` with six sections: ``models``,
+``instances``, ``payloads``, ``scorer``, ``search`` and ``outputs``. Every model forbids unknown
+keys; every error names the file, the line and the field path (see `autombw_cli.yamlio`).
+Relative paths resolve against the config file's folder. Secrets never enter the config: basic
+auth names the *environment variables* that hold them, resolved only when a client is built.
+
+The loaded value is fully resolved: block names are canonical (``in5`` -> ``IN05``),
+``search.blocks`` lists exactly the searched slots, ``search.frozen`` holds a value for every
+other slot, and each pass has its early-stopping settings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from autombw_cli.blocks import Arch, Weights
+from autombw_cli.config_fields import (
+    ExistingDir,
+    ExistingFile,
+    ResolvedPath,
+    StrictModel,
+    resolve_path,
+    validation_context,
+)
+from autombw_cli.config_search import (
+    EarlyStoppingConfig,
+    InitialConfig,
+    PassConfig,
+    SearchSettings,
+    parse_duration,
+)
+from autombw_cli.errors import AutombwError, ConfigError
+from autombw_cli.scoring.settings import ScorerConfig, ScorerPaths
+from autombw_cli.yamlio import FieldError, raise_validation_error, read_document
+
+__all__ = [
+    "BasicAuthConfig",
+    "ConfigError",
+    "EarlyStoppingConfig",
+    "InitialConfig",
+    "ModelsConfig",
+    "OutputsConfig",
+    "PassConfig",
+    "PayloadsConfig",
+    "ScorerConfig",
+    "SearchConfig",
+    "SearchSettings",
+    "SimulatedInstances",
+    "WebUIInstance",
+    "load_config",
+    "parse_duration",
+]
+
+PAYLOAD_SUFFIXES = (".json", ".yaml", ".yml")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SECRET_KEY = re.compile(r"pass(word)?|secret|token|api_?key|credential", re.IGNORECASE)
+
+
+# --- models -----------------------------------------------------------------------------
+class ModelsConfig(StrictModel):
+    """The two checkpoints to merge (as the WebUI lists them) and the merged model's name."""
+
+    a: str = Field(min_length=1, description="Model A: checkpoint title, name or file name")
+    b: str = Field(min_length=1, description="Model B: checkpoint title, name or file name")
+    output: str = Field(
+        "autombw-merge", min_length=1, description="Name of the merged model (no extension)"
+    )
+    arch: Arch = Field(Arch.SD1, description="Architecture of A and B: sd1, sd2 or sdxl")
+    a_file: ExistingFile | None = Field(None, description="Local file of A (offline merge)")
+    b_file: ExistingFile | None = Field(None, description="Local file of B (offline merge)")
+
+    @field_validator("output")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if re.search(r"[\\/]", v) or v in (".", ".."):
+            raise ValueError(f"{v!r} must be a plain name, not a path")
+        return v
+
+    @model_validator(mode="after")
+    def _different(self) -> ModelsConfig:
+        if self.a == self.b:
+            raise FieldError(("b",), f"model B is the same as model A ({self.a!r})")
+        return self
+
+
+# --- instances --------------------------------------------------------------------------
+class BasicAuthConfig(StrictModel):
+    """HTTP basic auth (A1111 ``--api-auth``), read from environment variables at run time."""
+
+    user_env: str = Field(description="Name of the environment variable holding the user")
+    password_env: str = Field(description="Name of the environment variable holding the password")
+
+    @field_validator("user_env", "password_env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        if not _ENV_NAME.fullmatch(v):
+            raise ValueError(
+                f"{v!r} is not an environment variable name (put the NAME of a variable "
+                "here, never the secret itself)"
+            )
+        return v
+
+    def missing(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        env = os.environ if environ is None else environ
+        return [n for n in (self.user_env, self.password_env) if not env.get(n)]
+
+    def resolve(
+        self, environ: Mapping[str, str] | None = None, *, instance: str = "instance"
+    ) -> tuple[str, str]:
+        """The (user, password) pair; ConfigError naming the unset variables."""
+        env = os.environ if environ is None else environ
+        missing = self.missing(env)
+        if missing:
+            raise ConfigError(
+                f"{instance}: basic auth needs environment variable(s) {', '.join(missing)}",
+                hint=f"export {missing[0]}=... before running autombw",
+            )
+        return env[self.user_env], env[self.password_env]
+
+
+def _check_url(v: str) -> str:
+    from urllib.parse import urlsplit
+
+    text = v.strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{v!r} needs a scheme and host, e.g. http://127.0.0.1:7860")
+    if parts.username or parts.password:
+        raise ValueError(
+            "credentials in the URL are not allowed; use auth: {user_env, password_env}"
+        )
+    if not parts.hostname:
+        raise ValueError(f"{v!r} has no host")
+    try:
+        parts.port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError:
+        raise ValueError(f"{v!r} has an invalid port (expected 1..65535)") from None
+    if parts.port == 0:
+        raise ValueError(f"{v!r} has an invalid port (expected 1..65535)")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{v!r} must not have a query or fragment")
+    return text.rstrip("/")
+
+
+class WebUIInstance(StrictModel):
+    """One A1111 WebUI started with ``--api`` (and the autombw bridge extension)."""
+
+    url: Annotated[str, AfterValidator(_check_url)] = Field(
+        description="Base URL, e.g. http://127.0.0.1:7860"
+    )
+    label: str | None = Field(None, min_length=1, description="Name shown in progress and logs")
+    auth: BasicAuthConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        return {"url": data} if isinstance(data, str) else data
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.url).netloc
+
+
+class SimulatedInstances(StrictModel):
+    """``simulate: N`` simulated WebUIs on loopback (quickstart, tests, no GPU needed)."""
+
+    simulate: int = Field(ge=1, le=64, description="Number of simulated WebUI instances")
+    arch: Arch | None = Field(None, description="Architecture simulated (default: models.arch)")
+    latency: float = Field(0.0, ge=0, description="Seconds each simulated image takes")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword options passed to the simulator"
+    )
+
+
+def _instances_form(value: Any) -> str | None:
+    if isinstance(value, Mapping | SimulatedInstances):
+        return "instances:simulate"
+    if isinstance(value, list | tuple):
+        return "instances:webui"
+    return None
+
+
+Instances = Annotated[
+    Annotated[list[WebUIInstance], Field(min_length=1), Tag("instances:webui")]
+    | Annotated[SimulatedInstances, Tag("instances:simulate")],
+    Discriminator(
+        _instances_form,
+        custom_error_type="instances_form",
+        custom_error_message=(
+            "expected a list of WebUI instances (- url: http://127.0.0.1:7860) "
+            "or a mapping {simulate: N}"
+        ),
+    ),
+]
+
+
+# --- payloads ---------------------------------------------------------------------------
+class PayloadsConfig(StrictModel):
+    """Payload files (auto-MBW-rt JSON or YAML) and the wildcard folder."""
+
+    files: list[ResolvedPath] = Field(
+        min_length=1, description="Payload files, or folders whose *.json/*.yaml files are used"
+    )
+    wildcards: ExistingDir | None = Field(None, description="Folder of __wildcard__ files")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str | list):
+            return {"files": [data] if isinstance(data, str) else data}
+        return data
+
+    @field_validator("files")
+    @classmethod
+    def _expand_folders(cls, files: list[Path], info: ValidationInfo) -> list[Path]:
+        check = validation_context(info).get("check_paths", True)
+        out: list[Path] = []
+        for i, p in enumerate(files):
+            if p.is_dir():
+                found = sorted(f for f in p.iterdir() if f.suffix.lower() in PAYLOAD_SUFFIXES)
+                if not found:
+                    raise FieldError((i,), f"folder {p} holds no .json/.yaml payload files")
+                out.extend(found)
+            elif check and not p.is_file():
+                raise FieldError((i,), f"payload file not found: {p}")
+            else:
+                out.append(p)
+        return out
+
+
+# --- outputs ----------------------------------------------------------------------------
+def _save_images(value: Any) -> Any:
+    if value is True:
+        return "all"
+    if value is False:
+        return "none"
+    return value
+
+
+class OutputsConfig(StrictModel):
+    """Where the run writes, and the final merge."""
+
+    run_dir: ResolvedPath = Field(
+        Path("runs"), validate_default=True, description="Folder holding one folder per run"
+    )
+    run_name: str | None = Field(None, description="Run folder name (default: output + time)")
+    save_images: Annotated[Literal["none", "best", "all"], BeforeValidator(_save_images)] = Field(
+        "best", description="Keep no images, the best evaluation's, or every evaluation's"
+    )
+    image_format: Literal["png", "jpeg", "webp"] = "png"
+    final_merge: bool = Field(True, description="Save the best merge as a checkpoint at the end")
+    merge_via: Literal["bridge", "offline"] = Field(
+        "bridge", description="bridge: the WebUI saves it; offline: autombw merges the files"
+    )
+    format: Literal["safetensors", "ckpt"] = "safetensors"
+    dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
+
+    @field_validator("run_name")
+    @classmethod
+    def _plain(cls, v: str | None) -> str | None:
+        if v is not None and (not re.fullmatch(r"[\w.+-]+", v) or v in (".", "..")):
+            raise ValueError(f"{v!r}: use letters, digits, _ . + - only")
+        return v
+
+
+# --- the whole config -------------------------------------------------------------------
+class SearchConfig(StrictModel):
+    """A complete search: what to merge, where to render, how to score, how to search."""
+
+    models: ModelsConfig
+    instances: Instances
+    payloads: PayloadsConfig
+    scorer: ScorerConfig = Field(default_factory=ScorerConfig)
+    search: SearchSettings = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+    outputs: OutputsConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+
+    _source: Path | None = PrivateAttr(None)
+    _initial: Weights | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo) -> SearchConfig:
+        arch = self.models.arch
+        object.__setattr__(self, "scorer", _resolve_scorer_paths(self.scorer, info))
+        if isinstance(self.instances, SimulatedInstances):
+            sim_arch = self.instances.arch or arch
+            if sim_arch is not arch:
+                raise FieldError(
+                    ("instances", "arch"),
+                    f"simulated arch {sim_arch.value} differs from models.arch {arch.value}",
+                )
+            object.__setattr__(self, "instances", self.instances.model_copy(update={"arch": arch}))
+        else:
+            _check_unique_instances(self.instances)
+        initial = (
+            self.search.initial.parse(arch, self.search.extrapolation)
+            if (self.search.initial)
+            else None
+        )
+        self._initial = initial
+        object.__setattr__(self, "search", self.search.resolve_slots(arch, initial))
+        o = self.outputs
+        if (
+            o.final_merge
+            and o.merge_via == "offline"
+            and not (self.models.a_file and self.models.b_file)
+        ):
+            raise FieldError(
+                ("outputs", "merge_via"),
+                "an offline final merge needs models.a_file and models.b_file",
+            )
+        return self
+
+    # --- reading ------------------------------------------------------------------------
+    @property
+    def source(self) -> Path | None:
+        """The file this config was loaded from (None when built in code)."""
+        return self._source
+
+    @property
+    def simulated(self) -> bool:
+        return isinstance(self.instances, SimulatedInstances)
+
+    def initial_weights(self) -> Weights | None:
+        """``search.initial`` parsed into `Weights` (None when not given)."""
+        return self._initial
+
+    def warnings(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        """Things that are valid but probably not what the user wants."""
+        out: list[str] = []
+        if not self.simulated:
+            for inst in self.instances:  # type: ignore[union-attr]
+                if inst.auth and inst.auth.missing(environ):
+                    out.append(
+                        f"instance {inst.name}: environment variable(s) "
+                        f"{', '.join(inst.auth.missing(environ))} not set (needed at run time)"
+                    )
+        budgets = [p.max_evaluations for p in self.search.passes if p.max_evaluations]
+        if budgets and sum(budgets) > self.search.max_evaluations:
+            out.append(
+                f"the passes' max_evaluations add up to {sum(budgets)}, more than "
+                f"search.max_evaluations ({self.search.max_evaluations}); the total wins"
+            )
+        if not self.scorer.sigmoid and self.scorer.tally in (
+            "geometric",
+            "harmonic",
+            "a/g",
+            "g/h",
+            "a/h",
+        ):
+            out.append(
+                f"tally {self.scorer.tally} needs positive scores; raw ImageReward scores can be "
+                "negative (turn scorer.sigmoid on)"
+            )
+        return out
+
+    def redacted_dump(self) -> dict[str, Any]:
+        """JSON-able resolved config with anything secret-looking replaced (for run folders)."""
+        return _redact(self.model_dump(mode="json"))
+
+    def redacted_yaml(self) -> str:
+        return yaml.safe_dump(self.redacted_dump(), sort_keys=False, allow_unicode=True)
+
+
+_SCORER_FILES = ("checkpoint", "med_config", "clip", "head")
+
+
+def _resolve_paths(paths: ScorerPaths, info: ValidationInfo, where: tuple) -> ScorerPaths:
+    """Scorer weight paths against the config folder; the ones that are set must exist."""
+    check = validation_context(info).get("check_paths", True)
+    update: dict[str, Path] = {}
+    for key in type(paths).model_fields:
+        value = getattr(paths, key)
+        if value is None:
+            continue
+        resolved = resolve_path(value, info)
+        if check and key in _SCORER_FILES and not resolved.is_file():
+            raise FieldError((*where, key), f"file not found: {resolved}")
+        if check and key == "tokenizer" and not resolved.exists():
+            raise FieldError((*where, key), f"tokenizer folder or vocab.txt not found: {resolved}")
+        update[key] = resolved
+    return paths.model_copy(update=update)
+
+
+def _resolve_scorer_paths(scorer: ScorerConfig, info: ValidationInfo) -> ScorerConfig:
+    members = [
+        m.model_copy(
+            update={"paths": _resolve_paths(m.paths, info, ("scorer", "ensemble", i, "paths"))}
+        )
+        for i, m in enumerate(scorer.ensemble)
+    ]
+    paths = _resolve_paths(scorer.paths, info, ("scorer", "paths"))
+    return scorer.model_copy(update={"paths": paths, "ensemble": members})
+
+
+def _check_unique_instances(instances: list[WebUIInstance]) -> None:
+    seen_url: dict[str, int] = {}
+    seen_name: dict[str, int] = {}
+    for i, inst in enumerate(instances):
+        if inst.url in seen_url:
+            raise FieldError(
+                ("instances", i, "url"),
+                f"{inst.url} is listed twice (also item {seen_url[inst.url]})",
+            )
+        if inst.name in seen_name:
+            raise FieldError(
+                ("instances", i, "label"),
+                f"two instances are named {inst.name!r}; give each a distinct label",
+            )
+        seen_url[inst.url] = i
+        seen_name[inst.name] = i
+
+
+def _redact(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, key) for v in value]
+    if isinstance(value, str) and _SECRET_KEY.search(key) and not key.endswith("_env"):
+        return "***"
+    return value
+
+
+# --- loading ----------------------------------------------------------------------------
+def load_config(path: Path | str, *, check_paths: bool = True) -> SearchConfig:
+    """Read and validate a YAML search config (ConfigError naming file, line and field)."""
+    p = Path(path)
+    doc = read_document(p, what="config")
+    if doc.data is None:
+        raise ConfigError(
+            f"{p}: the config file is empty", hint="start from configs/quickstart.yaml"
+        )
+    if not isinstance(doc.data, dict):
+        raise ConfigError(
+            f"{p}: expected a mapping of sections (models, instances, payloads, ...), "
+            f"got {type(doc.data).__name__}"
+        )
+    context = {"base_dir": p.resolve().parent, "check_paths": check_paths}
+    try:
+        cfg = SearchConfig.model_validate(doc.data, context=context)
+    except ValidationError as exc:
+        raise_validation_error(exc, doc, SearchConfig)
+    except AutombwError as exc:  # raised by a library call outside a validator's FieldError
+        raise ConfigError(f"{p}: {exc.message}", hint=exc.hint) from None
+    cfg._source = p
+    return cfg
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The JSON schema of the config file (for editor completion)."""
+    schema = SearchConfig.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "autombw search config"
+    return schema

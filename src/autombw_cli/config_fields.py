@@ -1,0 +1,50 @@
+"""Field types shared by the config sections: the strict base model and resolved paths.
+
+Relative paths resolve against ``base_dir`` from the validation context (the config file's
+folder, set by `autombw_cli.config.load_config`); ``check_paths=False`` in the context skips the
+existence checks (for building configs in code before the files exist).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def validation_context(info: ValidationInfo) -> Mapping[str, Any]:
+    return info.context or {}
+
+
+def resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base = validation_context(info).get("base_dir")
+    value = value.expanduser()
+    if not value.is_absolute() and base is not None:
+        value = Path(base) / value
+    return Path(os.path.normpath(value))
+
+
+def _must_be_file(value: Path, info: ValidationInfo) -> Path:
+    if validation_context(info).get("check_paths", True) and not value.is_file():
+        raise ValueError(f"file not found: {value}")
+    return value
+
+
+def _must_be_dir(value: Path, info: ValidationInfo) -> Path:
+    if validation_context(info).get("check_paths", True) and not value.is_dir():
+        raise ValueError(f"folder not found: {value}")
+    return value
+
+
+ResolvedPath = Annotated[Path, AfterValidator(resolve_path)]
+ExistingFile = Annotated[Path, AfterValidator(resolve_path), AfterValidator(_must_be_file)]
+ExistingDir = Annotated[Path, AfterValidator(resolve_path), AfterValidator(_must_be_dir)]
