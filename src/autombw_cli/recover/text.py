@@ -1,0 +1,77 @@
+"""Reading a source file's text safely, splitting it into lines, and telling its kind."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+from autombw_cli.blocks import Arch
+from autombw_cli.errors import JournalError
+from autombw_cli.recover.values import SourceKind, slot_or_none
+
+
+def read_source_text(path: Path | str) -> tuple[str, list[str]]:
+    """The text of a source file (BOM stripped) and warnings about its encoding."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise JournalError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise JournalError(f"{p}: is a folder, expected a CSV, log or recipe file") from None
+    except OSError as exc:
+        raise JournalError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    if not data.strip():
+        raise JournalError(
+            f"{p}: the file is empty",
+            hint="expected a history CSV, an auto-MBW-rt console log or a .recipe.txt",
+        )
+    if b"\x00" in data:
+        raise JournalError(
+            f"{p}: binary data (NUL bytes), not a history CSV, console log or recipe",
+            hint="pass the history .csv, the console log text or the .recipe.txt",
+        )
+    warnings: list[str] = []
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text = data.decode("utf-8", errors="replace")
+        warnings.append(f"{p}: not valid UTF-8 (first bad byte at offset {exc.start}); replaced")
+    return text.removeprefix("\ufeff"), warnings
+
+
+def physical_lines(text: str) -> list[str]:
+    """Lines split on LF; CRLF and stray trailing CRs (pandas on Windows writes CR CR LF) go."""
+    return [line.rstrip("\r") for line in text.split("\n")]
+
+
+def csv_cells(line: str) -> list[str]:
+    try:
+        return next(csv.reader([line]), [])
+    except csv.Error:
+        return line.split(",")
+
+
+def detect_kind(text: str, *, source: str = "source") -> SourceKind:
+    """Tell a history CSV, an auto-MBW-rt CSV, a console log and a recipe apart by content."""
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        return SourceKind.RECIPE
+    first = next((ln for ln in physical_lines(text) if ln.strip()), "")
+    if re.match(r"\s*model[ABO]\s*=", first):
+        return SourceKind.RECIPE
+    cells = [c.strip() for c in csv_cells(first)]
+    lowered = [c.lower() for c in cells]
+    if "score" in lowered:
+        if cells and cells[0] == "0":
+            return SourceKind.MBWRT_CSV
+        if any(slot_or_none(c, Arch.SD1) == "IN00" for c in cells):
+            return SourceKind.HISTORY
+    if re.search(r"testweights:|test score:|Best parameter set", text):
+        return SourceKind.LOG
+    raise JournalError(
+        f"{source}: cannot tell what kind of file this is (first line {first[:60]!r})",
+        hint="expected an autombw or auto-MBW-rt history CSV, an auto-MBW-rt console log or "
+        "a .recipe.txt; pass --kind to say which",
+    )
