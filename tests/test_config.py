@@ -138,6 +138,18 @@ FIELD_CASES: list[tuple[str, dict, Any, Any]] = [
         ("U", "P"),
     ),
     (
+        "instances[].timeouts",
+        {"instances": [{"url": "http://h:1", "timeouts": {"stall": 600, "connect": 2}}]},
+        lambda c: (c.instances[0].timeouts.stall, c.instances[0].timeouts.connect),
+        (600.0, 2.0),
+    ),
+    (
+        "instances[].retry",
+        {"instances": [{"url": "http://h:1", "retry": {"attempts": 5}}]},
+        lambda c: c.instances[0].retry.attempts,
+        5,
+    ),
+    (
         "payloads.files",
         {"payloads": {"files": ["payloads/q.yaml"]}},
         lambda c: [p.name for p in c.payloads.files],
@@ -339,6 +351,21 @@ FIELD_CASES: list[tuple[str, dict, Any, Any]] = [
     ("search.max_time", {"search": {"max_time": "1h30m"}}, lambda c: c.search.max_time, 5400.0),
     ("search.max_time seconds", {"search": {"max_time": 90}}, lambda c: c.search.max_time, 90),
     ("search.seed", {"search": {"seed": 42}}, lambda c: c.search.seed, 42),
+    (
+        "search.scheduler",
+        {
+            "search": {
+                "scheduler": {
+                    "max_attempts": 5,
+                    "park_after": 2,
+                    "all_down_after": "5m",
+                    "probe_backoff_max": 10,
+                }
+            }
+        },
+        lambda c: c.search.scheduler.model_dump(),
+        {"max_attempts": 5, "park_after": 2, "all_down_after": 300.0, "probe_backoff_max": 10},
+    ),
     (
         "outputs.run_dir",
         {"outputs": {"run_dir": "out/runs"}},

@@ -349,3 +349,12 @@ def test_scorer_section_errors_name_the_field(write) -> None:
     path = write(HEAD + "scorer:\n  tally: geometrik\n")
     message = error_of(path)
     assert_names(message, path, "scorer.tally", line=8)
+
+
+def test_bad_timeouts(write) -> None:
+    path = write(
+        HEAD.replace("simulate: 1", "- url: http://h:1\n    timeouts: {keepalive_expiry: 9}")
+    )
+    message = error_of(path)
+    assert_names(message, path, "instances[0].timeouts.keepalive_expiry", line=6)
+    assert "below 5" in message

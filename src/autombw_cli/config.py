@@ -46,11 +46,13 @@ from autombw_cli.config_search import (
     EarlyStoppingConfig,
     InitialConfig,
     PassConfig,
+    SchedulerConfig,
     SearchSettings,
     parse_duration,
 )
 from autombw_cli.errors import AutombwError, ConfigError
 from autombw_cli.scoring.settings import ScorerConfig, ScorerPaths
+from autombw_cli.webui.timeouts import ClientTimeouts, RetryPolicy
 from autombw_cli.yamlio import FieldError, raise_validation_error, read_document
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "OutputsConfig",
     "PassConfig",
     "PayloadsConfig",
+    "SchedulerConfig",
     "ScorerConfig",
     "SearchConfig",
     "SearchSettings",
@@ -170,6 +173,12 @@ class WebUIInstance(StrictModel):
     )
     label: str | None = Field(None, min_length=1, description="Name shown in progress and logs")
     auth: BasicAuthConfig | None = None
+    timeouts: ClientTimeouts = Field(
+        default_factory=ClientTimeouts, description="Client timeouts in seconds (stall: 180)"
+    )
+    retry: RetryPolicy = Field(
+        default_factory=RetryPolicy, description="Retries of connection failures"
+    )
 
     @model_validator(mode="before")
     @classmethod

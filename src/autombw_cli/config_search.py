@@ -181,6 +181,23 @@ class PassConfig(StrictModel):
         return data
 
 
+class SchedulerConfig(StrictModel):
+    """How the run treats failing instances (unset: the scheduler's defaults, shown)."""
+
+    max_attempts: int | None = Field(
+        None, ge=1, description="Tries per evaluation across instances (default 3)"
+    )
+    park_after: int | None = Field(
+        None, ge=1, description="Consecutive failures that park an instance (default 3)"
+    )
+    all_down_after: Annotated[float | None, BeforeValidator(parse_duration)] = Field(
+        None, gt=0, description="Stop when every instance is down this long (default 60 s)"
+    )
+    probe_backoff_max: Annotated[float | None, BeforeValidator(parse_duration)] = Field(
+        None, gt=0, description="Longest wait between probes of a parked instance (default 30 s)"
+    )
+
+
 def _weights_text(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return ",".join(str(v) for v in value)
@@ -290,6 +307,7 @@ class SearchSettings(StrictModel):
         None, gt=0, description="Time budget in seconds (or 90m, 2h, 1h30m)"
     )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of optimizers and payload seeds")
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
 
     @model_validator(mode="after")
     def _pass_defaults(self) -> SearchSettings:
