@@ -365,3 +365,13 @@ def test_example_payloads_load_and_expand() -> None:
     prompts = expand_payloads(payloads, folder / "wildcards", 0)
     assert all("__" not in e.prompt for e in prompts)
     assert len([e for e in prompts if e.payload_name == "portraits"]) > 1
+
+
+@pytest.mark.parametrize(
+    ("wildcard_type", "prompt"),
+    [("random", "a {b|c"), ("combinatorial", "a {b|c"), ("jinja2", "{% for x in %}")],
+)
+def test_template_syntax_errors_are_payload_errors(wildcard_type: str, prompt: str) -> None:
+    p = payload(name="bad", prompt=prompt, wildcard_type=wildcard_type)
+    with pytest.raises(PayloadError, match=f"payload bad: cannot expand {wildcard_type} wildcards"):
+        expand_payload(p, None, 0)

@@ -269,6 +269,15 @@ def _seeded_global_random(seed: int) -> Iterator[None]:
         random.setstate(state)
 
 
+def _template_errors() -> tuple[type[Exception], ...]:
+    """What dynamicprompts raises for a bad template (its parser's and Jinja's errors)."""
+    import jinja2
+    import pyparsing
+    from dynamicprompts.generators.promptgenerator import GeneratorException
+
+    return (pyparsing.ParseBaseException, GeneratorException, jinja2.TemplateError)
+
+
 def _variants(payload: Payload, text: str, which: str, folder: Path | None, seed: int) -> list[str]:
     from dynamicprompts.generators import (
         CombinatorialPromptGenerator,
@@ -283,6 +292,9 @@ def _variants(payload: Payload, text: str, which: str, folder: Path | None, seed
         return RandomPromptGenerator(wildcard_manager=wm, seed=gen_seed).generate(text, n)
     if payload.wildcard_type == "combinatorial":
         return CombinatorialPromptGenerator(wildcard_manager=wm).generate(text, n)
+    import jinja2
+
+    jinja2.Environment().parse(text)  # a syntax error raises here, before dynamicprompts logs it
     jinja = JinjaGenerator(wildcard_manager=wm)
     # its built-in random generator is unseeded: replace it with a seeded one
     jinja._generators["random"] = RandomPromptGenerator(wildcard_manager=wm, seed=gen_seed)
@@ -306,11 +318,10 @@ def expand_payload(payload: Payload, wildcard_dir: Path | None, seed: int) -> li
                 if wildcard_dir
                 else "set payloads.wildcards in the config (or --wildcards)",
             ) from None
-        except PayloadError:
-            raise
-        except Exception as exc:  # dynamicprompts parse errors have no common base class
+        except _template_errors() as exc:
             raise PayloadError(
-                f"payload {payload.name}: cannot expand {payload.wildcard_type} wildcards: {exc}"
+                f"payload {payload.name}: cannot expand {payload.wildcard_type} wildcards: {exc}",
+                hint="check the braces/wildcard syntax of prompt and negative_prompt",
             ) from exc
         if not prompts:
             raise PayloadError(f"payload {payload.name}: wildcard expansion gave no prompt")
