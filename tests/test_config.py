@@ -491,7 +491,9 @@ def test_redacted_dump_holds_env_names_not_secrets(
                     "auth": {"user_env": "A1111_USER", "password_env": "A1111_PASSWORD"},
                 }
             ],
-            "scorer": {"options": {"api_key": "sk-123", "hub_token": "tok", "size": "x"}},
+            "scorer": {
+                "options": {"api_key": "sk-123", "hub_token": "tok", "size": "x", "passes": "y"}
+            },
         },
     )
     assert cfg.instances[0].auth.resolve(instance="h") == ("alice", "hunter2")
@@ -499,7 +501,12 @@ def test_redacted_dump_holds_env_names_not_secrets(
     assert "hunter2" not in text and "alice" not in text
     assert "A1111_PASSWORD" in text
     dump = cfg.redacted_dump()
-    assert dump["scorer"]["options"] == {"api_key": "***", "hub_token": "***", "size": "x"}
+    assert dump["scorer"]["options"] == {
+        "api_key": "***",
+        "hub_token": "***",
+        "size": "x",
+        "passes": "y",
+    }
     # the dump is itself a loadable config (modulo redaction)
     again = project / "again.yaml"
     again.write_text(text)

@@ -76,7 +76,9 @@ __all__ = [
 
 PAYLOAD_SUFFIXES = (".json", ".yaml", ".yml")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SECRET_KEY = re.compile(r"pass(word)?|secret|token|api_?key|credential", re.IGNORECASE)
+_SECRET_KEY = re.compile(
+    r"(^|_)(pass|passwd|password|secret|token|api_?key|credentials?)($|_)", re.IGNORECASE
+)
 
 
 # --- models -----------------------------------------------------------------------------
