@@ -62,7 +62,10 @@ def root(
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, print user errors without a traceback."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        # without standalone mode click returns (not raises) a command's `typer.Exit(code)`
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except AutombwError as exc:
         if state.debug:
             raise
