@@ -48,7 +48,13 @@ async def open_instances(
         return endpoints
     for inst in config.instances:
         auth = inst.auth.resolve(instance=inst.name) if inst.auth else None
-        client = WebUIClient(inst.url, auth=auth, label=inst.name)
+        client = WebUIClient(
+            inst.url,
+            auth=auth,
+            label=inst.name,
+            timeouts=getattr(inst, "timeouts", None),
+            retry=getattr(inst, "retry", None),
+        )
         await stack.enter_async_context(client)
         endpoints.append(Endpoint(inst.name, inst.url, client))
     return endpoints

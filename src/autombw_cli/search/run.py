@@ -104,6 +104,7 @@ class Run:
         self._sigints = 0
         self._log_handler: logging.Handler | None = None
         self._started = time.monotonic()
+        self.scheduler_settings: SchedulerSettings = settings_from_config(config)
 
     # --- construction ----------------------------------------------------------------------
     @classmethod
@@ -166,7 +167,7 @@ class Run:
             scorer = await inst_mod.preflight_and_scorer(cfg, endpoints, self.prompts)
             instances = [Instance(label=e.label, client=e.client) for e in endpoints]
             campaign = self._campaign(emit)
-            settings = scheduler_settings(cfg)
+            settings = self.scheduler_settings
             self._scheduler = Scheduler(
                 instances,
                 scorer,
@@ -281,6 +282,16 @@ class Run:
         record = rec.Record.from_outcome(outcome, score, per_payload)
         rec.append(self.journal, record, outcome)
         self.records[record.number] = record
+        log.info(
+            "evaluation #%d (pass %d) on %s: score %.6g in %.2fs (merge %.2fs, render %.2fs)",
+            record.number,
+            record.pass_index,
+            record.instance,
+            score,
+            record.duration_s,
+            record.merge_s,
+            record.generate_s,
+        )
         out = self.config.outputs
         if out.save_images == "all":
             from autombw_cli.report.summary import write_best_images
@@ -532,7 +543,7 @@ def tally_outcome(outcome: Outcome, kind: str, sigmoid: bool) -> tuple[float, di
     return total, per_payload
 
 
-def scheduler_settings(config: Any) -> SchedulerSettings:
+def settings_from_config(config: Any) -> SchedulerSettings:
     """Scheduler knobs from the config (``search.scheduler`` when present) and the scorer."""
     knobs = getattr(config.search, "scheduler", None)
     values: dict[str, Any] = {"scorer_batch_size": config.scorer.batch_size}

@@ -1,0 +1,191 @@
+"""`autombw search` / `autombw doctor` as a user runs them: real subprocesses, real signals,
+simulated WebUIs over loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from search_helpers import history_numbers, write_search_config
+
+# the journal (search helper) is needed by every full run
+pytest.importorskip("autombw_cli.search.journal")
+
+pytestmark = pytest.mark.timeout(240)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "autombw_cli", *args]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("COLUMNS", None)
+    return env
+
+
+def _run(*args: str, cwd: Path, timeout: float = 200) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _cmd(*args), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+class _Search:
+    """A search running in a subprocess whose plain output we follow line by line."""
+
+    def __init__(self, *args: str, cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            _cmd("search", "--plain", *args),
+            cwd=cwd,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.run_dir: Path | None = None
+
+    def wait_for_evaluations(self, n: int, timeout: float = 150) -> None:
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            if line.startswith("run ") and "writing to " in line:
+                self.run_dir = Path(line.rsplit("writing to ", 1)[1].strip())
+            if sum(1 for x in self.lines if x.startswith("[")) >= n:
+                return
+        raise AssertionError(
+            f"search did not reach {n} evaluations: {''.join(self.lines)}"
+            f"{self.proc.stderr.read() if self.proc.poll() is not None else ''}"  # type: ignore[union-attr]
+        )
+
+    def finish(self, timeout: float = 150) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, "".join(self.lines) + out, err
+
+
+def test_bad_config_exits_2_naming_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "models: {a: x.safetensors, b: y.safetensors}\ninstances: {simulate: 1}\n"
+        "payloads: {files: [missing.json]}\nsearch: {max_evaluatons: 3}\n"
+    )
+    res = _run("search", str(bad), cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert "error" in res.stderr.splitlines()[0].lower()
+    assert "max_evaluatons" in res.stderr
+
+
+def test_search_needs_a_config_or_resume(tmp_path: Path) -> None:
+    res = _run("search", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "--resume" in res.stderr
+
+
+def test_unreachable_instances_exit_3(tmp_path: Path) -> None:
+    cfg = write_search_config(
+        tmp_path, instances="[{url: 'http://127.0.0.1:9', label: gone}]", evaluations=3
+    )
+    res = _run("search", "--plain", str(cfg), cwd=tmp_path)
+    assert res.returncode == 3, res.stderr
+    assert "gone" in res.stderr and "unreachable" in res.stderr
+    doctor = _run("doctor", str(cfg), cwd=tmp_path)
+    assert doctor.returncode == 3
+    assert "gone" in doctor.stdout and "unreachable" in doctor.stdout
+
+
+def test_killed_search_resumes_without_losing_or_repeating(tmp_path: Path) -> None:
+    cfg = write_search_config(
+        tmp_path,
+        instances="{simulate: 2, latency: 0.05}",
+        evaluations=24,
+        outputs="{run_dir: runs, save_images: none, final_merge: false}",
+    )
+    search = _Search(str(cfg), cwd=tmp_path)
+    search.wait_for_evaluations(6)
+    search.proc.send_signal(signal.SIGKILL)
+    search.proc.wait(timeout=30)
+    assert search.run_dir is not None
+    before = history_numbers(search.run_dir)
+    assert len(before) >= 6 and len(before) == len(set(before))
+    res = _run("search", "--plain", "--resume", str(search.run_dir), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    after = history_numbers(search.run_dir)
+    assert after[: len(before)] == before  # nothing rewritten
+    assert len(after) == 24 and len(set(after)) == 24  # nothing lost, nothing twice
+    summary = json.loads((search.run_dir / "summary.json").read_text())
+    assert summary["evaluations"] == 24
+
+
+def test_ctrl_c_finishes_in_flight_work_and_writes_outputs(tmp_path: Path) -> None:
+    cfg = write_search_config(
+        tmp_path,
+        instances="{simulate: 2, latency: 0.05}",
+        evaluations=200,
+        outputs="{run_dir: runs, save_images: best, final_merge: true}",
+    )
+    jlog = tmp_path / "events.jsonl"
+    search = _Search("--json-log", str(jlog), str(cfg), cwd=tmp_path)
+    search.wait_for_evaluations(4)
+    search.proc.send_signal(signal.SIGINT)
+    code, _out, err = search.finish()
+    assert code == 130, err
+    assert search.run_dir is not None
+    summary = json.loads((search.run_dir / "summary.json").read_text())
+    assert summary["stop_reason"] == "interrupted"
+    assert summary["evaluations"] == len(history_numbers(search.run_dir)) < 200
+    assert (search.run_dir / "test-merge.recipe.txt").is_file()
+    assert "checkpoint" not in summary["outputs"]  # no final merge after an interruption
+    events = [json.loads(line) for line in jlog.read_text().splitlines()]
+    assert events[0]["event"] == "run_started" and events[-1]["event"] == "run_finished"
+
+
+def test_second_ctrl_c_aborts_with_the_journal_intact(tmp_path: Path) -> None:
+    cfg = write_search_config(tmp_path, instances="{simulate: 1, latency: 0.3}", evaluations=200)
+    search = _Search(str(cfg), cwd=tmp_path)
+    search.wait_for_evaluations(2)
+    search.proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    search.proc.send_signal(signal.SIGINT)
+    code, _out, err = search.finish()
+    assert code == 130
+    assert "--resume" in err
+    assert search.run_dir is not None
+    numbers = history_numbers(search.run_dir)
+    assert len(numbers) >= 2 and len(numbers) == len(set(numbers))
+
+
+def test_quickstart_runs_from_the_readme(tmp_path: Path) -> None:
+    """The README's first command, on a copy of configs/ and payloads/ (to keep runs/ clean)."""
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    shutil.copytree(ROOT / "payloads", tmp_path / "payloads")
+    res = _run(
+        "search", "--plain", "--max-evaluations", "6", "configs/quickstart.yaml", cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["evaluations"] == 6
+    for key in (
+        "recipe",
+        "summary",
+        "plot_scores",
+        "plot_best-weights",
+        "plot_top-k",
+        "checkpoint",
+    ):
+        assert key in summary["outputs"] or key == "summary", key
