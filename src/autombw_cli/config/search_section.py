@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from autombw_cli.blocks import (
     BASE,
@@ -26,159 +25,12 @@ from autombw_cli.blocks import (
     layout,
     parse_weights,
 )
-from autombw_cli.config_fields import ExistingFile, StrictModel
+from autombw_cli.config.fields import Duration, ExistingFile, StrictModel
+from autombw_cli.config.passes import EarlyStoppingConfig, PassConfig
 from autombw_cli.errors import AutombwError
 from autombw_cli.yamlio import FieldError, error_text, format_path
 
-DEFAULT_OPTIMIZER = "tpe"
 MAX_PASSES = 3
-# gradient-free-optimizers classes users know from auto-MBW-rt (DOMAIN.md §4) and Optuna samplers.
-GFO_OPTIMIZERS = (
-    "HillClimbing",
-    "StochasticHillClimbing",
-    "RepulsingHillClimbing",
-    "SimulatedAnnealing",
-    "DownhillSimplex",
-    "RandomSearch",
-    "GridSearch",
-    "RandomRestartHillClimbing",
-    "RandomAnnealing",
-    "PowellsMethod",
-    "PatternSearch",
-    "ParallelTempering",
-    "ParticleSwarm",
-    "SpiralOptimization",
-    "EvolutionStrategy",
-    "Lipschitz",
-    "DirectAlgorithm",
-    "Bayesian",
-    "TreeStructuredParzenEstimators",
-    "Forest",
-)
-OPTUNA_OPTIMIZERS = ("tpe", "gp", "cmaes", "qmc", "random")
-_REGISTRY_MODULES = (
-    "autombw_cli.search",
-    "autombw_cli.search.optimizers",
-    "autombw_cli.search.optimizers.registry",
-)
-
-
-def parse_duration(value: Any) -> Any:
-    """Seconds from ``3600``, ``"90m"``, ``"1h30m"``, ``"45s"``, ``"1.5h"`` or ``"01:30:00"``."""
-    if value is None or isinstance(value, int | float):
-        return value
-    if not isinstance(value, str):
-        return value
-    text = value.strip().lower()
-    m = re.fullmatch(r"(\d+):(\d{1,2}):(\d{1,2})", text)
-    if m:
-        h, mi, s = (int(g) for g in m.groups())
-        return float(h * 3600 + mi * 60 + s)
-    m = re.fullmatch(
-        r"(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s?)?", text
-    )
-    if text and m and any(m.groups()):
-        h, mi, s = (float(g) if g else 0.0 for g in m.groups())
-        return h * 3600 + mi * 60 + s
-    raise ValueError(f"{value!r} is not a duration; write seconds (3600) or e.g. 90m, 1h30m, 45s")
-
-
-def _canonical_optimizer(name: str) -> str:
-    def norm(s: str) -> str:
-        s = re.sub(r"[^a-z0-9]", "", s.lower())
-        return s[: -len("optimizer")] if s.endswith("optimizer") and s != "optimizer" else s
-
-    known = {norm(n): n for n in (*GFO_OPTIMIZERS, *OPTUNA_OPTIMIZERS)}
-    if norm(name) in known:
-        return known[norm(name)]
-    close = difflib.get_close_matches(name, [*GFO_OPTIMIZERS, *OPTUNA_OPTIMIZERS], n=1, cutoff=0.6)
-    raise FieldError(
-        ("optimizer",),
-        f"unknown optimizer {name!r}"
-        + (f"; did you mean {close[0]!r}?" if close else "")
-        + f" (one of: {', '.join((*OPTUNA_OPTIMIZERS, *GFO_OPTIMIZERS))})",
-    )
-
-
-def validate_optimizer(name: str, settings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Check an optimizer name and settings with the search package's registry when present.
-
-    Returns the canonical name and the settings with the optimizer's defaults filled in.
-    """
-    try:
-        from autombw_cli.search.optimizers import registry
-    except ImportError as exc:
-        if getattr(exc, "name", None) not in (*_REGISTRY_MODULES, None):
-            raise
-        return _canonical_optimizer(name), settings
-    try:
-        lookup = getattr(registry, "lookup", None)
-        canonical = lookup(name).name if lookup is not None else name
-        result = registry.validate_optimizer_settings(name, settings)
-    except AutombwError as exc:
-        raise FieldError(("optimizer",), error_text(exc)) from None
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        message = err["msg"]
-        if err["type"] == "extra_forbidden":
-            known = sorted(lookup(name).settings.model_fields) if lookup is not None else []
-            close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
-            message = f"unknown setting for {canonical}" + (
-                f"; did you mean {close[0]!r}?" if close else ""
-            )
-            message += f" (settings: {', '.join(known)})" if known else ""
-        raise FieldError(("settings", *err["loc"]), message) from None
-    if isinstance(result, BaseModel):
-        return canonical, result.model_dump(mode="json")
-    if isinstance(result, dict):
-        return canonical, result
-    return canonical, settings
-
-
-class EarlyStoppingConfig(StrictModel):
-    """Stop a pass after ``patience`` evaluations without an improvement."""
-
-    patience: int | None = Field(
-        27, ge=1, description="Evaluations without improvement before a pass stops (null: never)"
-    )
-    min_delta_abs: float = Field(0.0, ge=0, description="An improvement must exceed this")
-    min_delta_rel: float = Field(0.0, ge=0, description="... and this fraction of |best|")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        if data is False:
-            return {"patience": None}
-        if data is True:
-            return {}
-        if isinstance(data, int):
-            return {"patience": data}
-        return data
-
-
-class PassConfig(StrictModel):
-    """One search pass; pass 2 and 3 start from the previous pass's best."""
-
-    optimizer: str = Field(DEFAULT_OPTIMIZER, description="Optimizer name (tpe, HillClimbing...)")
-    settings: dict[str, Any] = Field(default_factory=dict, description="Optimizer options")
-    max_evaluations: int | None = Field(None, ge=1, description="Cap for this pass")
-    early_stopping: EarlyStoppingConfig | None = Field(
-        None, description="Default: search.early_stopping"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _check_optimizer(cls, data: Any) -> Any:
-        if isinstance(data, str):
-            data = {"optimizer": data}
-        if not isinstance(data, dict):
-            return data
-        name = data.get("optimizer", DEFAULT_OPTIMIZER)
-        settings = data.get("settings") or {}
-        if isinstance(name, str) and isinstance(settings, dict):
-            name, settings = validate_optimizer(name, settings)
-            data = {**data, "optimizer": name, "settings": settings}
-        return data
 
 
 class SchedulerConfig(StrictModel):
@@ -190,10 +42,10 @@ class SchedulerConfig(StrictModel):
     park_after: int | None = Field(
         None, ge=1, description="Consecutive failures that park an instance (default 3)"
     )
-    all_down_after: Annotated[float | None, BeforeValidator(parse_duration)] = Field(
+    all_down_after: Duration = Field(
         None, gt=0, description="Stop when every instance is down this long (default 60 s)"
     )
-    probe_backoff_max: Annotated[float | None, BeforeValidator(parse_duration)] = Field(
+    probe_backoff_max: Duration = Field(
         None, gt=0, description="Longest wait between probes of a parked instance (default 30 s)"
     )
 
@@ -303,9 +155,7 @@ class SearchSettings(StrictModel):
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     max_evaluations: int = Field(270, ge=1, description="Evaluation budget over all passes")
-    max_time: Annotated[float | None, BeforeValidator(parse_duration)] = Field(
-        None, gt=0, description="Time budget in seconds (or 90m, 2h, 1h30m)"
-    )
+    max_time: Duration = Field(None, gt=0, description="Time budget in seconds (or 90m, 2h, 1h30m)")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of optimizers and payload seeds")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
 

@@ -8,11 +8,12 @@ existence checks (for building configs in code before the files exist).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationInfo
 
 
 class StrictModel(BaseModel):
@@ -48,3 +49,26 @@ def _must_be_dir(value: Path, info: ValidationInfo) -> Path:
 ResolvedPath = Annotated[Path, AfterValidator(resolve_path)]
 ExistingFile = Annotated[Path, AfterValidator(resolve_path), AfterValidator(_must_be_file)]
 ExistingDir = Annotated[Path, AfterValidator(resolve_path), AfterValidator(_must_be_dir)]
+
+
+def parse_duration(value: Any) -> Any:
+    """Seconds from ``3600``, ``"90m"``, ``"1h30m"``, ``"45s"``, ``"1.5h"`` or ``"01:30:00"``."""
+    if value is None or isinstance(value, int | float):
+        return value
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower()
+    m = re.fullmatch(r"(\d+):(\d{1,2}):(\d{1,2})", text)
+    if m:
+        h, mi, s = (int(g) for g in m.groups())
+        return float(h * 3600 + mi * 60 + s)
+    m = re.fullmatch(
+        r"(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s?)?", text
+    )
+    if text and m and any(m.groups()):
+        h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+        return h * 3600 + mi * 60 + s
+    raise ValueError(f"{value!r} is not a duration; write seconds (3600) or e.g. 90m, 1h30m, 45s")
+
+
+Duration = Annotated[float | None, BeforeValidator(parse_duration)]
