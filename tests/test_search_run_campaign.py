@@ -5,6 +5,10 @@ No WebUI here: outcomes are built directly and scored by a known function of the
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("autombw_cli.search.optimizers")
+
 from autombw_cli.blocks import Arch
 from autombw_cli.search.campaign import Campaign, PassPlan, Scored
 from autombw_cli.search.events import EvaluationDone, PassStarted, StopReason

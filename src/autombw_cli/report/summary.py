@@ -73,14 +73,20 @@ def write_best_recipe(recipe: Recipe, run_dir: Path) -> tuple[Path, Path]:
     return write_recipe_files(recipe, run_dir / recipe.output_name)
 
 
-def write_best_images(images: Sequence[BestImage], folder: Path) -> list[Path]:
-    """The best evaluation's images, one file each, plus ``prompts.txt`` naming their prompts."""
+def write_best_images(
+    images: Sequence[BestImage], folder: Path, *, image_format: str | None = None
+) -> list[Path]:
+    """The best evaluation's images, one file each, plus ``prompts.txt`` naming their prompts.
+
+    Images are written as the WebUI sent them, re-encoded only when ``image_format``
+    (png/jpeg/webp) differs from what it sent."""
     written: list[Path] = []
     lines = []
     for img in images:
         stem = _safe(f"{img.payload_name}-{img.index:02d}-{img.image_index}")
-        name = f"{stem}.{image_extension(img.raw)}"
-        written.append(atomic_write_bytes(folder / name, img.raw))
+        data, ext = _encoded(img.raw, image_format)
+        name = f"{stem}.{ext}"
+        written.append(atomic_write_bytes(folder / name, data))
         lines.append(
             f"{name}\tscore={img.raw_score:.6g}\tseed={img.seed}\tprompt={img.prompt}"
             f"\tnegative={img.negative_prompt}"
@@ -88,6 +94,22 @@ def write_best_images(images: Sequence[BestImage], folder: Path) -> list[Path]:
     if images:
         written.append(atomic_write_text(folder / "prompts.txt", "\n".join(lines) + "\n"))
     return written
+
+
+def _encoded(raw: bytes, image_format: str | None) -> tuple[bytes, str]:
+    ext = image_extension(raw)
+    want = {"png": "png", "jpeg": "jpg", "jpg": "jpg", "webp": "webp"}.get(image_format or "")
+    if not want or want == ext or ext == "bin":
+        return raw, ext
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    with Image.open(io.BytesIO(raw)) as im:
+        fmt = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[want]
+        (im.convert("RGB") if fmt == "JPEG" else im).save(buf, format=fmt, quality=95)
+    return buf.getvalue(), want
 
 
 def _safe(name: str) -> str:

@@ -297,14 +297,18 @@ class Run:
             from autombw_cli.report.summary import write_best_images
 
             folder = self.run_dir / "images" / f"{record.number:05d}"
-            write_best_images(rec.best_images(outcome), folder)
+            write_best_images(rec.best_images(outcome), folder, image_format=out.image_format)
         if self._best_score is None or score > self._best_score:
             self._best_score = score
             self._best_images = rec.best_images(outcome)
             if out.save_images != "none":
                 from autombw_cli.report.summary import BEST_IMAGES_DIR, write_best_images
 
-                write_best_images(self._best_images, self.run_dir / BEST_IMAGES_DIR)
+                write_best_images(
+                    self._best_images,
+                    self.run_dir / BEST_IMAGES_DIR,
+                    image_format=out.image_format,
+                )
 
     # --- signals ------------------------------------------------------------------------
     def _install_sigint(self, emit: EventSink) -> None:
