@@ -71,7 +71,6 @@ from autombw_cli.webui.bridge.names import (
 BRIDGE_API = 1
 CACHE_DEVICES = ("auto", "cuda", "cpu")
 UNET_MODULE = "model.diffusion_model"
-WRITE_CHUNK_BYTES = 1 << 30  # tensors handed to one load_state_dict call (bounds temp memory)
 _UNKNOWN = math.nan  # "the live model holds something else for this slot": always rewritten
 
 
@@ -182,6 +181,7 @@ class BridgeCore:
         self._merge_live = False
         self._lost_reason: str | None = None
         self._shape_cache: dict[tuple[str, int, int], dict[str, tuple[int, ...]]] = {}
+        self._verdicts: dict[tuple[tuple[str, int, int], tuple[str, int, int]], Arch] = {}
 
     # --- host notifications ---------------------------------------------------------------
     def mark_lost(self, reason: str = "the WebUI reloaded its checkpoint") -> None:
@@ -428,13 +428,7 @@ class BridgeCore:
         return ref
 
     def _shapes(self, ref: CheckpointRef) -> dict[str, tuple[int, ...]]:
-        try:
-            st = ref.path.stat()
-        except OSError as exc:
-            raise BridgeError(
-                f"{ref.name}: cannot read {ref.path} ({exc})", status=404, kind="UnknownModel"
-            ) from None
-        key = (str(ref.path), st.st_mtime_ns, st.st_size)
+        key = _file_key(ref.path)
         shapes = self._shape_cache.get(key)
         if shapes is None:
             try:
@@ -450,6 +444,16 @@ class BridgeCore:
         return shapes
 
     def _check_pair(self, ref_a: CheckpointRef, ref_b: CheckpointRef) -> Arch:
+        key = (_file_key(ref_a.path), _file_key(ref_b.path))
+        arch = self._verdicts.get(key)
+        if arch is None:
+            arch = self._check_pair_files(ref_a, ref_b)
+            if len(self._verdicts) >= 8:
+                self._verdicts.clear()
+            self._verdicts[key] = arch
+        return arch
+
+    def _check_pair_files(self, ref_a: CheckpointRef, ref_b: CheckpointRef) -> Arch:
         sa, sb = self._shapes(ref_a), self._shapes(ref_b)
         try:
             arch_a = detect_arch(sa, source=ref_a.name)
@@ -580,12 +584,14 @@ class BridgeCore:
                     cache[slot] = {k: _to_cache(t, device) for k, t in tensors.items()}
 
     def _fill_slot(self, pair: _PairState, slot: str, live: Mapping[str, Tensor]) -> None:
+        """Cache A's originals (from ``live``, the slot module's state) and B's tensors."""
         device = self._cache_device or torch.device("cpu")
         keys = pair.slot_keys[slot]
         if slot not in pair.a_cache:
             pair.a_cache[slot] = {k: _to_cache(live[k], device, copy=True) for k in keys}
         if slot not in pair.b_cache:
-            pair.b_cache[slot] = self._read_b(pair, [(UNET_PREFIX + k, k) for k in keys], live)
+            file_prefix = UNET_PREFIX + _slot_module(pair.arch, slot) + "."
+            pair.b_cache[slot] = self._read_b(pair, [(file_prefix + k, k) for k in keys], live)
 
     def _read_b(
         self, pair: _PairState, keys: list[tuple[str, str]], live: Mapping[str, Tensor]
@@ -612,29 +618,24 @@ class BridgeCore:
     def _write_unet_slots(
         self, pair: _PairState, unet: torch.nn.Module, targets: Mapping[str, float]
     ) -> None:
-        if not targets:
-            return
-        live = unet.state_dict()
-        batch: dict[str, Tensor] = {}
-        batch_bytes = 0
+        """Write ``lerp(A, B, w)`` into each target slot, one slot module at a time (a
+        ``load_state_dict`` on the small slot module, not on the whole model: far cheaper,
+        and at most one slot's merged tensors exist at once)."""
         for slot, w in targets.items():
+            module = unet.get_submodule(_slot_module(pair.arch, slot))
+            live = module.state_dict()
             self._fill_slot(pair, slot, live)
             a_slot, b_slot = pair.a_cache[slot], pair.b_cache[slot]
+            batch: dict[str, Tensor] = {}
             for key, a in a_slot.items():
                 dst = live[key]
                 a_dev = a.to(dst.device, non_blocking=True)
                 b = b_slot.get(key)
                 if b is None or w == 0.0:
-                    merged = a_dev
+                    batch[key] = a_dev
                 else:
-                    merged = lerp_tensor(a_dev, b.to(dst.device, non_blocking=True), w)
-                batch[key] = merged
-                batch_bytes += merged.numel() * merged.element_size()
-            if batch_bytes >= WRITE_CHUNK_BYTES:
-                _load_into(unet, batch)
-                batch, batch_bytes = {}, 0
-        if batch:
-            _load_into(unet, batch)
+                    batch[key] = lerp_tensor(a_dev, b.to(dst.device, non_blocking=True), w)
+            _load_into(module, batch)
 
     def _write_text_encoder(self, pair: _PairState, model: torch.nn.Module, w: float) -> None:
         live = model.state_dict()
@@ -727,13 +728,19 @@ def _parse_weights(
     return Weights(arch, values, None if te is None else float(te))
 
 
+def _slot_module(arch: Arch, slot: str) -> str:
+    """The UNet submodule of a slot, e.g. ``input_blocks.4`` or ``out``."""
+    return layout(arch).slot_prefix(slot)[len(UNET_PREFIX) : -1]
+
+
 def _slot_keys(live: Mapping[str, Tensor], arch: Arch) -> dict[str, list[str]]:
+    """Slot -> float state keys of that slot, relative to the slot's submodule."""
     lay = layout(arch)
     keys: dict[str, list[str]] = {s: [] for s in lay.slots}
     for key, t in live.items():
         slot = lay.slot_of(UNET_PREFIX + key)
         if slot is not None and t.is_floating_point():
-            keys[slot].append(key)
+            keys[slot].append(key[len(_slot_module(arch, slot)) + 1 :])
     return {s: ks for s, ks in keys.items() if ks}
 
 
@@ -761,6 +768,16 @@ def _module_device(module: torch.nn.Module) -> torch.device:
     for t in module.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise BridgeError(
+            f"cannot read checkpoint {path} ({exc})", status=404, kind="UnknownModel"
+        ) from None
+    return (str(path), st.st_mtime_ns, st.st_size)
 
 
 def _same_file(a: Path, b: Path) -> bool:
