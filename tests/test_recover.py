@@ -383,3 +383,44 @@ def test_recipe_for_keeps_the_source_recipe_fields() -> None:
     assert recipe == result.recipe
     other = recipe_for(result.best(), model_a="x", model_b="", output_name="", base=result.recipe)
     assert other.model_a == "x" and other.model_b == result.recipe.model_b
+
+
+# --- merged checkpoints ---------------------------------------------------------------------
+def write_safetensors(path: Path, metadata: dict[str, str] | None) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"model.diffusion_model.out.0.weight": torch.zeros(4)}, str(path), metadata)
+    return path
+
+
+def test_checkpoint_recipe_is_read_from_the_header(tmp_path: Path) -> None:
+    recipe = recover(RECIPE_WITH_LOG).recipe
+    assert recipe is not None
+    path = write_safetensors(tmp_path / "m.safetensors", recipe.safetensors_metadata())
+    result = recover(path)
+    assert result.kind is SourceKind.CHECKPOINT
+    assert result.recipe == recipe
+    assert order_line(result.best().weights, Ordering.RECIPE) == stored_recipe_line()
+    # a runtime-block-merge file carries only sd_mbwrt_recipe; the kind can be forced
+    mbwrt = {"sd_mbwrt_recipe": recipe.safetensors_metadata()["sd_mbwrt_recipe"]}
+    other = write_safetensors(tmp_path / "other.bin", mbwrt)
+    assert recover(other, kind="checkpoint").recipe == recipe
+    assert recover(other).recipe == recipe  # detected by content, not by name
+
+
+def test_checkpoint_without_recipe_or_broken(tmp_path: Path) -> None:
+    plain = write_safetensors(tmp_path / "plain.safetensors", {"format": "pt"})
+    with pytest.raises(JournalError, match=r"plain\.safetensors: no recipe found"):
+        recover(plain)
+    raw = plain.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(raw[:20])
+    with pytest.raises(JournalError, match=r"cut\.safetensors: truncated safetensors header"):
+        recover(cut)
+    with pytest.raises(JournalError, match=r"not a \.safetensors file"):
+        recover(CSV, kind="checkpoint")
+    with pytest.raises(JournalError, match="no such file"):
+        recover(tmp_path / "none.safetensors", kind="checkpoint")
+    with pytest.raises(JournalError, match="no such file"):
+        recover(tmp_path / "none.safetensors")

@@ -153,3 +153,15 @@ def test_recover_any_bytes(data: bytes, kind: SourceKind | None) -> None:
             recover(path, kind=kind)
         except AutombwError as exc:
             assert str(path) in exc.message
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 400), st.binary(max_size=300), st.sampled_from([None, SourceKind.CHECKPOINT]))
+def test_recover_safetensors_like_headers(size: int, body: bytes, kind: SourceKind | None) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.safetensors"
+        path.write_bytes(size.to_bytes(8, "little") + b"{" + body)
+        try:
+            recover(path, kind=kind)
+        except AutombwError as exc:
+            assert str(path) in exc.message

@@ -35,7 +35,7 @@ def recover_command(
         Path,
         typer.Argument(
             help="A history CSV (autombw's or auto-MBW-rt's), an auto-MBW-rt console log, "
-            "or a .recipe.txt.",
+            "a .recipe.txt, or a merged .safetensors carrying its recipe.",
             show_default=False,
             metavar="SOURCE",
         ),
@@ -138,7 +138,7 @@ def recover_command(
 
 
 def _render(console: Console, result: RecoveredSource, best: RecoveredEvaluation, top: int) -> None:
-    score = "n/a (recipe)" if best.score is None else repr(best.score)
+    score = "n/a (a recipe has no score)" if best.score is None else repr(best.score)
     console.print(
         f"[bold]{escape(result.source)}[/] ({result.kind.value}): "
         f"{len(result.evaluations)} evaluation(s)",

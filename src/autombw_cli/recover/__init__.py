@@ -13,6 +13,8 @@ Sources (`SourceKind`, auto-detected by `detect_kind`, or forced):
   truncated tail and incomplete evaluations are tolerated: what cannot be used is skipped with a
   warning; a log with no usable evaluation is an error.
 - ``recipe``: a ``.recipe.txt`` (anything below the weights line is ignored) or recipe JSON.
+- ``checkpoint``: a merged ``.safetensors`` whose metadata carries the recipe (``autombw_recipe``
+  or runtime-block-merge's ``sd_mbwrt_recipe``); only the header is read.
 
 Ranking: higher score first; **ties go to the earliest evaluation in the file** (lowest line),
 so the answer does not depend on sort stability or on later duplicates. A Results-block entry
@@ -31,6 +33,7 @@ from pathlib import Path
 from autombw_cli.blocks import Arch, Weights, layout
 from autombw_cli.errors import JournalError
 from autombw_cli.recipe import Recipe
+from autombw_cli.recover.checkpoint import parse_checkpoint, read_safetensors_metadata
 from autombw_cli.recover.console_log import parse_console_log
 from autombw_cli.recover.csv_sources import parse_history_csv, parse_mbwrt_csv
 from autombw_cli.recover.outputs import (
@@ -55,6 +58,7 @@ __all__ = [
     "check_recipe_outputs",
     "detect_kind",
     "order_line",
+    "parse_checkpoint",
     "parse_console_log",
     "parse_history_csv",
     "parse_mbwrt_csv",
@@ -77,6 +81,10 @@ def recover(
     upstream: bool = False,
 ) -> RecoveredSource:
     """Read every evaluation (or the recipe) from ``path``; errors name the file and line."""
+    if kind is not None and SourceKind(kind) is SourceKind.CHECKPOINT:
+        return parse_checkpoint(path)
+    if kind is None and _looks_like_safetensors(path):
+        return parse_checkpoint(path)
     text, warnings = read_source_text(path)
     source = str(path)
     chosen = SourceKind(kind) if kind is not None else detect_kind(text, source=source)
@@ -93,6 +101,13 @@ def recover(
     return result
 
 
+def _looks_like_safetensors(path: Path | str) -> bool:
+    try:
+        return read_safetensors_metadata(path) is not None
+    except (OSError, JournalError):  # read_source_text / parse_checkpoint say what is wrong
+        return Path(path).suffix.lower() == ".safetensors" and Path(path).is_file()
+
+
 def parse_source(
     text: str,
     kind: SourceKind,
@@ -107,6 +122,8 @@ def parse_source(
         return parse_mbwrt_csv(text, source=source, arch=arch)
     if kind is SourceKind.HISTORY:
         return parse_history_csv(text, source=source, arch=arch)
+    if kind is SourceKind.CHECKPOINT:
+        raise JournalError(f"{source}: a checkpoint's recipe is read from the file, not from text")
     return parse_console_log(text, source=source, arch=arch)
 
 

@@ -30,7 +30,8 @@ def read_source_text(path: Path | str) -> tuple[str, list[str]]:
     if b"\x00" in data:
         raise JournalError(
             f"{p}: binary data (NUL bytes), not a history CSV, console log or recipe",
-            hint="pass the history .csv, the console log text or the .recipe.txt",
+            hint="pass the history .csv, the console log text, the .recipe.txt or a merged "
+            ".safetensors that carries its recipe",
         )
     warnings: list[str] = []
     try:

@@ -19,6 +19,7 @@ class SourceKind(StrEnum):
     MBWRT_CSV = "mbwrt-csv"
     LOG = "log"
     RECIPE = "recipe"
+    CHECKPOINT = "checkpoint"  # a merged .safetensors carrying its recipe in the metadata
 
 
 @dataclass(frozen=True)
