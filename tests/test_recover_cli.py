@@ -215,6 +215,16 @@ def test_weights_convert_forms(capsys: pytest.CaptureFixture[str]) -> None:
     assert json.loads(out)["BASE"] == 0.5
 
 
+def test_weights_convert_to_blocks_warns_about_what_it_drops(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(["weights", "convert", STORED, "--to", "blocks"], capsys)
+    assert code == 0 and out.count(",") == 24
+    assert "no OUT=1.0, TIME_EMBED=0.0;" in err.replace("\n", " ")
+    code, out, err = run(["weights", "convert", "0.5", "--to", "blocks"], capsys)
+    assert err == ""
+
+
 def test_weights_convert_upstream(capsys: pytest.CaptureFixture[str]) -> None:
     values = ["0"] * 25 + ["0.25", "0.75"]
     code, out, _ = run(["weights", "convert", ",".join(values), "--from", "upstream"], capsys)

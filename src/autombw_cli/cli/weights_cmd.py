@@ -94,7 +94,24 @@ def convert_command(
         extrapolation=extrapolation,
         source="TEXT",
     )
+    if to is TargetForm.BLOCKS and (lost := blocks_form_losses(weights)):
+        Console(stderr=True, highlight=False).print(
+            f"[yellow]warning:[/] the blocks form has no {', '.join(lost)}; "
+            "reading it back gives them IN00's / the last OUT block's value",
+            soft_wrap=True,
+        )
     typer.echo(convert_weights(weights, to))
+
+
+def blocks_form_losses(weights: Weights) -> list[str]:
+    """Slots whose value a 25/26-value list cannot carry (they follow IN00 / the last OUT)."""
+    lay = weights.layout
+    follows = {"OUT": lay.out_slots[-1], "TIME_EMBED": "IN00", "LABEL_EMB": "IN00"}
+    return [
+        f"{slot}={format_weight(weights[slot])}"
+        for slot, source in follows.items()
+        if slot in lay.slots and weights[slot] != weights[source]
+    ]
 
 
 @weights_app.command("presets")
