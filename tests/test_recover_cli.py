@@ -265,3 +265,17 @@ def test_recover_merge_failure_writes_nothing(
     code, _, err = run(argv, capsys)
     assert code != 0 and "a.safetensors" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_recover_log_warnings_are_capped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "console.log"
+    lines = ["INFO - testweights: 0.1,0.2"] * 15  # 15 truncated evaluations
+    lines += ["INFO - testweights: " + STORED_NAT, "INFO - test score: 0.25"]
+    log.write_text("\n".join(lines) + "\n")
+    code, out, err = run(["recover", str(log)], capsys)
+    assert code == 0 and STORED in out.splitlines()
+    assert err.count("warning:") == 11 and "and 5 more" in err
+    code, out, _ = run(["recover", str(log), "--json"], capsys)
+    assert len(json.loads(out)["warnings"]) == 15

@@ -27,6 +27,7 @@ from autombw_cli.recover import (
 )
 
 DTYPES = ("fp16", "bf16", "fp32")
+MAX_WARNINGS_SHOWN = 10
 
 
 @app.command("recover")
@@ -121,8 +122,11 @@ def recover_command(
     if not recipe.output_name and stem is not None:
         recipe = dataclasses.replace(recipe, output_name=stem.name)
     err = Console(stderr=True, highlight=False)
-    for warning in result.warnings:
-        err.print(f"[yellow]warning:[/] {escape(warning)}")
+    for warning in result.warnings[:MAX_WARNINGS_SHOWN]:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    if len(result.warnings) > MAX_WARNINGS_SHOWN:
+        hidden = len(result.warnings) - MAX_WARNINGS_SHOWN
+        err.print(f"[yellow]warning:[/] ... and {hidden} more (all of them are in --json)")
     if as_json:
         typer.echo(json.dumps(result.to_dict(top), indent=2))
     else:
