@@ -249,11 +249,18 @@ def history_text(rows: list[tuple[str, str, float, str]]) -> str:
 
 def test_history_csv_skips_failed_rows_and_names_the_evaluation() -> None:
     text = history_text(
-        [("0", "complete", 0.1, "0.5"), ("1", "failed", 0.2, ""), ("2", "COMPLETE", 0.3, "0.6")]
+        [
+            ("0", "complete", 0.1, "0.5"),
+            ("1", "failed", 0.2, ""),
+            ("2", "COMPLETE", 0.3, "0.6"),
+            ("3", "incomplete", 0.9, "0.9"),
+            ("4", "State.FAILED", 0.9, "0.9"),
+            ("5", "TrialState.COMPLETE", 0.4, "0.55"),
+        ]
     )
     assert detect_kind(text) is SourceKind.HISTORY
     result = parse_history_csv(text, source="history.csv")
-    assert len(result.evaluations) == 2
+    assert len(result.evaluations) == 3
     assert result.best().weights == Weights.uniform(Arch.SD1, 0.3)
     assert result.best().location == "evaluation 2, row 3 (line 4)"
 

@@ -158,6 +158,7 @@ def parse_history_csv(
                 hint="the row is truncated or has extra commas",
             )
         state = row.cells[state_col].strip().lower() if state_col is not None else ""
+        state = state.rsplit(".", 1)[-1]  # "TrialState.COMPLETE" -> "complete"
         if state not in _COMPLETE_STATES or not row.cells[score_col].strip():
             skipped_states += 1
             continue
