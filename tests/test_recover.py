@@ -180,6 +180,29 @@ def test_log_pairs_crlf_carriage_returns_and_progress_bars() -> None:
     assert result.warnings == ()
 
 
+def test_log_score_and_next_weights_on_one_line_pair_correctly() -> None:
+    a = ",".join(["0.1"] * 27)
+    b = ",".join(["0.2"] * 27)
+    text = (
+        f"INFO - testweights: {a}\n"
+        f"INFO - test score: 0.3 [0] bar  1%| 1/270 [00:01<1:00, 1s/it]INFO - testweights: {b}\n"
+        "INFO - test score: 0.7\n"
+    )
+    result = parse_console_log(text)
+    assert [(e.weights["IN00"], e.score) for e in result.evaluations] == [(0.1, 0.3), (0.2, 0.7)]
+    assert result.warnings == ()
+
+
+def test_log_results_block_with_progress_redraws_inside() -> None:
+    text = RECIPE_WITH_LOG.read_text(encoding="utf-8")
+    bar = "\r[0] hyper_score (Bayesian Optimization):  35%| | 95/270 [48:30<89:21, 1838s/it]\r"
+    noisy = text.replace("'5'  : 0.0  \n", "'5'  : 0.0  " + bar + "\n\n")
+    assert noisy != text
+    results_only = noisy[: noisy.index("2023-11-21 00:16:36")]
+    best = parse_console_log(results_only).best()
+    assert order_line(best.weights, Ordering.RECIPE) == stored_recipe_line()
+
+
 def test_log_testweights_with_spaces_or_brackets() -> None:
     nat = ", ".join(["0.5"] * 26 + ["0.25"])
     text = f"INFO - testweights: [{nat}]\nINFO - test score: 0.5\n"

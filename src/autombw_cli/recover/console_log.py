@@ -24,6 +24,7 @@ _TESTWEIGHTS = re.compile(
 _TESTSCORE = re.compile(r"test score:[ \t]*(?P<score>[^\s\[|]*)")
 _BEST_SCORE = re.compile(r"Best score:[ \t]*(?P<score>[^\s\[|]*)")
 _BEST_SET = re.compile(r"Best parameter set:")
+_PROGRESS = re.compile(r"\d+%\||\d+/\d+ \[|it/s\]|s/it\]")  # tqdm: "35%|", "95/270 [", "it/s]"
 _PARAM = re.compile(r"\s*'(?P<key>\d+)'\s*:\s*(?P<value>\S+)\s*")
 
 
@@ -80,34 +81,17 @@ class _LogReader:
                 else:
                     self.params[key] = value
                 return
+            if not text.strip() or _PROGRESS.search(text):
+                return  # a blank or a progress-bar redraw inside the block
             self.finish_params()
-        for m in _TESTWEIGHTS.finditer(text):
-            if self.pending is not None:
-                self.warn(self.pending[0], "testweights without a test score after it; skipped")
-                self.pending = None
-            raw = m.group("values")
-            parts = [p.strip() for p in raw.split(",")]
-            values = [_log_number(p) for p in parts]
-            if not raw or any(v is None for v in values):
-                self.warn(lineno, f"testweights {raw[:60]!r} is not a list of numbers; skipped")
-                continue
-            weights = self.weights_from_nat(
-                [v for v in values if v is not None], lineno, "testweights"
-            )
-            if weights is not None:
-                self.pending = (lineno, weights)
-        for m in _TESTSCORE.finditer(text):
-            score = _log_number(m.group("score"))
-            if self.pending is None:
-                self.warn(lineno, "test score without testweights before it; ignored")
-                continue
-            start, weights = self.pending
-            self.pending = None
-            if score is None:
-                self.warn(lineno, f"test score {m.group('score')[:40]!r} is not a finite number")
-                continue
-            where = f"line {start} (testweights) + line {lineno} (test score)"
-            self.evaluations.append(RecoveredEvaluation(weights, score, start, where))
+        # weights and scores in the order they appear: an interleaved line can hold the end of
+        # one evaluation (its score) and the start of the next (its weights)
+        found = [*_TESTWEIGHTS.finditer(text), *_TESTSCORE.finditer(text)]
+        for m in sorted(found, key=lambda m: m.start()):
+            if m.re is _TESTWEIGHTS:
+                self.weights_event(lineno, m.group("values"))
+            else:
+                self.score_event(lineno, m.group("score"))
         m = _BEST_SCORE.search(text)
         if m:
             score = _log_number(m.group("score"))
@@ -117,6 +101,32 @@ class _LogReader:
         if _BEST_SET.search(text):
             self.params = {}
             self.params_line = lineno
+
+    def weights_event(self, lineno: int, raw: str) -> None:
+        if self.pending is not None:
+            self.warn(self.pending[0], "testweights without a test score after it; skipped")
+            self.pending = None
+        values = [_log_number(p.strip()) for p in raw.split(",")]
+        if not raw or any(v is None for v in values):
+            self.warn(lineno, f"testweights {raw[:60]!r} is not a list of numbers; skipped")
+            return
+        numbers = [v for v in values if v is not None]
+        weights = self.weights_from_nat(numbers, lineno, "testweights")
+        if weights is not None:
+            self.pending = (lineno, weights)
+
+    def score_event(self, lineno: int, raw: str) -> None:
+        if self.pending is None:
+            self.warn(lineno, "test score without testweights before it; ignored")
+            return
+        start, weights = self.pending
+        self.pending = None
+        score = _log_number(raw)
+        if score is None:
+            self.warn(lineno, f"test score {raw[:40]!r} is not a finite number")
+            return
+        where = f"line {start} (testweights) + line {lineno} (test score)"
+        self.evaluations.append(RecoveredEvaluation(weights, score, start, where))
 
     def finish_params(self) -> None:
         params, lineno = self.params, self.params_line
