@@ -194,6 +194,39 @@ FIELD_CASES: list[tuple[str, dict, Any, Any]] = [
         lambda c: c.scorer.paths.tokenizer.name,
         "bert",
     ),
+    ("scorer.precision", {"scorer": {"precision": "bf16"}}, lambda c: c.scorer.precision, "bf16"),
+    ("scorer.compile", {"scorer": {"compile": True}}, lambda c: c.scorer.compile, True),
+    (
+        "scorer.zscore_warmup",
+        {"scorer": {"zscore_warmup": 8}},
+        lambda c: c.scorer.zscore_warmup,
+        8,
+    ),
+    (
+        "scorer.paths.download_root",
+        {"scorer": {"paths": {"download_root": "cache"}}},
+        lambda c: c.scorer.paths.download_root.relative_to(c.source.parent),
+        Path("cache"),
+    ),
+    (
+        "scorer.paths.clip+head",
+        {"scorer": {"paths": {"clip": "models/A.safetensors", "head": "models/B.safetensors"}}},
+        lambda c: (c.scorer.paths.clip.name, c.scorer.paths.head.name),
+        ("A.safetensors", "B.safetensors"),
+    ),
+    (
+        "scorer.ensemble[].paths",
+        {
+            "scorer": {
+                "name": "ensemble",
+                "ensemble": [
+                    {"name": "imagereward", "paths": {"checkpoint": "models/ImageReward.pt"}}
+                ],
+            }
+        },
+        lambda c: c.scorer.ensemble[0].paths.checkpoint.relative_to(c.source.parent),
+        Path("models/ImageReward.pt"),
+    ),
     ("scorer.tally", {"scorer": {"tally": "median"}}, lambda c: c.scorer.tally.value, "median"),
     (
         "scorer.tally label",
@@ -418,7 +451,7 @@ def test_field_is_read(project: Path, override: dict, get: Any, expected: Any) -
     default = load(project, name="default.yaml")
     try:
         before = get(default)
-    except (AttributeError, TypeError, KeyError):  # e.g. a_file is None, no such slot
+    except (AttributeError, TypeError, KeyError, IndexError):  # e.g. a_file is None
         before = object()
     assert before != expected, "the case must change the default value"
     assert get(load(project, override)) == expected
