@@ -83,6 +83,11 @@ class SearchConfig(StrictModel):
 
     @model_validator(mode="after")
     def _resolve(self, info: ValidationInfo) -> SearchConfig:
+        """Cross-section checks and resolution (block names need ``models.arch``).
+
+        The sections are frozen, so resolved copies replace them here, once, while the model
+        is being built; nothing changes it afterwards.
+        """
         arch = self.models.arch
         object.__setattr__(self, "scorer", _resolve_scorer_paths(self.scorer, info))
         if isinstance(self.instances, SimulatedInstances):
@@ -95,11 +100,8 @@ class SearchConfig(StrictModel):
             object.__setattr__(self, "instances", self.instances.model_copy(update={"arch": arch}))
         else:
             check_unique_instances(self.instances)
-        initial = (
-            self.search.initial.parse(arch, self.search.extrapolation)
-            if (self.search.initial)
-            else None
-        )
+        search = self.search
+        initial = search.initial.parse(arch, search.extrapolation) if search.initial else None
         self._initial = initial
         object.__setattr__(self, "search", self.search.resolve_slots(arch, initial))
         o = self.outputs
@@ -143,17 +145,6 @@ class SearchConfig(StrictModel):
             out.append(
                 f"the passes' max_evaluations add up to {sum(budgets)}, more than "
                 f"search.max_evaluations ({self.search.max_evaluations}); the total wins"
-            )
-        if not self.scorer.sigmoid and self.scorer.tally in (
-            "geometric",
-            "harmonic",
-            "a/g",
-            "g/h",
-            "a/h",
-        ):
-            out.append(
-                f"tally {self.scorer.tally} needs positive scores; raw ImageReward scores can be "
-                "negative (turn scorer.sigmoid on)"
             )
         return out
 
