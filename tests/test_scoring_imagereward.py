@@ -15,9 +15,6 @@ the UPSTREAM ``ImageReward`` class from the installed image-reward package and i
 
 from __future__ import annotations
 
-import contextlib
-import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,11 +26,16 @@ from autombw_cli.scoring import ScorerConfig, ScorerPaths, create_scorer
 from autombw_cli.scoring.imagereward import ImageRewardScorer
 from autombw_cli.scoring.imagereward_model import (
     ImageRewardFiles,
-    import_upstream,
+    build_model,
     load_tokenizer,
     resolve_files,
 )
-from autombw_cli.scoring.testing import TINY_VIT, synthetic_images, write_random_imagereward
+from autombw_cli.scoring.testing import (
+    TINY_VIT,
+    synthetic_images,
+    upstream_imagereward,
+    write_random_imagereward,
+)
 
 PROMPTS = [
     "a photo of a cat",
@@ -43,62 +45,6 @@ PROMPTS = [
     "",
     "a photo of a cat",
 ]
-
-
-def _upstream_modules() -> types.SimpleNamespace:
-    """The upstream modules: the installed package if it imports (CI), else the model modules
-    alone (GPU machines without diffusers/datasets); both are upstream's own code."""
-    try:
-        import ImageReward
-        from ImageReward.models.BLIP import blip_pretrain, vit
-
-        return types.SimpleNamespace(
-            load=ImageReward.load, blip_pretrain=blip_pretrain, vit=vit, package=True
-        )
-    except ImportError:
-        up = import_upstream()
-        return types.SimpleNamespace(
-            load=None,
-            blip_pretrain=up.blip_pretrain,
-            vit=up.vit,
-            image_reward=up.image_reward,
-            package=False,
-        )
-
-
-@contextlib.contextmanager
-def upstream_model(files: ImageRewardFiles, device: str, *, tiny: bool) -> Iterator[object]:
-    """Upstream ``ImageReward`` loaded from ``files`` (see the module docstring for patches)."""
-    up = _upstream_modules()
-    mp = pytest.MonkeyPatch()
-    try:
-        # mock of the hub download of bert-base-uncased: the same tokenizer from a local file
-        mp.setattr(up.blip_pretrain, "init_tokenizer", lambda: load_tokenizer(files.tokenizer))
-        if tiny:
-
-            def tiny_vit(vit, image_size, *args, **kwargs):
-                shape = TINY_VIT
-                net = up.vit.VisionTransformer(
-                    img_size=image_size,
-                    patch_size=shape.patch_size,
-                    embed_dim=shape.embed_dim,
-                    depth=shape.depth,
-                    num_heads=shape.num_heads,
-                )
-                return net, shape.embed_dim
-
-            mp.setattr(up.blip_pretrain, "create_vit", tiny_vit)
-        if up.load is not None:  # the public upstream loader, given local paths
-            model = up.load(str(files.checkpoint), device=device, med_config=str(files.med_config))
-        else:  # the same steps as ImageReward.load
-            state = torch.load(files.checkpoint, map_location="cpu", weights_only=True)
-            model = up.image_reward.ImageReward(med_config=str(files.med_config), device=device)
-            model = model.to(device)
-            model.load_state_dict(state, strict=False)
-            model.eval()
-        yield model
-    finally:
-        mp.undo()
 
 
 def upstream_scores(model: object, images: list, prompts: list[str]) -> list[float]:
@@ -121,7 +67,7 @@ def images() -> list[Image.Image]:
 
 @pytest.fixture(scope="module")
 def reference(tiny_files: ImageRewardFiles, images: list) -> list[float]:
-    with upstream_model(tiny_files, "cpu", tiny=True) as model:
+    with upstream_imagereward(tiny_files, "cpu", vit=TINY_VIT) as model:
         return upstream_scores(model, images, PROMPTS)
 
 
@@ -129,21 +75,18 @@ def test_scores_differ_between_images(reference: list[float]) -> None:
     assert max(reference) - min(reference) > 0.05  # otherwise the equality test proves little
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tiny_files: ImageRewardFiles) -> tuple:
+    return build_model(tiny_files), load_tokenizer(tiny_files.tokenizer)
+
+
 @pytest.mark.parametrize(("batch_size", "attention"), [(4, "sdpa"), (1, "upstream"), (8, "sdpa")])
 def test_batched_equals_upstream_fp32_cpu(
-    tiny_files: ImageRewardFiles,
-    images: list,
-    reference: list[float],
-    batch_size: int,
-    attention: str,
+    tiny_model: tuple, images: list, reference: list[float], batch_size: int, attention: str
 ) -> None:
-    with ImageRewardScorer.from_files(
-        tiny_files.checkpoint,
-        tiny_files.med_config,
-        tiny_files.tokenizer,
-        device="cpu",
-        batch_size=batch_size,
-        attention=attention,
+    model, tokenizer = tiny_model
+    with ImageRewardScorer(
+        model, tokenizer, device="cpu", batch_size=batch_size, attention=attention
     ) as scorer:
         ours = scorer.score(images, PROMPTS)
     assert ours == pytest.approx(reference, abs=1e-3)
@@ -224,29 +167,33 @@ def test_unknown_option_is_refused(tiny_files: ImageRewardFiles) -> None:
 # ------------------------------------------------------------------------------------ GPU
 @pytest.mark.gpu
 def test_full_architecture_on_gpu(tmp_path: Path) -> None:
-    """Full BLIP ViT-L + 12-layer BERT: fp32 batched within 1e-3 of upstream fp32 per image;
-    fp16 and bf16 autocast within the tolerance documented in BENCHMARKS.md."""
+    """Full BLIP ViT-L + 12-layer BERT against upstream fp32 per image: our fp32 within 1e-3,
+    fp16 autocast within 1e-2 and bf16 within 5e-2 (the tolerances in README/BENCHMARKS.md;
+    measured on an H200: 2.9e-4, 1.8e-3, 1.2e-2), and torch.compile (CUDA graphs, padded
+    power-of-two batches) equal to eager fp16."""
     files = write_random_imagereward(tmp_path, scale="full", seed=2)
     imgs = synthetic_images(24, size=512, seed=11)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(imgs))]
-    with upstream_model(files, "cuda", tiny=False) as model:
+    with upstream_imagereward(files, "cuda") as model:
         ref = upstream_scores(model, imgs, prompts)
         del model
     torch.cuda.empty_cache()
     assert max(ref) - min(ref) > 0.05
+    model, tokenizer = build_model(files), load_tokenizer(files.tokenizer)
     results = {}
     for precision in ("fp32", "fp16", "bf16"):
-        with ImageRewardScorer.from_files(
-            files.checkpoint,
-            files.med_config,
-            files.tokenizer,
-            device="cuda",
-            batch_size=16,
-            precision=precision,
+        with ImageRewardScorer(
+            model, tokenizer, device="cuda", batch_size=16, precision=precision
         ) as scorer:
             results[precision] = scorer.score(imgs, prompts)
+    with ImageRewardScorer(
+        model, tokenizer, device="cuda", batch_size=16, precision="fp16", compile=True
+    ) as scorer:  # batches of 16 and 8 (a second compiled shape), then 5 padded to 8
+        results["compiled"] = scorer.score(imgs, prompts)
+        assert scorer.score(imgs[:5], prompts[:5]) == pytest.approx(results["compiled"][:5])
     diffs = {k: max(abs(a - b) for a, b in zip(v, ref, strict=True)) for k, v in results.items()}
     print("max abs diff vs upstream fp32:", diffs)
     assert diffs["fp32"] < 1e-3
-    assert diffs["fp16"] < 0.05
-    assert diffs["bf16"] < 0.15
+    assert diffs["fp16"] < 1e-2
+    assert diffs["bf16"] < 5e-2
+    assert results["compiled"] == pytest.approx(results["fp16"], abs=5e-3)

@@ -84,6 +84,18 @@ def _load_head(path: Path, input_size: int) -> nn.Module:
     return head.eval().requires_grad_(False)
 
 
+def _clip_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """OpenAI ships ViT-L-14.pt as a TorchScript archive; a plain state dict works too.
+    (``clip.load`` itself cannot read a state dict with current torch: after the failed
+    TorchScript attempt it reads on from the end of the file.)"""
+    import torch
+
+    try:
+        return torch.jit.load(str(path), map_location="cpu").state_dict()
+    except RuntimeError:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_clip(path: Path | None, download_root: Path | None) -> nn.Module:
     """OpenAI CLIP ViT-L/14 as float32 on the CPU, from a local file (JIT archive or state
     dict) or downloaded by the ``clip`` package."""
@@ -99,13 +111,16 @@ def load_clip(path: Path | None, download_root: Path | None) -> nn.Module:
             f"scorer.paths.clip: {path} does not exist (OpenAI CLIP ViT-L/14 weights)",
             hint="it comes from the clip package's download of ViT-L/14 (ViT-L-14.pt)",
         )
-    name = str(path.expanduser()) if path is not None else "ViT-L/14"
-    root = str(download_root.expanduser()) if download_root is not None else None
     try:
-        model, _ = clip.load(name, device="cpu", jit=False, download_root=root)
+        if path is None:
+            root = str(download_root.expanduser()) if download_root is not None else None
+            model, _ = clip.load("ViT-L/14", device="cpu", jit=False, download_root=root)
+        else:
+            model = clip.model.build_model(_clip_state_dict(path.expanduser()))
     except Exception as exc:
         raise ScorerError(
-            f"cannot load CLIP from {name}: {type(exc).__name__}: {exc}",
+            f"cannot load CLIP from {path or 'the clip download of ViT-L/14'}: "
+            f"{type(exc).__name__}: {exc}",
             hint="set scorer.paths.clip to a local ViT-L-14.pt",
         ) from exc
     return model.float().eval().requires_grad_(False)

@@ -10,9 +10,12 @@ different scores. A small ``vocab.txt`` stands in for bert-base-uncased's.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import types
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -21,12 +24,20 @@ from autombw_cli.scoring.imagereward_model import (
     VitShape,
     build_network,
     import_upstream,
+    load_tokenizer,
 )
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["TINY_VIT", "med_config", "synthetic_images", "write_random_imagereward"]
+__all__ = [
+    "FULL_VIT",
+    "TINY_VIT",
+    "med_config",
+    "synthetic_images",
+    "upstream_imagereward",
+    "write_random_imagereward",
+]
 
 TINY_VIT = VitShape(embed_dim=256, depth=2, patch_size=16, image_size=224, mlp_ratio=4.0)
 FULL_VIT = VitShape(embed_dim=1024, depth=24, patch_size=16, image_size=224, mlp_ratio=4.0)
@@ -107,3 +118,71 @@ def synthetic_images(n: int, size: int = 512, seed: int = 0) -> list[Image]:
         pixels = (np.clip(base, 0, 1) * 255).astype(np.uint8)
         images.append(PILImage.fromarray(pixels, "RGB"))
     return images
+
+
+def _upstream_modules(prefer_package: bool) -> types.SimpleNamespace:
+    if prefer_package:
+        try:
+            import ImageReward
+            from ImageReward.models.BLIP import blip_pretrain, vit
+
+            return types.SimpleNamespace(
+                load=ImageReward.load, blip_pretrain=blip_pretrain, vit=vit
+            )
+        except ImportError:  # e.g. diffusers/datasets missing: use the model modules alone
+            pass
+    up = import_upstream()
+    return types.SimpleNamespace(
+        load=None, blip_pretrain=up.blip_pretrain, vit=up.vit, image_reward=up.image_reward
+    )
+
+
+@contextlib.contextmanager
+def upstream_imagereward(
+    files: ImageRewardFiles,
+    device: str = "cpu",
+    *,
+    vit: VitShape | None = None,
+    prefer_package: bool = True,
+) -> Iterator[Any]:
+    """The UPSTREAM ``ImageReward`` model (its class, and its ``ImageReward.load`` when the full
+    package imports), loaded from ``files``, for comparisons.
+
+    Two upstream functions are swapped while it loads and put back afterwards:
+    ``init_tokenizer`` (upstream downloads bert-base-uncased from the hub; this builds the same
+    tokenizer from ``files.tokenizer``: a mock of a hub download) and, when ``vit`` is given,
+    ``create_vit`` (upstream hard-codes ViT-L; this builds the shrunken ViT of a tiny checkpoint).
+    """
+    import torch
+
+    up = _upstream_modules(prefer_package)
+    module = up.blip_pretrain
+    saved = {name: getattr(module, name) for name in ("init_tokenizer", "create_vit")}
+    module.init_tokenizer = lambda: load_tokenizer(files.tokenizer)
+    if vit is not None:
+
+        def small_vit(kind: str, image_size: int, *args: object, **kwargs: object) -> tuple:
+            net = up.vit.VisionTransformer(
+                img_size=image_size,
+                patch_size=vit.patch_size,
+                embed_dim=vit.embed_dim,
+                depth=vit.depth,
+                num_heads=vit.num_heads,
+                mlp_ratio=vit.mlp_ratio,
+            )
+            return net, vit.embed_dim
+
+        module.create_vit = small_vit
+    try:
+        if up.load is not None:  # the public upstream loader, given local paths
+            model = up.load(str(files.checkpoint), device=device, med_config=str(files.med_config))
+        else:  # the same steps as ImageReward.load
+            state = torch.load(files.checkpoint, map_location="cpu", weights_only=True)
+            model = up.image_reward.ImageReward(med_config=str(files.med_config), device=device)
+            model = model.to(device)
+            model.load_state_dict(state, strict=False)
+            model.eval()
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+    yield model
