@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from autombw_cli.blocks import Arch
+from autombw_cli.blocks import Arch, layout
 from autombw_cli.config import (
     SearchConfig,
     SimulatedInstances,
@@ -616,3 +619,44 @@ def test_json_schema_describes_every_section() -> None:
     }
     assert set(schema["required"]) == {"models", "instances", "payloads"}
     assert schema["additionalProperties"] is False
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arch=st.sampled_from(list(Arch)),
+    data=st.data(),
+)
+def test_every_slot_is_searched_or_frozen_exactly_once(arch: Arch, data: st.DataObject) -> None:
+    slots = layout(arch).slots
+    frozen = data.draw(st.dictionaries(st.sampled_from(slots), st.sampled_from([0.0, 0.5, 1.0])))
+    rest = [s for s in slots if s not in frozen]
+    blocks = data.draw(st.one_of(st.just("all"), st.lists(st.sampled_from(rest), unique=True)))
+    initial = data.draw(st.sampled_from([None, "0.3"]))
+    raw = _merge(
+        BASE,
+        {
+            "models": {"arch": arch.value},
+            "search": {"blocks": [b.lower() for b in blocks] if blocks != "all" else "all"}
+            | {"frozen": frozen}
+            | ({"initial": {"weights": initial}} if initial else {}),
+        },
+    )
+    searched = rest if blocks == "all" else blocks
+    try:
+        cfg = SearchConfig.model_validate(raw, context={"check_paths": False})
+    except ValidationError as exc:
+        text = str(exc)
+        assert ("neither searched nor frozen" in text and initial is None) or (
+            "no block left to search" in text and not searched
+        ), text
+        return
+    assert sorted(cfg.search.blocks) == sorted(searched)
+    assert set(cfg.search.blocks).isdisjoint(cfg.search.frozen)
+    assert set(cfg.search.blocks) | set(cfg.search.frozen) == set(slots)
+    for slot, value in cfg.search.frozen.items():
+        assert value == frozen.get(slot, 0.3)
+    # the resolved form loads back to the same search section
+    again = SearchConfig.model_validate(
+        yaml.safe_load(cfg.redacted_yaml()), context={"check_paths": False}
+    )
+    assert again.search == cfg.search

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -375,3 +378,35 @@ def test_template_syntax_errors_are_payload_errors(wildcard_type: str, prompt: s
     p = payload(name="bad", prompt=prompt, wildcard_type=wildcard_type)
     with pytest.raises(PayloadError, match=f"payload bad: cannot expand {wildcard_type} wildcards"):
         expand_payload(p, None, 0)
+
+
+def test_expansion_is_the_same_in_another_process(tmp_path: Path, wild: Path) -> None:
+    """Nothing may depend on hash randomisation or process state (a resumed run re-expands)."""
+    path = write_json(
+        tmp_path / "p.json",
+        {
+            "prompt": "__color__ __sub/animal__ {a|b|c}",
+            "negative_prompt": "{x|y}",
+            "wildcard_type": "random",
+            "n_iter": 5,
+            "seed": -1,
+        },
+    )
+    script = (
+        "import json, sys; from pathlib import Path; "
+        "from autombw_cli.payloads import load_payload, expand_payload; "
+        "es = expand_payload(load_payload(sys.argv[1]), Path(sys.argv[2]), 11); "
+        "print(json.dumps([e.txt2img_body() for e in es]))"
+    )
+    runs = []
+    for hash_seed in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(path), str(wild)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+        ).stdout
+        runs.append(json.loads(out))
+    here = [e.txt2img_body() for e in expand_payload(load_payload(path), wild, 11)]
+    assert runs[0] == runs[1] == here
