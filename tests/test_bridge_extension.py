@@ -1,0 +1,247 @@
+"""`autombw webui install-extension`: the written folder is self-contained.
+
+AUTOMATIC1111 cannot be installed here, so the extension is loaded in a subprocess next to a
+small stand-in ``modules`` package (script_callbacks, shared, sd_models, call_queue) that
+mimics the A1111 functions the bridge calls; ``autombw_cli`` is made unimportable there, so
+the test fails if the extension reaches back into the installed package.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from autombw_cli.cli import app
+from autombw_cli.errors import ConfigError
+from autombw_cli.sim.checkpoints import random_state_dict, write_checkpoint
+from autombw_cli.webui.bridge.extension import (
+    EXTENSION_NAME,
+    PRIVATE_PACKAGE,
+    collect_modules,
+    install_extension,
+    rewrite_source,
+)
+
+STUB_MODULES = {
+    "__init__.py": "",
+    "call_queue.py": "import threading\nqueue_lock = threading.Lock()\n",
+    "script_callbacks.py": """
+        app_started, model_loaded = [], []
+
+        def on_app_started(fn):
+            app_started.append(fn)
+
+        def on_model_loaded(fn):
+            model_loaded.append(fn)
+    """,
+    "shared.py": """
+        import types
+
+        cmd_opts = types.SimpleNamespace(
+            api_auth=None, listen=True, share=False, server_name=None, ckpt_dir=None
+        )
+        opts = types.SimpleNamespace(data={})
+        sd_model = None
+
+        def refresh_checkpoints():
+            from modules import sd_models
+            sd_models.list_models()
+    """,
+    "sd_models.py": """
+        import os
+        import types
+        from pathlib import Path
+
+        import torch
+        from safetensors.torch import load_file
+
+        from modules import script_callbacks, shared
+
+        model_path = os.environ["STUB_MODELS"]
+        checkpoints_list = {}
+
+        def list_models():
+            checkpoints_list.clear()
+            for p in sorted(Path(model_path).glob("*.safetensors")):
+                info = types.SimpleNamespace(
+                    title=p.name, model_name=p.stem, name=p.name, filename=str(p), sha256=None
+                )
+                checkpoints_list[info.title] = info
+
+        def get_closet_checkpoint_match(name):
+            return checkpoints_list.get(name)
+
+        def reload_model_weights(sd_model=None, info=None):
+            root = torch.nn.Module()
+            for key, t in load_file(info.filename).items():
+                # A1111 wraps the text encoder: cond_stage_model.wrapped.transformer...
+                key = key.replace("cond_stage_model.", "cond_stage_model.wrapped.")
+                *path, leaf = key.split(".")
+                mod = root
+                for part in path:
+                    if part not in mod._modules:
+                        mod.add_module(part, torch.nn.Module())
+                    mod = mod._modules[part]
+                if t.is_floating_point():
+                    mod.register_parameter(leaf, torch.nn.Parameter(t, requires_grad=False))
+                else:
+                    mod.register_buffer(leaf, t)
+            root.sd_checkpoint_info = info
+            shared.sd_model = root
+            for fn in script_callbacks.model_loaded:
+                fn(root)
+            return root
+    """,
+}
+
+DRIVER = """
+import importlib.abc
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+
+class NoAutombw(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "autombw_cli" or name.startswith("autombw_cli."):
+            raise ImportError("the extension must not import autombw_cli")
+        return None
+
+
+sys.meta_path.insert(0, NoAutombw())
+ext = Path(sys.argv[1])
+from modules import script_callbacks, sd_models, shared  # noqa: E402
+
+sd_models.list_models()
+sd_models.reload_model_weights(info=sd_models.checkpoints_list["simA.safetensors"])
+entry = ext / "scripts" / "autombw_bridge.py"
+spec = importlib.util.spec_from_file_location("autombw_bridge_script", entry)
+script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(script)
+
+from fastapi import FastAPI  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+app = FastAPI()
+for fn in script_callbacks.app_started:
+    fn(None, app)
+client = TestClient(app)
+slots = ["IN%02d" % i for i in range(12)] + ["M00"] + ["OUT%02d" % i for i in range(12)]
+weights = dict.fromkeys(slots + ["OUT", "TIME_EMBED"], 0.5)
+te_key = "cond_stage_model.wrapped.transformer.text_model.final_layer_norm.weight"
+te_before = shared.sd_model.state_dict()[te_key].clone()
+out = {"status": client.get("/autombw/v1/status").json()}
+merged = client.post(
+    "/autombw/v1/merge",
+    json={"model_a": "simA", "model_b": "simB", "weights": weights, "text_encoder_weight": 0.5},
+)
+out["merge"] = [merged.status_code, merged.json()]
+out["te_changed"] = not bool((shared.sd_model.state_dict()[te_key] == te_before).all())
+out["live"] = client.get("/autombw/v1/status").json()["merge_live"]
+out["save"] = client.post("/autombw/v1/save", json={"name": "bridged"}).json()
+sd_models.reload_model_weights(info=sd_models.checkpoints_list["simB.safetensors"])
+out["after_reload"] = client.get("/autombw/v1/status").json()
+out["autombw_cli_loaded"] = [m for m in sys.modules if m.startswith("autombw_cli")]
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.fixture
+def webui(tmp_path: Path) -> Path:
+    root = tmp_path / "stable-diffusion-webui"
+    (root / "extensions").mkdir(parents=True)
+    (root / "webui.py").write_text("# stand-in\n")
+    return root
+
+
+def write_stub(tmp_path: Path) -> tuple[Path, Path]:
+    stub = tmp_path / "stub"
+    (stub / "modules").mkdir(parents=True)
+    for name, text in STUB_MODULES.items():
+        (stub / "modules" / name).write_text(textwrap.dedent(text))
+    models = tmp_path / "models"
+    models.mkdir()
+    write_checkpoint(models / "simA.safetensors", random_state_dict("sd1", "tiny", 1))
+    write_checkpoint(models / "simB.safetensors", random_state_dict("sd1", "tiny", 2))
+    return stub, models
+
+
+def test_installed_extension_runs_standalone_in_a_stand_in_webui(
+    webui: Path, tmp_path: Path
+) -> None:
+    ext = install_extension(webui, version="9.9.9")
+    assert ext == webui / "extensions" / EXTENSION_NAME
+    assert (ext / "VERSION").read_text().strip() == "9.9.9"
+    stub, models = write_stub(tmp_path)
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    proc = subprocess.run(
+        [sys.executable, str(driver), str(ext)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={"PYTHONPATH": str(stub), "STUB_MODELS": str(models), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    out = json.loads(line[len("RESULT ") :])
+    assert out["status"]["version"] == "9.9.9" and out["status"]["host"] == "a1111"
+    assert out["merge"][0] == 200, out["merge"]
+    assert "BASE" in out["merge"][1]["changed_blocks"] and out["te_changed"] is True
+    assert out["live"] is True
+    assert Path(out["save"]["path"]).parent == models.resolve()
+    assert out["after_reload"]["merge_live"] is False
+    assert out["autombw_cli_loaded"] == []
+    assert "without --api-auth" in proc.stdout  # listening beyond loopback: a warning
+
+
+def test_reinstall_upgrades_in_place(webui: Path) -> None:
+    ext = install_extension(webui, version="1.0.0")
+    (ext / "stale.txt").write_text("from the old version")
+    again = install_extension(webui, version="1.1.0")
+    assert again == ext and (ext / "VERSION").read_text().strip() == "1.1.0"
+    assert not (ext / "stale.txt").exists()
+    assert [p.name for p in (webui / "extensions").iterdir()] == [EXTENSION_NAME]
+
+
+def test_refuses_a_folder_it_did_not_write_and_a_non_webui(webui: Path, tmp_path: Path) -> None:
+    (webui / "extensions" / EXTENSION_NAME).mkdir()
+    with pytest.raises(ConfigError, match="not written by autombw"):
+        install_extension(webui)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(ConfigError, match="does not look like"):
+        install_extension(plain)
+
+
+def test_module_closure_and_import_rewrite() -> None:
+    names = {m.name for m in collect_modules()}
+    assert {
+        "autombw_cli.webui.bridge.core",
+        "autombw_cli.merging.kernels",
+        "autombw_cli.blocks",
+        "autombw_cli.webui.endpoints",
+    } <= names
+    assert not any(n.startswith(("autombw_cli.sim", "autombw_cli.cli")) for n in names)
+    text = "from autombw_cli.blocks import Arch\n    import autombw_cli.errors\nx = 'autombw_cli'\n"
+    assert rewrite_source(text) == (
+        f"from {PRIVATE_PACKAGE}.blocks import Arch\n    import {PRIVATE_PACKAGE}.errors\n"
+        "x = 'autombw_cli'\n"
+    )
+
+
+def test_cli_print_path_writes_nothing(webui: Path) -> None:
+    result = CliRunner().invoke(app, ["webui", "install-extension", str(webui), "--print-path"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == str(webui / "extensions" / EXTENSION_NAME)
+    assert not (webui / "extensions" / EXTENSION_NAME).exists()
+    result = CliRunner().invoke(app, ["webui", "install-extension", str(webui)])
+    assert result.exit_code == 0 and (webui / "extensions" / EXTENSION_NAME / "VERSION").exists()
