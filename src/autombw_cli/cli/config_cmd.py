@@ -21,7 +21,7 @@ app.add_typer(config_app, name="config")
 def check_command(
     file: Annotated[Path, typer.Argument(help="The YAML search config to validate.")],
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print the resolved config as JSON. Default: YAML.")
+        bool, typer.Option("--json", help="Print the resolved config as JSON.")
     ] = False,
 ) -> None:
     """Validate a config and its payloads; print the resolved config (secrets redacted)."""

@@ -24,23 +24,23 @@ app.add_typer(payload_app, name="payload")
 def new_command(
     file: Annotated[Path, typer.Argument(help="File to create (.json, or .yaml/.yml).")],
     prompt: Annotated[str, typer.Option(help="Positive prompt (wildcards allowed).")],
-    negative: Annotated[str, typer.Option(help="Negative prompt. Default: empty.")] = "",
+    negative: Annotated[str, typer.Option(help="Negative prompt.")] = "",
     seed: Annotated[int, typer.Option(help="Seed; -1 derives one from the run seed.")] = 1,
-    steps: Annotated[int, typer.Option(help="Sampling steps. Default: 48.")] = 48,
-    cfg_scale: Annotated[float, typer.Option("--cfg", help="CFG scale. Default: 7.")] = 7.0,
-    sampler: Annotated[str, typer.Option(help="Sampler name. Default: Euler a.")] = "Euler a",
-    width: Annotated[int, typer.Option(help="Width in pixels. Default: 512.")] = 512,
-    height: Annotated[int, typer.Option(help="Height in pixels. Default: 512.")] = 512,
-    batch_size: Annotated[int, typer.Option(help="Images per batch. Default: 1.")] = 1,
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 48,
+    cfg_scale: Annotated[float, typer.Option("--cfg", help="CFG scale.")] = 7.0,
+    sampler: Annotated[str, typer.Option(help="Sampler name.")] = "Euler a",
+    width: Annotated[int, typer.Option(help="Width in pixels.")] = 512,
+    height: Annotated[int, typer.Option(help="Height in pixels.")] = 512,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 1,
     n_iter: Annotated[
         int, typer.Option(help="Batches; with wildcards, the number of prompt variants.")
     ] = 1,
     wildcard_type: Annotated[
-        str, typer.Option(help="none, random, combinatorial or jinja2. Default: none.")
+        str, typer.Option(help="none, random, combinatorial or jinja2.")
     ] = "none",
-    score_weight: Annotated[float, typer.Option(help="Weight in the tally. Default: 1.")] = 1.0,
+    score_weight: Annotated[float, typer.Option(help="Weight in the tally.")] = 1.0,
     reverse_scoring: Annotated[
-        bool, typer.Option(help="Negate the scores of this payload. Default: off.")
+        bool, typer.Option(help="Negate the scores of this payload.")
     ] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
@@ -97,9 +97,9 @@ def expand_command(
     files: Annotated[list[Path], typer.Argument(help="Payload files to expand.")],
     wildcards: Annotated[
         Path | None,
-        typer.Option(help="Wildcard folder. Default: a wildcards/ folder beside the first file."),
+        typer.Option(help="Wildcard folder [default: a wildcards/ folder beside the first file]."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Run seed (as search.seed). Default: 0.")] = 0,
+    seed: Annotated[int, typer.Option(help="Run seed (as search.seed).")] = 0,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the txt2img bodies as JSON instead.")
     ] = False,
