@@ -97,7 +97,7 @@ def expand_command(
     files: Annotated[list[Path], typer.Argument(help="Payload files to expand.")],
     wildcards: Annotated[
         Path | None,
-        typer.Option(help="Wildcard folder [default: a wildcards/ folder beside the first file]."),
+        typer.Option(help="Wildcard folder (default: a wildcards/ folder beside the first file)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Run seed (as search.seed).")] = 0,
     as_json: Annotated[
