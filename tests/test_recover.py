@@ -454,3 +454,20 @@ def test_checkpoint_without_recipe_or_broken(tmp_path: Path) -> None:
         recover(tmp_path / "none.safetensors", kind="checkpoint")
     with pytest.raises(JournalError, match="no such file"):
         recover(tmp_path / "none.safetensors")
+
+
+def test_sdxl_nat_csv_and_sd2_override() -> None:
+    header = ",".join(str(i) for i in range(22)) + ",score"
+    values = [i / 100 for i in range(22)]
+    text = header + "\n" + ",".join(map(format_weight, values)) + ",0.5\n"
+    best = parse_mbwrt_csv(text).best()
+    assert best.weights.arch is Arch.SDXL
+    # nat order for SDXL: IN00..IN08, M00, OUT, OUT00..OUT08, TIME_EMBED, LABEL_EMB
+    assert best.weights["M00"] == 0.09 and best.weights["OUT"] == 0.1
+    assert best.weights["OUT00"] == 0.11 and best.weights["LABEL_EMB"] == 0.21
+    assert order_line(best.weights, Ordering.NAT) == ",".join(map(format_weight, values))
+    sd2 = recover(CSV, arch=Arch.SD2).best()
+    assert sd2.weights.arch is Arch.SD2
+    assert order_line(sd2.weights, Ordering.RECIPE) == stored_recipe_line()
+    with pytest.raises(JournalError, match="sdxl needs 22 weight columns"):
+        recover(CSV, arch=Arch.SDXL)

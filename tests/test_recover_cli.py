@@ -279,3 +279,19 @@ def test_recover_log_warnings_are_capped(
     assert err.count("warning:") == 11 and "and 5 more" in err
     code, out, _ = run(["recover", str(log), "--json"], capsys)
     assert len(json.loads(out)["warnings"]) == 15
+
+
+def test_console_script_user_error_has_no_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    missing = tmp_path / "missing.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "autombw_cli", "recover", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 6
+    assert proc.stderr.startswith("error:") and "no such file" in proc.stderr
+    assert "Traceback" not in proc.stderr

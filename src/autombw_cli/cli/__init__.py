@@ -102,6 +102,6 @@ def _print_error(exc: AutombwError) -> None:
     from rich.markup import escape
 
     err = Console(stderr=True, highlight=False)
-    err.print(f"[bold red]error:[/] {escape(exc.message)}")
+    err.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
     if exc.hint:
-        err.print(f"[yellow]hint:[/] {escape(exc.hint)}")
+        err.print(f"[yellow]hint:[/] {escape(exc.hint)}", soft_wrap=True)
