@@ -12,7 +12,6 @@ pytest.importorskip("autombw_cli.search.optimizers")
 from autombw_cli.blocks import Arch
 from autombw_cli.search.campaign import Campaign, PassPlan, Scored
 from autombw_cli.search.events import EvaluationDone, PassStarted, StopReason
-from autombw_cli.search.glue import Stopper
 from autombw_cli.search.optimizers import create_optimizer
 from autombw_cli.search.scheduler import Candidate, Outcome
 from autombw_cli.search.space import SearchSpace
@@ -153,14 +152,3 @@ def test_max_time_stops_handing_out() -> None:
     now[0] = 11.0
     assert c.next_candidate() is None
     assert c.stop_reason is StopReason.TIME
-
-
-def test_stopper_tolerances() -> None:
-    s = Stopper(patience=2, min_delta_abs=0.1)
-    assert not s.update(-1.0)  # negative scores are fine
-    assert not s.update(-0.95)  # within the tolerance: no improvement
-    assert s.update(-0.93)
-    s2 = Stopper(patience=2, min_delta_rel=0.5)
-    s2.update(2.0)
-    assert not s2.update(4.5)  # +2.5 > 0.5 * 2: improvement
-    assert s2.best == 4.5

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from autombw_cli.blocks import Weights
@@ -64,48 +63,16 @@ def replay(optimizer: Any, known: Sequence[tuple[Weights, float]]) -> int:
     return core_replay(optimizer, known)
 
 
-@dataclass
-class Stopper:
-    """Early stopping of one pass: stop after ``patience`` evaluations that did not improve the
-    pass's best by more than ``min_delta_abs`` and ``min_delta_rel * |best|``."""
+def make_stopper(config: Any) -> Any:
+    """A pass's early stopping (``search/stopping.py``), None when it is off."""
+    from autombw_cli.search.stopping import EarlyStopping
 
-    patience: int | None
-    min_delta_abs: float = 0.0
-    min_delta_rel: float = 0.0
-    best: float | None = None
-    since_best: int = 0
-
-    def update(self, score: float) -> bool:
-        if self.best is None:
-            self.best = score
-            self.since_best = 0
-        else:
-            margin = max(self.min_delta_abs, self.min_delta_rel * abs(self.best))
-            if score > self.best + margin or (margin == 0 and score > self.best):
-                self.best = score
-                self.since_best = 0
-            else:
-                self.since_best += 1
-        return self.should_stop
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience is not None and self.since_best >= self.patience
+    return EarlyStopping.from_config(config)
 
 
-def make_stopper(config: Any) -> Stopper | None:
-    if config is None or getattr(config, "patience", None) is None:
-        return None
-    return Stopper(
-        patience=config.patience,
-        min_delta_abs=getattr(config, "min_delta_abs", 0.0),
-        min_delta_rel=getattr(config, "min_delta_rel", 0.0),
-    )
+def stopper_update(stopper: Any, score: float) -> bool:
+    return bool(stopper.update(score))
 
 
-def stopper_update(stopper: Stopper, score: float) -> bool:
-    return stopper.update(score)
-
-
-def stopper_should_stop(stopper: Stopper) -> bool:
-    return stopper.should_stop
+def stopper_should_stop(stopper: Any) -> bool:
+    return bool(stopper.should_stop)

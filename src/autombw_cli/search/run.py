@@ -427,7 +427,9 @@ class Run:
                 except AutombwError as exc:
                     log.warning("%s: saving the merge failed: %s", e.label, exc)
                     continue
-                return f"{e.label}:{saved.path}" if not e.simulated else saved.path
+                if e.simulated:  # the simulator's folder vanishes with it: keep a copy
+                    return str(await asyncio.to_thread(_copy_into, Path(saved.path), self.run_dir))
+                return f"{e.label}:{saved.path}"
             emit(RunWarning(message="no instance could save the final merge"))
         except AutombwError as exc:
             emit(RunWarning(message=f"the final merge failed: {exc.message}"))
@@ -561,6 +563,18 @@ def settings_from_config(config: Any) -> SchedulerSettings:
                 }.get(key, key)
                 values[name] = data[key]
     return SchedulerSettings(**values)
+
+
+def _copy_into(path: Path, folder: Path) -> Path:
+    """Copy a checkpoint into ``folder``, atomically (its recipe files are already there)."""
+    import shutil
+
+    from autombw_cli.atomic import atomic_path
+
+    target = folder / path.name
+    with atomic_path(target) as tmp:
+        shutil.copyfile(path, tmp)
+    return target
 
 
 def weights_or_none(w: Weights | None) -> dict[str, float] | None:
