@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
@@ -14,19 +13,17 @@ from rich.table import Table
 
 from autombw_cli.blocks import Arch, Ordering, Weights, format_weight
 from autombw_cli.cli._app import app
-from autombw_cli.errors import ConfigError, OutputExistsError
-from autombw_cli.recipe import write_recipe_files
 from autombw_cli.recover import (
     RecoveredEvaluation,
     RecoveredSource,
     SourceKind,
-    check_recipe_outputs,
+    check_merge_options,
     order_line,
-    recipe_for,
+    plan_outputs,
     recover,
+    write_outputs,
 )
 
-DTYPES = ("fp16", "bf16", "fp32")
 MAX_WARNINGS_SHOWN = 10
 
 
@@ -101,26 +98,12 @@ def recover_command(
 
     Ties in score go to the earliest evaluation in the file.
     """
-    if merge is not None and output is None:
-        raise ConfigError("--merge A B needs -o OUT (the merged checkpoint to write)")
-    if output is not None and merge is None:
-        raise ConfigError("-o OUT is the merged checkpoint of --merge A B; pass --merge too")
-    if dtype is not None and dtype not in DTYPES:
-        raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    check_merge_options(merge, output, dtype)
     result = recover(source, kind=kind, arch=arch, upstream=upstream)
-    best = result.best()
-    stem = check_recipe_outputs(out, force=force) if out is not None else None
-    if merge is not None and output is not None and output.exists() and not force:
-        raise OutputExistsError(f"{output} already exists", hint="pass --force to overwrite it")
-    recipe = recipe_for(
-        best,
-        model_a=model_a or (merge[0].name if merge else ""),
-        model_b=model_b or (merge[1].name if merge else ""),
-        output_name=name or (output.stem if output else ""),
-        base=result.recipe,
-    )
-    if not recipe.output_name and stem is not None:
-        recipe = dataclasses.replace(recipe, output_name=stem.name)
+    plan = plan_outputs(
+        result, out=out, merge=merge, output=output, dtype=dtype, force=force,
+        model_a=model_a, model_b=model_b, name=name,
+    )  # fmt: skip
     err = Console(stderr=True, highlight=False)
     for warning in result.warnings[:MAX_WARNINGS_SHOWN]:
         err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
@@ -130,15 +113,8 @@ def recover_command(
     if as_json:
         typer.echo(json.dumps(result.to_dict(top), indent=2))
     else:
-        _render(Console(highlight=False), result, best, top)
-    if merge is not None and output is not None:
-        from autombw_cli.merging.offline import merge_checkpoints  # heavy: torch
-
-        merge_checkpoints(merge[0], merge[1], recipe, output, dtype=dtype, force=force)
-        err.print(f"merged {merge[0].name} + {merge[1].name} -> {output}")
-    if stem is not None:
-        txt, js = write_recipe_files(recipe, stem)
-        err.print(f"wrote {txt} and {js}")
+        _render(Console(highlight=False), result, result.best(), top)
+    write_outputs(plan, lambda line: err.print(escape(line), soft_wrap=True))
 
 
 def _render(console: Console, result: RecoveredSource, best: RecoveredEvaluation, top: int) -> None:

@@ -37,10 +37,14 @@ from autombw_cli.recover.checkpoint import parse_checkpoint, read_safetensors_me
 from autombw_cli.recover.console_log import parse_console_log
 from autombw_cli.recover.csv_sources import parse_history_csv, parse_mbwrt_csv
 from autombw_cli.recover.outputs import (
+    OutputPlan,
+    check_merge_options,
     check_recipe_outputs,
+    plan_outputs,
     recipe_for,
     recipe_paths,
     recipe_stem,
+    write_outputs,
     write_recovered_recipe,
 )
 from autombw_cli.recover.text import detect_kind, read_source_text
@@ -52,9 +56,11 @@ from autombw_cli.recover.values import (
 )
 
 __all__ = [
+    "OutputPlan",
     "RecoveredEvaluation",
     "RecoveredSource",
     "SourceKind",
+    "check_merge_options",
     "check_recipe_outputs",
     "detect_kind",
     "order_line",
@@ -64,11 +70,13 @@ __all__ = [
     "parse_mbwrt_csv",
     "parse_recipe",
     "parse_source",
+    "plan_outputs",
     "read_source_text",
     "recipe_for",
     "recipe_paths",
     "recipe_stem",
     "recover",
+    "write_outputs",
     "write_recovered_recipe",
 ]
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from autombw_cli.errors import OutputExistsError
+from autombw_cli.errors import ConfigError, OutputExistsError
 from autombw_cli.recipe import Recipe, write_recipe_files
-from autombw_cli.recover.values import RecoveredEvaluation
+from autombw_cli.recover.values import RecoveredEvaluation, RecoveredSource
 
 
 def recipe_stem(path: Path | str) -> Path:
@@ -59,3 +62,73 @@ def recipe_for(
 def write_recovered_recipe(recipe: Recipe, path: Path | str, *, force: bool) -> tuple[Path, Path]:
     stem = check_recipe_outputs(path, force=force)
     return write_recipe_files(recipe, stem)
+
+
+MERGE_DTYPES = ("fp16", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """What `autombw recover` will write: checked up front so an error writes nothing."""
+
+    recipe: Recipe
+    recipe_stem: Path | None = None  # --out
+    merge_inputs: tuple[Path, Path] | None = None  # --merge A B
+    merge_output: Path | None = None  # -o
+    dtype: str | None = None
+    force: bool = False
+
+
+def check_merge_options(
+    merge: tuple[Path, Path] | None, output: Path | None, dtype: str | None
+) -> None:
+    if merge is not None and output is None:
+        raise ConfigError("--merge A B needs -o OUT (the merged checkpoint to write)")
+    if output is not None and merge is None:
+        raise ConfigError("-o OUT is the merged checkpoint of --merge A B; pass --merge too")
+    if dtype is not None and dtype not in MERGE_DTYPES:
+        raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(MERGE_DTYPES)}")
+
+
+def plan_outputs(
+    result: RecoveredSource,
+    *,
+    out: Path | None = None,
+    merge: tuple[Path, Path] | None = None,
+    output: Path | None = None,
+    dtype: str | None = None,
+    force: bool = False,
+    model_a: str = "",
+    model_b: str = "",
+    name: str = "",
+) -> OutputPlan:
+    """The recipe for the best evaluation and where it goes; refuses existing files unless
+    ``force``. Model names default to the source recipe's, then to the --merge file names; the
+    output name to --name, the merged file's stem, the source recipe's, then --out's stem."""
+    check_merge_options(merge, output, dtype)
+    stem = check_recipe_outputs(out, force=force) if out is not None else None
+    if output is not None and output.exists() and not force:
+        raise OutputExistsError(f"{output} already exists", hint="pass --force to overwrite it")
+    recipe = recipe_for(
+        result.best(),
+        model_a=model_a or (merge[0].name if merge else ""),
+        model_b=model_b or (merge[1].name if merge else ""),
+        output_name=name or (output.stem if output else ""),
+        base=result.recipe,
+    )
+    if not recipe.output_name and stem is not None:
+        recipe = dataclasses.replace(recipe, output_name=stem.name)
+    return OutputPlan(recipe, stem, merge, output, dtype, force)
+
+
+def write_outputs(plan: OutputPlan, report: Callable[[str], None] = lambda _: None) -> None:
+    """Merge first (the long, fallible step), then the recipe files."""
+    if plan.merge_inputs is not None and plan.merge_output is not None:
+        from autombw_cli.merging.offline import merge_checkpoints  # heavy: torch
+
+        a, b = plan.merge_inputs
+        merge_checkpoints(a, b, plan.recipe, plan.merge_output, dtype=plan.dtype, force=plan.force)
+        report(f"merged {a.name} + {b.name} -> {plan.merge_output}")
+    if plan.recipe_stem is not None:
+        txt, js = write_recipe_files(plan.recipe, plan.recipe_stem)
+        report(f"wrote {txt} and {js}")
