@@ -471,3 +471,28 @@ def test_sdxl_nat_csv_and_sd2_override() -> None:
     assert order_line(sd2.weights, Ordering.RECIPE) == stored_recipe_line()
     with pytest.raises(JournalError, match="sdxl needs 22 weight columns"):
         recover(CSV, arch=Arch.SDXL)
+
+
+def test_plan_outputs_names_and_refusals(tmp_path: Path) -> None:
+    from autombw_cli.errors import ConfigError
+    from autombw_cli.recover import plan_outputs
+
+    csv_result = recover(CSV)
+    plan = plan_outputs(csv_result, out=tmp_path / "best.recipe.txt")
+    assert plan.recipe_stem == tmp_path / "best" and plan.recipe.output_name == "best"
+    assert plan.recipe.model_a == "" and plan.merge_inputs is None
+    a, b, merged = tmp_path / "a.safetensors", tmp_path / "b.ckpt", tmp_path / "m.safetensors"
+    plan = plan_outputs(csv_result, merge=(a, b), output=merged, dtype="fp16")
+    assert (plan.recipe.model_a, plan.recipe.model_b) == ("a.safetensors", "b.ckpt")
+    assert plan.recipe.output_name == "m"
+    plan = plan_outputs(csv_result, merge=(a, b), output=merged, model_a="x", name="n")
+    assert plan.recipe.model_a == "x" and plan.recipe.output_name == "n"
+    recipe_result = recover(RECIPE_WITH_LOG)
+    plan = plan_outputs(recipe_result, out=tmp_path / "r")
+    assert plan.recipe == recipe_result.recipe  # the source recipe's names are kept
+    merged.write_bytes(b"x")
+    with pytest.raises(OutputExistsError, match=r"m\.safetensors already exists"):
+        plan_outputs(csv_result, merge=(a, b), output=merged)
+    assert plan_outputs(csv_result, merge=(a, b), output=merged, force=True).force
+    with pytest.raises(ConfigError, match="needs -o OUT"):
+        plan_outputs(csv_result, merge=(a, b))
