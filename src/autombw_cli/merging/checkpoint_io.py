@@ -200,13 +200,14 @@ def _torch_load_weights_only(path: Path, *, mmap: bool) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        detail = str(exc).strip().splitlines()
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = next(
-            (line for line in detail if "Unsupported" in line), detail[0] if detail else ""
+            (line for line in lines if "unsupported" in line.lower() or "global" in line.lower()),
+            lines[-1] if lines else type(exc).__name__,
         )
         raise ModelMismatchError(
             f"{path}: refused to load this pickle: it needs more than plain tensors "
-            f"(torch.load(weights_only=True) said: {reason.strip()[:300]}). Loading it fully "
+            f"(torch.load(weights_only=True) said: {reason.rstrip(".")[:300]}). Loading it fully "
             "could run arbitrary code stored in the file, so autombw never does",
             hint="if you trust the file, convert it to .safetensors with a tool you trust, "
             "or use a .safetensors release of the model",

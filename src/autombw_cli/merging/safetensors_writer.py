@@ -16,6 +16,7 @@ import json
 import struct
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -90,10 +91,20 @@ def build_header(entries: Sequence[TensorEntry], metadata: Mapping[str, str] | N
 
 
 class SafetensorsStreamWriter:
-    """Writes tensors into an open binary file in ``order``; checks each against its entry."""
+    """Writes tensors into an open binary file in ``order``; checks each against its entry.
+
+    With ``write_behind`` the bytes of a tensor are written by a helper thread while the caller
+    produces the next one (at most one write in flight; the file is still written in order).
+    Call `finish` (or `close` on errors) before closing the file.
+    """
 
     def __init__(
-        self, fh: BinaryIO, entries: Sequence[TensorEntry], metadata: Mapping[str, str] | None
+        self,
+        fh: BinaryIO,
+        entries: Sequence[TensorEntry],
+        metadata: Mapping[str, str] | None,
+        *,
+        write_behind: bool = False,
     ) -> None:
         if sys.byteorder != "little":  # safetensors is little-endian
             raise RuntimeError("the safetensors writer needs a little-endian machine")
@@ -101,6 +112,8 @@ class SafetensorsStreamWriter:
         self.order = layout_order(entries)
         self._next = 0
         self.bytes_written = 0
+        self._pool = ThreadPoolExecutor(1, "safetensors-write") if write_behind else None
+        self._pending: Future[object] | None = None
         header = build_header(self.order, metadata)
         fh.write(header)
         self.bytes_written += len(header)
@@ -118,14 +131,34 @@ class SafetensorsStreamWriter:
             )
         if entry.nbytes:
             data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-            self._fh.write(memoryview(data.numpy()))
+            self._wait()
+            if self._pool is None:
+                self._fh.write(memoryview(data.numpy()))
+            else:  # `data` stays alive in the closure until written
+                self._pending = self._pool.submit(self._fh.write, memoryview(data.numpy()))
         self.bytes_written += entry.nbytes
         self._next += 1
 
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
     def finish(self) -> None:
+        """Wait for the last write and check every declared tensor was written."""
+        try:
+            self._wait()
+        finally:
+            self.close()
         if self._next != len(self.order):
             missing = self.order[self._next].key
             raise ValueError(f"only {self._next} of {len(self.order)} tensors written ({missing})")
+
+    def close(self) -> None:
+        """Stop the helper thread (waiting for a write in flight); safe to call twice."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 def write_safetensors_stream(
@@ -134,21 +167,26 @@ def write_safetensors_stream(
     produce: Callable[[TensorEntry], torch.Tensor] | Iterable[torch.Tensor],
     *,
     metadata: Mapping[str, str] | None = None,
+    write_behind: bool = False,
 ) -> int:
     """Write a safetensors file atomically, producing tensors one at a time.
 
     ``produce`` is called with each entry in storage order (see `layout_order`); an iterable is
     accepted too and must yield tensors in the order of ``entries`` as given (it is then
     buffered only where storage order differs, i.e. for mixed element sizes). Returns the file
-    size. On any exception the target is untouched and the temp file removed.
+    size. On any exception the target is untouched and the temp file removed. ``write_behind``
+    overlaps writing one tensor with producing the next (see `SafetensorsStreamWriter`).
     """
     if not callable(produce):
         produce = _from_iterable(entries, produce)
     with atomic_path(path, suffix=".safetensors.tmp") as tmp, open(tmp, "wb") as fh:
-        writer = SafetensorsStreamWriter(fh, entries, metadata)
-        for entry in writer.order:
-            writer.write(entry.key, produce(entry))
-        writer.finish()
+        writer = SafetensorsStreamWriter(fh, entries, metadata, write_behind=write_behind)
+        try:
+            for entry in writer.order:
+                writer.write(entry.key, produce(entry))
+            writer.finish()
+        finally:
+            writer.close()
         fh.flush()
         return writer.bytes_written
 
