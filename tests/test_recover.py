@@ -496,3 +496,40 @@ def test_plan_outputs_names_and_refusals(tmp_path: Path) -> None:
     assert plan_outputs(csv_result, merge=(a, b), output=merged, force=True).force
     with pytest.raises(ConfigError, match="needs -o OUT"):
         plan_outputs(csv_result, merge=(a, b))
+
+
+def test_reads_the_search_journal_history_csv(tmp_path: Path) -> None:
+    """The seam with search/journal.py: what the journal writes, recover reads."""
+    journal_mod = pytest.importorskip("autombw_cli.search.journal")
+    evaluation_mod = pytest.importorskip("autombw_cli.search.evaluation")
+    journal = journal_mod.Journal(tmp_path, Arch.SD1)
+    weights = [
+        Weights.uniform(Arch.SD1, 0.25),
+        Weights.uniform(Arch.SD1, 0.5, text_encoder=0.125).replace({"OUT": 0.1 + 0.2}),
+        Weights.uniform(Arch.SD1, 0.75),
+        Weights.uniform(Arch.SD1, 1.0),
+    ]
+    for number, (w, score) in enumerate(zip(weights, [0.1, 0.9, None, 0.9], strict=True)):
+        state = "failed" if score is None else "complete"
+        journal.append(
+            evaluation_mod.Evaluation(
+                number=number,
+                weights=w,
+                score=score,
+                pass_index=1 + number // 2,
+                payload_scores={"portrait, 1": 0.5} if score is not None else {},
+                timings={"merge_s": 1.5},
+                state=state,
+            )
+        )
+    history = tmp_path / "history.csv"
+    with history.open("a") as fh:
+        fh.write("4,2,complete,2026-01-01T00:00:00")  # a torn last line (killed mid-write)
+    result = recover(history)
+    assert result.kind is SourceKind.HISTORY
+    assert [e.score for e in result.evaluations] == [0.1, 0.9, 0.9]
+    best = result.best()  # ties: the earliest of the two 0.9s
+    assert best.weights == weights[1]
+    assert best.weights["OUT"] == 0.30000000000000004 and best.weights.text_encoder == 0.125
+    assert best.location == "evaluation 1, pass 1, row 2 (line 3)"
+    assert len(result.warnings) == 1 and "torn last line" in result.warnings[0]

@@ -121,6 +121,7 @@ def parse_history_csv(
     score_col = lowered.index("score")
     state_col = lowered.index("state") if "state" in lowered else None
     number_col = next((lowered.index(c) for c in ("number", "trial") if c in lowered), None)
+    pass_col = lowered.index("pass") if "pass" in lowered else None
     arch_col = lowered.index("arch") if "arch" in lowered else None
     te_col = next(
         (
@@ -182,6 +183,8 @@ def parse_history_csv(
                 continue
             raise
         where = row.where
+        if pass_col is not None and row.cells[pass_col].strip():
+            where = f"pass {row.cells[pass_col].strip()}, {where}"
         if number_col is not None and row.cells[number_col].strip():
             where = f"evaluation {row.cells[number_col].strip()}, {where}"
         weights = Weights(header_arch, values, te)
