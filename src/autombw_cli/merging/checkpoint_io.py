@@ -207,7 +207,7 @@ def _torch_load_weights_only(path: Path, *, mmap: bool) -> object:
         )
         raise ModelMismatchError(
             f"{path}: refused to load this pickle: it needs more than plain tensors "
-            f"(torch.load(weights_only=True) said: {reason.rstrip(".")[:300]}). Loading it fully "
+            f"(torch.load(weights_only=True) said: {reason.rstrip('.')[:300]}). Loading it fully "
             "could run arbitrary code stored in the file, so autombw never does",
             hint="if you trust the file, convert it to .safetensors with a tool you trust, "
             "or use a .safetensors release of the model",
