@@ -295,3 +295,18 @@ def test_console_script_user_error_has_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 6
     assert proc.stderr.startswith("error:") and "no such file" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_recover_recipe_json_and_upstream_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = read_recipe_file(RECIPE_WITH_LOG)
+    js = tmp_path / "x.recipe.json"
+    js.write_text(recipe.to_json())
+    code, out, _ = run(["recover", str(js), "--json"], capsys)
+    assert code == 0 and json.loads(out)["best"]["recipe_order"] == STORED
+    upstream = tmp_path / "up.recipe.txt"
+    upstream.write_text("modelA=a\nmodelB=b\n" + ",".join(["0"] * 25 + ["0.25", "0.75"]) + "\n")
+    code, out, _ = run(["recover", str(upstream), "--upstream", "--json"], capsys)
+    weights = json.loads(out)["best"]["weights"]
+    assert code == 0 and (weights["TIME_EMBED"], weights["OUT"]) == (0.25, 0.75)
