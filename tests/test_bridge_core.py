@@ -22,6 +22,7 @@ SEEDS = {"simA": 1, "simB": 2, "simC": 3}
 
 
 def make_world(folder: Path, arch: Arch) -> tuple[SimHost, BridgeCore]:
+    folder.mkdir(parents=True, exist_ok=True)
     for name, seed in SEEDS.items():
         write_checkpoint(folder / f"{name}.safetensors", random_state_dict(arch, "tiny", seed))
     host = SimHost(folder)
@@ -49,6 +50,14 @@ def expected_merge(arch: Arch, weights: dict[str, float]) -> dict[str, torch.Ten
         slot = lay.slot_of(k)
         out[k] = lerp_tensor(t, b[k], weights[slot]) if slot else t
     return out
+
+
+@pytest.fixture(scope="module")
+def refusing_core(tmp_path_factory: pytest.TempPathFactory) -> BridgeCore:
+    """One world for the tests whose requests are all refused (nothing in it changes)."""
+    _, core = make_world(tmp_path_factory.mktemp("refusals"), Arch.SD1)
+    core.merge("simA", "simB", uniform(Arch.SD1, 0.5))
+    return core
 
 
 @pytest.fixture(params=[Arch.SD1, Arch.SDXL], ids=["sd1", "sdxl"])
@@ -211,8 +220,8 @@ def test_refusals(tmp_path: Path, a: str, b: str, weights: object, status: int, 
     assert (err.value.status, err.value.kind) == (status, kind)
 
 
-def test_unknown_model_lists_close_names(tmp_path: Path) -> None:
-    _, core = make_world(tmp_path, Arch.SD1)
+def test_unknown_model_lists_close_names(refusing_core: BridgeCore) -> None:
+    core = refusing_core
     with pytest.raises(BridgeError) as err:
         core.merge("simAA", "simB", uniform(Arch.SD1, 0.5))
     assert "simA" in err.value.hint
@@ -280,34 +289,34 @@ def test_save_writes_merge_recipe_and_refreshes(tmp_path: Path) -> None:
     assert len(out.sha256) == 64 and out.bytes == path.stat().st_size
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "../escape",
-        "sub/dir",
-        "..\\escape",
-        "/etc/passwd",
-        "C:\\Windows\\x",
-        "CON",
-        "nul.safetensors",
-        "com1.txt",
-        "LPT9",
-        ".hidden",
-        "",
-        "bad|name",
-        "trailing.",
-        "other.ckpt",
-        "x" * 250,
-    ],
-)
-def test_save_refuses_names_outside_a_plain_file(tmp_path: Path, name: str) -> None:
-    _, core = make_world(tmp_path, Arch.SD1)
+BAD_NAMES = [
+    "../escape",
+    "sub/dir",
+    "..\\escape",
+    "/etc/passwd",
+    "C:\\Windows\\x",
+    "CON",
+    "nul.safetensors",
+    "com1.txt",
+    "LPT9",
+    ".hidden",
+    "",
+    "bad|name",
+    "trailing.",
+    "other.ckpt",
+    "x" * 250,
+]
+
+
+def test_save_refuses_names_outside_a_plain_file(tmp_path: Path) -> None:
+    _, core = make_world(tmp_path / "models", Arch.SD1)
     core.merge("simA", "simB", uniform(Arch.SD1, 0.5))
-    before = sorted(p.name for p in tmp_path.parent.rglob("*"))
-    with pytest.raises(BridgeError) as err:
-        core.save(name)
-    assert err.value.status == 400 and err.value.kind == "BadName"
-    assert sorted(p.name for p in tmp_path.parent.rglob("*")) == before
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    for name in BAD_NAMES:
+        with pytest.raises(BridgeError) as err:
+            core.save(name)
+        assert (err.value.status, err.value.kind) == (400, "BadName"), name
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 
 def test_save_refuses_overwrite_without_flag(tmp_path: Path) -> None:

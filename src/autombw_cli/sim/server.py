@@ -252,6 +252,8 @@ class SimulatedWebUI:
             finally:
                 self._end()
         loaded = self.host.loaded_checkpoint()
+        bridge = self.core.status()
+        merge_id = bridge["merge_id"] if bridge["merge_live"] else None
         info = {
             "prompt": req.prompt,
             "all_prompts": [req.prompt] * len(images),
@@ -275,7 +277,7 @@ class SimulatedWebUI:
             "clip_skip": 1,
             "extra_generation_params": {},
             "version": f"autombw-sim {__version__}",
-            "autombw_merge_id": self.core.status()["merge_id"],
+            "autombw_merge_id": merge_id,
         }
         return {
             "images": images if req.send_images else [],
