@@ -264,3 +264,9 @@ def test_config_positive_only_tally_with_sigmoid_ensemble() -> None:
                 "ensemble": [{"name": "imagereward", "normalize": "zscore"}],
             }
         )
+
+
+def test_sim_scorer_is_built_lazily_from_its_options() -> None:
+    scorer = create_scorer(ScorerConfig(name="sim", options={"arch": "sd1"}))
+    assert scorer.name == "sim"
+    assert isinstance(scorer, Scorer)

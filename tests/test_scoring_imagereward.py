@@ -190,7 +190,9 @@ def test_full_architecture_on_gpu(tmp_path: Path) -> None:
         model, tokenizer, device="cuda", batch_size=16, precision="fp16", compile=True
     ) as scorer:  # batches of 16 and 8 (a second compiled shape), then 5 padded to 8
         results["compiled"] = scorer.score(imgs, prompts)
-        assert scorer.score(imgs[:5], prompts[:5]) == pytest.approx(results["compiled"][:5])
+        # another compiled shape (8) picks other fp16 kernels: equal within the fp16 tolerance
+        again = scorer.score(imgs[:5], prompts[:5])
+        assert again == pytest.approx(results["compiled"][:5], abs=5e-3)
     diffs = {k: max(abs(a - b) for a, b in zip(v, ref, strict=True)) for k, v in results.items()}
     print("max abs diff vs upstream fp32:", diffs)
     assert diffs["fp32"] < 1e-3
