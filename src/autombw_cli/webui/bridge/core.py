@@ -24,21 +24,20 @@ safetensors and the standard library are used (this file is copied into the WebU
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from autombw_cli.atomic import atomic_path, atomic_write_text
+from autombw_cli.atomic import atomic_write_text
 from autombw_cli.blocks import (
     BASE,
     EXTRAPOLATION_RANGE,
@@ -55,11 +54,7 @@ from autombw_cli.blocks import (
 from autombw_cli.errors import AutombwError
 from autombw_cli.merging.kernels import lerp_tensor
 from autombw_cli.recipe import Recipe
-from autombw_cli.webui.bridge.files import (
-    DTYPE_NAMES,
-    TensorFile,
-    write_safetensors_streaming,
-)
+from autombw_cli.webui.bridge.files import DTYPE_NAMES, TensorFile
 from autombw_cli.webui.bridge.names import (
     CheckpointRef,
     NameError_,
@@ -67,6 +62,7 @@ from autombw_cli.webui.bridge.names import (
     find_checkpoint,
     safe_output_path,
 )
+from autombw_cli.webui.bridge.save import write_merged_checkpoint
 
 BRIDGE_API = 1
 CACHE_DEVICES = ("auto", "cuda", "cpu")
@@ -383,14 +379,14 @@ class BridgeCore:
                 output_name=stem,
                 weights=w,
             )
-            out_dtype = DTYPE_NAMES[dtype]
-            with TensorFile(pair.a.path) as fa, TensorFile(pair.b.path) as fb:
-                entries = list(_save_entries(fa, fb, w, out_dtype))
-                with atomic_path(target) as tmp, open(tmp, "wb") as raw:
-                    hashing = _HashingWriter(raw)
-                    size = write_safetensors_streaming(
-                        hashing, entries, recipe.safetensors_metadata()
-                    )
+            size, sha256 = write_merged_checkpoint(
+                pair.a.path,
+                pair.b.path,
+                w,
+                target,
+                dtype=DTYPE_NAMES[dtype],
+                metadata=recipe.safetensors_metadata(),
+            )
             recipe_path = target.with_name(stem + ".recipe.txt")
             atomic_write_text(recipe_path, recipe.to_text())
             self.host.refresh_checkpoints()
@@ -398,7 +394,7 @@ class BridgeCore:
                 name=target.name,
                 path=str(target),
                 recipe_path=str(recipe_path),
-                sha256=hashing.hexdigest(),
+                sha256=sha256,
                 bytes=size,
                 elapsed_s=round(time.perf_counter() - t0, 6),
             )
@@ -791,47 +787,3 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _ref_json(ref: CheckpointRef) -> dict[str, Any]:
     return {"file": ref.filename, "title": ref.title, "sha256": ref.sha256}
-
-
-def _save_entries(
-    fa: TensorFile, fb: TensorFile, w: Weights, out_dtype: torch.dtype | None
-) -> Iterator[tuple[str, torch.dtype, tuple[int, ...], Any]]:
-    lay = layout(w.arch)
-    b_keys = set(fb.tensor_keys())
-    for key in fa.tensor_keys():
-        src_dtype = fa.dtype(key)
-        shape = fa.shape(key)
-        floating = src_dtype.is_floating_point
-        dtype = out_dtype if (out_dtype is not None and floating) else src_dtype
-        slot = lay.slot_of(key)
-        if slot is not None:
-            weight = w.values[slot]
-        elif w.text_encoder is not None and is_text_encoder_key(key, w.arch):
-            weight = w.text_encoder
-        else:
-            weight = 0.0
-        mix = floating and weight != 0.0 and key in b_keys and fb.shape(key) == shape
-
-        def produce(key: str = key, weight: float = weight, mix: bool = mix, dtype=dtype) -> Tensor:
-            a = fa.get(key)
-            if not mix:
-                return a.to(dtype)
-            b = fb.get(key)
-            return torch.lerp(a.float(), b.float(), weight).to(dtype)
-
-        yield key, dtype, shape, produce
-
-
-class _HashingWriter:
-    """A write-only file wrapper that hashes what passes through it (sha256)."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self._hash = hashlib.sha256()
-
-    def write(self, data: Any) -> int:
-        self._hash.update(data)
-        return self._raw.write(data)
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
