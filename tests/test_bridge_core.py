@@ -334,3 +334,36 @@ def test_save_needs_a_merge_pair(tmp_path: Path) -> None:
     with pytest.raises(BridgeError) as err:
         core.save("x", uniform(Arch.SD1, 0.5))
     assert err.value.status == 409
+
+
+def test_failure_midway_still_restores_bit_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails halfway (CUDA OOM in a real WebUI; simulated here by making
+    torch's load_state_dict raise on its third call) leaves the bridge knowing which blocks
+    hold what, so restore and the next merge still give exact results."""
+    host, core = make_world(tmp_path, Arch.SD1)
+    core.merge("simA", "simB", uniform(Arch.SD1, 0.5))
+    real = torch.nn.Module.load_state_dict
+    calls = {"n": 0}
+
+    def flaky(module, state, strict=True, assign=False):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(module, state, strict=strict, assign=assign)
+
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", flaky)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        core.merge("simA", "simB", uniform(Arch.SD1, 0.8))
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", real)
+    assert core.status()["merge_id"] is None and core.status()["merge_live"] is False
+
+    core.restore()
+    original = random_state_dict(Arch.SD1, "tiny", SEEDS["simA"])
+    live = live_state(host)
+    assert all(torch.equal(live[k], t) for k, t in original.items())
+    core.merge("simA", "simB", uniform(Arch.SD1, 0.8))
+    expected = expected_merge(Arch.SD1, uniform(Arch.SD1, 0.8))
+    live = live_state(host)
+    assert all(torch.equal(live[k], t) for k, t in expected.items())

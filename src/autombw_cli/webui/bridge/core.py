@@ -259,8 +259,6 @@ class BridgeCore:
             pair = self._switch_pair(ref_a, ref_b, arch)
             model = self._ensure_a_loaded(pair)
             unet = model.get_submodule(UNET_MODULE)
-            if not pair.slot_keys:
-                pair.slot_keys = _slot_keys(unet.state_dict(), arch)
             device = self._choose_cache_device(cache_device, unet, pair)
             self._move_caches(pair, device)
 
@@ -269,17 +267,13 @@ class BridgeCore:
             changed = [s for s, v in targets.items() if pair.applied.get(s, _UNKNOWN) != v]
             te_changed = pair.applied.get(BASE, 0.0) != te
 
-            # From here on the live model is being modified: if anything fails midway, the
-            # live weights are unknown and the next merge reloads A.
+            # From here on the previous merge is gone. `pair.applied` follows every slot
+            # written, so after a failure midway the next merge or restore knows what to redo.
             self._merge_live = False
             self._merge_id = None
-            self._live_known = False
             self._write_unet_slots(pair, unet, {s: targets[s] for s in changed})
             if te_changed:
                 self._write_text_encoder(pair, model, te)
-            pair.applied.update({s: targets[s] for s in changed})
-            pair.applied[BASE] = te
-            self._live_known = True
 
             self._merge_id = uuid.uuid4().hex[:16]
             self._weights = w
@@ -309,7 +303,6 @@ class BridgeCore:
                     self._write_unet_slots(pair, model.get_submodule(UNET_MODULE), dirty)
                 if pair.applied.get(BASE, 0.0) != 0.0:
                     self._write_text_encoder(pair, model, 0.0)
-                pair.applied = {s: 0.0 for s in pair.applied}
                 restored = True
             self._merge_id = None
             self._weights = None
@@ -529,10 +522,13 @@ class BridgeCore:
         model = self.host.live_model()
         if model is None:
             raise BridgeError("the WebUI has no model loaded", status=500, kind="LoadFailed")
+        if not pair.slot_keys:
+            unet = model.get_submodule(UNET_MODULE)
+            pair.slot_keys = _slot_keys(unet.state_dict(), pair.arch)
         if not self._live_known or self._model_identity != id(model):
             # The live model holds A's original weights: (re)take the originals from it.
             pair.a_cache.clear()
-            pair.applied = {s: 0.0 for s in pair.slot_keys}
+            pair.applied = dict.fromkeys(pair.slot_keys, 0.0)
             pair.applied[BASE] = 0.0
             self._model_identity = id(model)
             self._live_known = True
@@ -584,6 +580,13 @@ class BridgeCore:
         device = self._cache_device or torch.device("cpu")
         keys = pair.slot_keys[slot]
         if slot not in pair.a_cache:
+            if pair.applied.get(slot, 0.0) != 0.0:  # the live slot is not A's any more
+                raise BridgeError(
+                    f"A's original {slot} tensors are gone from the cache",
+                    status=500,
+                    kind="InternalError",
+                    hint="reload the checkpoint in the WebUI, then merge again",
+                )
             pair.a_cache[slot] = {k: _to_cache(live[k], device, copy=True) for k in keys}
         if slot not in pair.b_cache:
             file_prefix = UNET_PREFIX + _slot_module(pair.arch, slot) + "."
@@ -631,7 +634,9 @@ class BridgeCore:
                     batch[key] = a_dev
                 else:
                     batch[key] = lerp_tensor(a_dev, b.to(dst.device, non_blocking=True), w)
+            pair.applied[slot] = _UNKNOWN  # a failure inside the write leaves it unknown
             _load_into(module, batch)
+            pair.applied[slot] = w
 
     def _write_text_encoder(self, pair: _PairState, model: torch.nn.Module, w: float) -> None:
         live = model.state_dict()
@@ -651,6 +656,13 @@ class BridgeCore:
             )
         device = self._cache_device or torch.device("cpu")
         if BASE not in pair.a_cache:
+            if pair.applied.get(BASE, 0.0) != 0.0:
+                raise BridgeError(
+                    "A's original text-encoder tensors are gone from the cache",
+                    status=500,
+                    kind="InternalError",
+                    hint="reload the checkpoint in the WebUI, then merge again",
+                )
             pair.a_cache[BASE] = {k: _to_cache(live[k], device, copy=True) for k in keys}
         if BASE not in pair.b_cache and w != 0.0:
             pair.b_cache[BASE] = self._read_b(pair, pairs, live)
@@ -660,7 +672,9 @@ class BridgeCore:
             a_dev = a.to(live[key].device)
             b = b_te.get(key)
             batch[key] = a_dev if b is None else lerp_tensor(a_dev, b.to(a_dev.device), w)
+        pair.applied[BASE] = _UNKNOWN
         _load_into(model, batch)
+        pair.applied[BASE] = w
 
     def _drop_caches(self) -> None:
         pair = self._pair
