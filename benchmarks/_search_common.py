@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,10 +28,59 @@ class RunStats:
     summary: dict
 
 
+@contextlib.contextmanager
+def simulator_processes(n: int, latency: float) -> Iterator[list[str]]:
+    """``n`` simulated WebUIs, each its own process (like real WebUIs), on free ports."""
+    ports = [_free_port() for _ in range(n)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "autombw_cli",
+                "webui",
+                "simulate",
+                "--port",
+                str(port),
+                "--latency-per-image",
+                str(latency),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        deadline = time.monotonic() + 180
+        for url in urls:
+            while True:
+                try:
+                    if httpx.get(url + "/internal/ping", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"simulator {url} did not start")
+                time.sleep(0.2)
+        yield urls
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def write_config(
     folder: Path,
     *,
-    instances: int,
+    instances: int | list[str],
     latency: float,
     evaluations: int,
     size: int = 64,
@@ -42,7 +98,7 @@ def write_config(
     }
     (folder / "bench.json").write_text(json.dumps(payload))
     cfg = f"""
-models: {{a: sim-a.safetensors, b: sim-b.safetensors, output: bench-merge, arch: sd1}}
+models: {{a: simA.safetensors, b: simB.safetensors, output: bench-merge, arch: sd1}}
 instances: {{simulate: {instances}, latency: {latency}}}
 payloads: {{files: [bench.json]}}
 scorer: {{name: sim, device: cpu, tally: arithmetic}}
@@ -54,12 +110,19 @@ search:
   seed: 0
 outputs: {{run_dir: runs, save_images: none, final_merge: false}}
 """
+    if isinstance(instances, list):
+        listed = ", ".join(f"{{url: '{u}', label: sim{i + 1}}}" for i, u in enumerate(instances))
+        cfg = cfg.replace(
+            f"instances: {{simulate: {instances}, latency: {latency}}}", f"instances: [{listed}]"
+        )
     path = folder / "bench.yaml"
     path.write_text(cfg)
     return path
 
 
-def run_search(instances: int, latency: float, evaluations: int, **kw: object) -> RunStats:
+def run_search(
+    instances: int | list[str], latency: float, evaluations: int, **kw: object
+) -> RunStats:
     from autombw_cli.config import load_config
     from autombw_cli.search.events import EvaluationDone, null_sink
     from autombw_cli.search.run import Run
@@ -84,7 +147,8 @@ def run_search(instances: int, latency: float, evaluations: int, **kw: object) -
         start = min(_starts(run), default=t0)
         wall = (max(times) if times else time.monotonic()) - start
         busy = {k: v["busy_fraction"] for k, v in summary["instances"].items()}
-        return RunStats(instances, result.done, wall, busy, summary)
+        count = len(instances) if isinstance(instances, list) else instances
+        return RunStats(count, result.done, wall, busy, summary)
 
 
 def _starts(run: object) -> list[float]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _search_common import run_search
+from _search_common import run_search, simulator_processes
 
 
 def main() -> None:
@@ -25,16 +25,30 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.5, help="seconds per simulated image")
     ap.add_argument("--evaluations", type=int, default=48, help="evaluations of the search")
     ap.add_argument("--counts", default="1,2,4,8", help="instance counts")
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the simulators as threads of this process (default: one process each)",
+    )
     args = ap.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
+    if args.in_process:
+        _bench(counts, args, None)
+        return
+    with simulator_processes(max(counts), args.latency) as urls:
+        _bench(counts, args, urls)
+
+
+def _bench(counts: list[int], args: argparse.Namespace, urls: list[str] | None) -> None:
+    where = "threads of this process" if urls is None else "one process each"
     print(
-        f"machine: {platform.processor() or platform.machine()}, {_cpus()} CPUs; "
-        f"latency {args.latency}s/image, {args.evaluations} evaluations, 1 image each"
+        f"machine: {platform.machine()}, {_cpus()} CPUs; latency {args.latency}s/image, "
+        f"{args.evaluations} evaluations, 1 image each; simulators: {where}"
     )
     rows = []
     base = None
     for n in counts:
-        stats = run_search(n, args.latency, args.evaluations)
+        stats = run_search(urls[:n] if urls else n, args.latency, args.evaluations)
         if base is None:
             base = stats.wall_s * (counts[0])  # time of the 1-instance run, scaled if counts[0]>1
         speedup = base / stats.wall_s

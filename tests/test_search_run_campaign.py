@@ -152,3 +152,17 @@ def test_max_time_stops_handing_out() -> None:
     now[0] = 11.0
     assert c.next_candidate() is None
     assert c.stop_reason is StopReason.TIME
+
+
+def test_a_failure_after_the_budget_was_handed_out_frees_its_place() -> None:
+    c, recorded = _campaign([PassPlan(1, "random", {}, None)], 3, [])
+    cands = [c.next_candidate() for _ in range(3)]
+    assert all(x is not None for x in cands)
+    assert c.next_candidate() is None  # all 3 handed out
+    c.abandon(cands[0], "lost merge, out of retries")  # type: ignore[arg-type]
+    replacement = c.next_candidate()
+    assert replacement is not None and replacement.number == 4
+    for x in (cands[1], cands[2], replacement):
+        c.complete(_outcome(x))  # type: ignore[arg-type]
+    assert c.next_candidate() is None
+    assert sorted(n for n, _ in recorded) == [2, 3, 4]

@@ -62,6 +62,7 @@ class _PassState:
     outstanding: int = 0
     closed: bool = False  # hands out nothing more
     close_reason: StopReason | None = None
+    early_stopped: bool = False
 
 
 @dataclass
@@ -145,6 +146,7 @@ class Campaign:
             st.completed += 1
             core.tell(st.optimizer, cand.trial, score)
             if st.stopper is not None and core.stopper_update(st.stopper, score):
+                st.early_stopped = True
                 self._close(st, StopReason.BUDGET, why="early stopping")
         assert self._best is not None
         self.emit(
@@ -172,6 +174,9 @@ class Campaign:
             st.outstanding -= 1
             st.issued -= 1  # a failed evaluation does not use the budget
             core.tell_failed(st.optimizer, candidate.trial)
+            if st.closed and st.close_reason is StopReason.BUDGET and not st.early_stopped:
+                st.closed = False  # the budget it held is free again
+                st.close_reason = None
 
     # --- passes ----------------------------------------------------------------------------
     def _open_next_pass(self) -> bool:

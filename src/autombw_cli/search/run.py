@@ -99,7 +99,8 @@ class Run:
         self.records: dict[int, rec.Record] = {r.number: r for r in self.journal_records()}
         self.failed = 0
         self._best_images: list[Any] = []
-        self._best_score: float | None = None
+        # the journal's best (resume): a worse evaluation must not replace its saved images
+        self._best_score: float | None = max((r.score for r in self.records.values()), default=None)
         self._scheduler: Scheduler | None = None
         self._sigints = 0
         self._log_handler: logging.Handler | None = None
@@ -357,7 +358,7 @@ class Run:
             txt, js = sm.write_best_recipe(recipe, self.run_dir)
             wrote("recipe", txt)
             wrote("recipe_json", js)
-            if self._best_images and cfg.outputs.save_images != "none":
+            if (self.run_dir / sm.BEST_IMAGES_DIR).is_dir():
                 wrote("best_images", self.run_dir / sm.BEST_IMAGES_DIR)
             try:
                 plots = await asyncio.to_thread(sm.write_plots, records, self.arch, self.run_dir)
