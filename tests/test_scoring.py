@@ -270,3 +270,46 @@ def test_sim_scorer_is_built_lazily_from_its_options() -> None:
     scorer = create_scorer(ScorerConfig(name="sim", options={"arch": "sd1"}))
     assert scorer.name == "sim"
     assert isinstance(scorer, Scorer)
+
+
+def test_broken_image_is_a_scorer_error() -> None:
+    import io
+
+    from autombw_cli.scoring.preprocess import Preprocessor
+
+    buf = io.BytesIO()
+    solid(128).save(buf, format="PNG")
+    broken = Image.open(io.BytesIO(buf.getvalue()[:60]))  # header only: fails when loaded
+    with Preprocessor(224, workers=2) as prep:
+        assert prep.submit([solid(1)], 0).result().shape == (1, 224, 224, 3)
+        with pytest.raises(ScorerError, match="image 5 of the batch cannot be read"):
+            prep.submit([solid(1), broken], 4).result()
+
+
+def test_preprocessing_is_bit_identical_to_upstream_transform() -> None:
+    import torch
+    from torchvision.transforms import (
+        CenterCrop,
+        Compose,
+        InterpolationMode,
+        Normalize,
+        Resize,
+        ToTensor,
+    )
+
+    from autombw_cli.scoring.preprocess import CLIP_MEAN, CLIP_STD, normalize, resize_crop
+
+    # upstream ImageReward._transform(224) / clip._transform(224), written out
+    upstream = Compose(
+        [
+            Resize(224, interpolation=InterpolationMode.BICUBIC),
+            CenterCrop(224),
+            lambda im: im.convert("RGB"),
+            ToTensor(),
+            Normalize(CLIP_MEAN, CLIP_STD),
+        ]
+    )
+    base = synthetic_images(1, size=333, seed=2)[0]
+    for image in (base, base.resize((500, 300)), base.convert("RGBA"), base.convert("L")):
+        ours = normalize(torch.from_numpy(resize_crop(image, 224)[None]))[0]
+        assert torch.equal(ours, upstream(image))

@@ -194,7 +194,7 @@ class AestheticScorer:
         with self._lock, torch.inference_mode():
             bs = self.batch_size
             spans = [(i, min(i + bs, len(images))) for i in range(0, len(images), bs)]
-            pending = [self._prep.submit(images[a:b]) for a, b in spans]
+            pending = [self._prep.submit(images[a:b], a) for a, b in spans]
             outputs = []
             for batch in pending:
                 pixels = torch.from_numpy(batch.result())

@@ -250,7 +250,7 @@ class ImageRewardScorer:
             ids, mask = self._tokenize(prompts)
             bs = self.batch_size
             spans = [(i, min(i + bs, len(images))) for i in range(0, len(images), bs)]
-            pending = [self._prep.submit(images[a:b]) for a, b in spans]
+            pending = [self._prep.submit(images[a:b], a) for a, b in spans]
             outputs = []
             for (a, b), batch in zip(spans, pending, strict=True):
                 pixels = torch.from_numpy(batch.result())

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from autombw_cli.errors import ScorerError
+
 if TYPE_CHECKING:
     import torch
     from PIL.Image import Image
@@ -39,7 +41,7 @@ def resize_crop(image: Image, size: int) -> np.ndarray:
 
     image = tvf.resize(image, size, interpolation=InterpolationMode.BICUBIC)
     image = tvf.center_crop(image, size)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
 def normalize(
@@ -59,11 +61,21 @@ def normalize(
 class PendingBatch:
     """A batch being resized in the pool; `result` waits and stacks it."""
 
-    def __init__(self, parts: list[Future[np.ndarray]]) -> None:
+    def __init__(self, parts: list[Future[np.ndarray]], first_index: int = 0) -> None:
         self._parts = parts
+        self._first = first_index
 
     def result(self) -> np.ndarray:
-        return np.stack([part.result() for part in self._parts])
+        arrays = []
+        for i, part in enumerate(self._parts):
+            try:
+                arrays.append(part.result())
+            except (OSError, ValueError, SyntaxError) as exc:  # what PIL raises for bad data
+                raise ScorerError(
+                    f"image {self._first + i} of the batch cannot be read: {exc}",
+                    hint="the WebUI returned a broken or unsupported image",
+                ) from exc
+        return np.stack(arrays)
 
 
 class Preprocessor:
@@ -81,11 +93,12 @@ class Preprocessor:
     def _one(self, image: Image) -> np.ndarray:
         return resize_crop(image, self.size)
 
-    def submit(self, images: Sequence[Image]) -> PendingBatch:
-        """Start preparing one batch without waiting for it."""
+    def submit(self, images: Sequence[Image], first_index: int = 0) -> PendingBatch:
+        """Start preparing one batch without waiting for it (``first_index``: the position of
+        ``images[0]`` in the caller's list, for error messages)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="autombw-prep")
-        return PendingBatch([self._pool.submit(self._one, image) for image in images])
+        return PendingBatch([self._pool.submit(self._one, im) for im in images], first_index)
 
     def close(self) -> None:
         if self._pool is not None:
