@@ -5,9 +5,10 @@
    are computed from whatever tensors the live model holds, so a merge changes them smoothly
    and each block moves its own features.
 2. **Image** (`render`): a fixed smooth nonlinear map of all features (a small random
-   two-layer network with pairwise products, so blocks interact) to the parameters of a few
-   coloured wave patterns, shifted by the prompt, perturbed by the seed, sharpened by the
-   number of steps, and drawn at the requested size.
+   two-layer network with pairwise products, so blocks interact) to the colours, phase shifts
+   and sharpness of a few wave patterns whose directions and frequencies the prompt fixes,
+   perturbed by the seed, sharpened by the number of steps, drawn at up to 128 px a side and
+   scaled to the requested size.
 
 Everything is deterministic in (tensors, prompt, negative prompt, seed, size, steps, cfg).
 """
@@ -21,14 +22,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
 from autombw_cli.blocks import UNET_PREFIX, Arch, layout
 
 FEATURES_PER_SLOT = 3
 HIDDEN = 24
 WAVES = 6
-PARAMS_PER_WAVE = 7  # r, g, b amplitude, x frequency, y frequency, phase, sharpness
+PARAMS_PER_WAVE = 5  # r, g, b amplitude, phase shift, sharpness (set by the merge)
 MAX_SIDE = 1024
+INNER_SIDE = 128  # drawn at most this size, then scaled (keeps 512x512 renders cheap)
 
 
 def _stable_seed(*parts: object) -> int:
@@ -96,37 +99,47 @@ class Renderer:
 
     # --- image ------------------------------------------------------------------------------
     def render(self, features: np.ndarray, params: RenderParams) -> np.ndarray:
-        """An ``(height, width, 3)`` uint8 image."""
+        """An ``(height, width, 3)`` uint8 image (drawn at most 128 px a side, then scaled)."""
         width = max(8, min(int(params.width), MAX_SIDE))
         height = max(8, min(int(params.height), MAX_SIDE))
+        inner_w, inner_h = min(width, INNER_SIDE), min(height, INNER_SIDE)
         seed_rng = np.random.default_rng(_stable_seed("seed", params.seed))
         z = features.reshape(-1) + 0.03 * seed_rng.normal(size=features.size)
         h = np.tanh(self._w1 @ z + self._b1)
         half = HIDDEN // 2
         u = np.concatenate([h, h[:half] * h[half:]])  # pairwise products: blocks interact
         p = self._w2 @ u + self._b2
-        p = p + 0.6 * _text_vector(params.prompt, p.size)
-        p = p - 0.2 * _text_vector(params.negative_prompt, p.size)
+        p = p + 0.4 * _text_vector(params.prompt, p.size)
+        p = p - 0.15 * _text_vector(params.negative_prompt, p.size)
         waves = p.reshape(WAVES, PARAMS_PER_WAVE)
+        # Where the waves run is fixed by the prompt; the merge sets their colours, phase
+        # shifts and sharpness, so the image moves smoothly with every weight.
+        geometry = np.random.default_rng(_stable_seed("layout", self.arch.value, params.prompt))
+        freqs = geometry.uniform(0.5, 3.5, size=(WAVES, 2))
+        base_phase = geometry.uniform(0.0, 2 * math.pi, size=WAVES)
 
         cfg_gain = 0.6 + 0.4 * math.tanh(float(params.cfg_scale) / 7.0)
         contrast = 1.0 - math.exp(-max(1, int(params.steps)) / 6.0)
         yy, xx = np.meshgrid(
-            np.linspace(0.0, 1.0, height, endpoint=False),
-            np.linspace(0.0, 1.0, width, endpoint=False),
+            np.linspace(0.0, 1.0, inner_h, endpoint=False),
+            np.linspace(0.0, 1.0, inner_w, endpoint=False),
             indexing="ij",
         )
-        acc = np.zeros((3, height, width))
-        for r, g, b, fx, fy, phase, sharp in waves:
-            freq_x = 0.5 + 3.0 / (1.0 + math.exp(-fx))
-            freq_y = 0.5 + 3.0 / (1.0 + math.exp(-fy))
-            wave = np.sin(2 * math.pi * (freq_x * xx + freq_y * yy) + math.pi * math.tanh(phase))
+        acc = np.zeros((3, inner_h, inner_w))
+        for m, (r, g, b, shift, sharp) in enumerate(waves):
+            angle = 2 * math.pi * (freqs[m, 0] * xx + freqs[m, 1] * yy)
+            wave = np.sin(angle + base_phase[m] + 0.8 * math.tanh(shift))
             wave = np.tanh((1.0 + 1.5 / (1.0 + math.exp(-sharp))) * wave)
             for c, amp in enumerate((r, g, b)):
                 acc[c] += 0.6 * math.tanh(amp) * wave
         img = 0.5 + 0.45 * np.tanh(cfg_gain * contrast * acc)
-        img = img + 0.015 * seed_rng.normal(size=img.shape) / math.sqrt(max(1, params.steps) / 20)
-        return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+        noise = seed_rng.normal(size=img.shape) / math.sqrt(max(1, params.steps) / 20)
+        img = img + 0.015 * noise
+        pixels = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+        if (inner_w, inner_h) == (width, height):
+            return pixels
+        scaled = Image.fromarray(pixels, "RGB").resize((width, height), Image.Resampling.BILINEAR)
+        return np.asarray(scaled)
 
 
 def _text_vector(text: str, n: int) -> np.ndarray:
