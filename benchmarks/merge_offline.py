@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -107,6 +106,9 @@ def main() -> None:
         sys.executable, "-m", "autombw_cli", "merge", str(a), str(b),
         "--weights", WEIGHTS, "-o", str(out_ours), "--force",
     ]  # fmt: skip
+    floor_cmd = [sys.executable, "-c", "import torch, safetensors.torch, autombw_cli.cli"]
+    floor = measure(floor_cmd)
+    load_before = os.getloadavg()[0]
     results: dict[str, list[tuple[float, float]]] = {
         "naive (load_file/lerp/save_file)": [],
         "autombw merge": [],
@@ -115,10 +117,12 @@ def main() -> None:
         results["naive (load_file/lerp/save_file)"].append(measure(naive_cmd))
         results["autombw merge"].append(measure(ours_cmd))
 
+    load_after = os.getloadavg()[0]
     compared, differing = same_tensors(out_naive, out_ours)
     print()
     print(f"inputs: 2 x SD1.5 fp16 ({args.scale}), {input_gb:.2f} GB together; "
-          f"{os.cpu_count()} CPUs; {args.repeat} runs each, alternating")  # fmt: skip
+          f"{os.cpu_count()} CPUs; {args.repeat} runs each, alternating; "
+          f"load average {load_before:.1f} before, {load_after:.1f} after")  # fmt: skip
     print(f"{'contender':36} {'wall s (median)':>16} {'wall s (min)':>13} {'peak RSS MiB':>13}")
     base_wall = base_rss = 0.0
     for name, runs in results.items():
@@ -130,12 +134,14 @@ def main() -> None:
             base_wall, base_rss = wall, rss
         else:
             print(f"{'  vs naive':36} {wall / base_wall:15.2f}x {'':13} {rss / base_rss:12.2f}x")
+    print(f"{'(floor: python + torch import)':36} {floor[0]:16.1f} {'':13} {floor[1]:13.0f}")
     print(f"outputs identical: {differing == 0} ({compared} keys compared, {differing} differ)")
     out_naive.unlink(missing_ok=True)
     for p in d.glob("autombw*"):
         p.unlink()
     if not args.keep:
-        shutil.rmtree(d, ignore_errors=True)
+        a.unlink()
+        b.unlink()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -22,9 +22,10 @@ from autombw_cli.blocks import (
 )
 from autombw_cli.cli._app import app
 from autombw_cli.errors import ConfigError
-from autombw_cli.merging.checkpoint_io import read_key_shapes
-from autombw_cli.merging.offline import MergeReport, merge_checkpoints, output_path
 from autombw_cli.recipe import Recipe, read_recipe_file
+
+if TYPE_CHECKING:  # the merging package imports torch: only load it when merging
+    from autombw_cli.merging.offline import MergeReport
 
 
 class MergeOrder(StrEnum):
@@ -98,6 +99,8 @@ def merge_command(
     UNet blocks get their slot's weight, text encoders the --text-encoder-weight (else A's),
     everything else is A's. Writes OUT plus OUT.recipe.txt and OUT.recipe.json beside it.
     """
+    from autombw_cli.merging.offline import output_path
+
     the_recipe = build_recipe(
         model_a, model_b, output_path(output), weights_text=weights, recipe_file=recipe,
         ordering=Ordering(order.value), text_encoder_weight=text_encoder_weight,
@@ -123,6 +126,8 @@ def build_recipe(
     preset_file: Path | None = None,
 ) -> Recipe:
     """The Recipe for a merge from ``--weights`` or ``--recipe`` (arch detected from A)."""
+    from autombw_cli.merging.checkpoint_io import read_key_shapes
+
     if (weights_text is None) == (recipe_file is None):
         raise ConfigError(
             "give exactly one of --weights and --recipe",
@@ -163,6 +168,8 @@ def _run_with_progress(
     dtype: str | None,
     force: bool,
 ) -> MergeReport:
+    from autombw_cli.merging.offline import merge_checkpoints
+
     if not err.is_terminal:
         return merge_checkpoints(model_a, model_b, recipe, output, dtype=dtype, force=force)
     from rich.progress import Progress
