@@ -80,22 +80,32 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints for a rerun")
     ap.add_argument("--worker", nargs=3, metavar=("A", "B", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--generate", nargs=3, metavar=("PATH", "SCALE", "SEED"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args()
     if args.worker:
         naive_merge(*args.worker)
         return
+    if args.generate:
+        import torch
 
-    import torch
+        from autombw_cli.sim.checkpoints import write_random_checkpoint
 
-    from autombw_cli.sim.checkpoints import write_random_checkpoint
+        path, scale, seed = args.generate
+        write_random_checkpoint(path, "sd1", scale, int(seed), torch.float16)
+        return
 
+    # This process stays lean (no torch) until the measurements are done: on Linux a child's
+    # peak RSS starts at its parent's RSS when it is spawned (exec keeps the high-water mark).
     d: Path = args.dir
     d.mkdir(parents=True, exist_ok=True)
     a, b = d / f"sd1-{args.scale}-A.safetensors", d / f"sd1-{args.scale}-B.safetensors"
     for path, seed in ((a, 1), (b, 2)):
         if not path.exists():
             t = time.perf_counter()
-            write_random_checkpoint(path, "sd1", args.scale, seed, torch.float16)
+            gen = [sys.executable, __file__, "--generate", str(path), args.scale, str(seed)]
+            subprocess.run(gen, check=True)
             took = time.perf_counter() - t
             print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {took:.0f} s")
     input_gb = (a.stat().st_size + b.stat().st_size) / 1e9
