@@ -1,48 +1,91 @@
 """Overhead: the CLI's own time per evaluation as a share of the evaluation time.
 
-One simulated instance renders each image in a fixed time (1 s by default). Everything else in
-an evaluation (the bridge merge call, HTTP transfer, image decode, scoring, the optimizer, the
-journal) is overhead: (wall - evaluations x images x latency) / wall, measured from the first
-evaluation's start to the last one's end. Baseline in the same run: the pure generation time.
-Goal (issue 4 §7): under 2%.
+One simulated WebUI (its own process) renders each image in a fixed time (1 s by default).
+Baseline, in the same run against the same simulator: a bare loop that only makes the WebUI
+calls of an evaluation (bridge merge, txt2img, bridge status) with plain httpx, one after the
+other: no decoding, scoring, optimizer, journal or scheduling. The CLI's own time per
+evaluation is (CLI time per evaluation - baseline time per evaluation); its share is that over
+the CLI's time per evaluation. Goal (issue 4 §7): under 2%.
 
-    .venv/bin/python benchmarks/overhead.py [--latency 1.0] [--evaluations 20]
+    .venv/bin/python benchmarks/overhead.py [--latency 1.0] [--evaluations 20] [--size 512]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import platform
+import random
 import sys
+import time
 from pathlib import Path
+
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _search_common import run_search
+from _search_common import run_search, simulator_processes
+from autombw_cli.blocks import Arch, layout
+
+
+async def baseline(url: str, evaluations: int, size: int) -> float:
+    """Seconds per evaluation of the bare WebUI calls."""
+    slots = layout(Arch.SD1).slots
+    rng = random.Random(0)
+    body = {
+        "prompt": "a photo of a red apple on a wooden table",
+        "negative_prompt": "blurry",
+        "seed": 1,
+        "steps": 20,
+        "width": size,
+        "height": size,
+    }
+    async with httpx.AsyncClient(base_url=url, timeout=None) as http:
+        t0 = 0.0
+        for i in range(evaluations + 1):  # the first (untimed) loads the pair's caches
+            if i == 1:
+                t0 = time.monotonic()
+            weights = {s: round(rng.random(), 1) for s in slots}
+            weights["TIME_EMBED"] = 0.0
+            r = await http.post(
+                "/autombw/v1/merge",
+                json={
+                    "model_a": "simA.safetensors",
+                    "model_b": "simB.safetensors",
+                    "weights": weights,
+                },
+            )
+            r.raise_for_status()
+            (await http.post("/sdapi/v1/txt2img", json=body)).raise_for_status()
+            (await http.get("/autombw/v1/status")).raise_for_status()
+        return (time.monotonic() - t0) / evaluations
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--latency", type=float, default=1.0, help="seconds per simulated image")
     ap.add_argument("--evaluations", type=int, default=20)
-    ap.add_argument("--size", type=int, default=512, help="image side in pixels")
+    ap.add_argument("--sizes", default="64,512", help="image sides in pixels")
     ap.add_argument("--optimizers", default="random,tpe")
     args = ap.parse_args()
     print(
-        f"machine: {platform.machine()}, latency {args.latency}s/image, "
-        f"{args.evaluations} evaluations, 1 image of {args.size}px each, 1 instance"
+        f"machine: {platform.machine()}, latency {args.latency}s/image, {args.evaluations} "
+        "evaluations of 1 image, 1 instance (simulator in its own process)"
     )
     print(
-        f"{'optimizer':>10} {'wall s':>8} {'generation s':>13} {'overhead s/eval':>16} {'share':>7}"
+        f"{'size':>5} {'optimizer':>10} {'baseline s/eval':>16} {'CLI s/eval':>11} "
+        f"{'CLI own s/eval':>15} {'share':>7}"
     )
-    for opt in args.optimizers.split(","):
-        stats = run_search(1, args.latency, args.evaluations, size=args.size, optimizer=opt)
-        gen = stats.evaluations * args.latency
-        over = stats.wall_s - gen
-        print(
-            f"{opt:>10} {stats.wall_s:>8.2f} {gen:>13.2f} "
-            f"{over / stats.evaluations:>16.4f} {over / stats.wall_s:>7.2%}"
-        )
+    with simulator_processes(1, args.latency) as urls:
+        for size in (int(s) for s in args.sizes.split(",")):
+            base = asyncio.run(baseline(urls[0], args.evaluations, size))
+            for opt in args.optimizers.split(","):
+                stats = run_search(urls, args.latency, args.evaluations, size=size, optimizer=opt)
+                per = stats.wall_s / stats.evaluations
+                own = per - base
+                print(
+                    f"{size:>5} {opt:>10} {base:>16.4f} {per:>11.4f} {own:>15.4f} {own / per:>7.2%}"
+                )
 
 
 if __name__ == "__main__":

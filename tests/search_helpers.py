@@ -16,6 +16,8 @@ def write_search_config(
     outputs: str = "{run_dir: runs, save_images: best, final_merge: true}",
     size: int = 64,
     prompts: int = 1,
+    frozen: str = "{TIME_EMBED: 0.0}",
+    models: str = "{a: simA.safetensors, b: simB.safetensors, output: test-merge, arch: sd1}",
 ) -> Path:
     """A complete config in ``folder`` (payload included); returns the config path."""
     names = []
@@ -32,12 +34,12 @@ def write_search_config(
         (folder / f"{name}.json").write_text(json.dumps(payload))
         names.append(f"{name}.json")
     text = f"""
-models: {{a: simA.safetensors, b: simB.safetensors, output: test-merge, arch: sd1}}
+models: {models}
 instances: {instances}
 payloads: {{files: [{", ".join(names)}]}}
 scorer: {{name: sim, device: cpu, tally: arithmetic, sigmoid: false}}
 search:
-  frozen: {{TIME_EMBED: 0.0}}
+  frozen: {frozen}
   passes: {passes}
   early_stopping: false
   max_evaluations: {evaluations}

@@ -139,6 +139,7 @@ class SchedulerSettings:
     scorer_batch_size: int = 8  # images per scorer call
     cache_device: str = "auto"
     identical_image_warnings: int = 3  # how many times to warn about identical images
+    prefetch: bool = True  # ask for an instance's next candidate while it renders
 
 
 @dataclass
@@ -159,6 +160,7 @@ class Instance:
     last_end: float | None = None
     last_eval_s: float | None = None
     last_error: str = ""
+    prefetch: asyncio.Future[Any] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -309,13 +311,22 @@ class Scheduler:
         async with self._cond:
             while True:
                 if self._fatal is not None or self._over:
+                    await self._drop_prefetch(inst, "the search is over")
                     return None
                 if self._stopping:
+                    await self._drop_prefetch(inst, "the run is stopping")
                     await self._abandon_retries("the run is stopping")
                     return None
                 job = self._take_retry(inst)
                 if job is not None:
                     return job
+                if inst.prefetch is not None:
+                    fut, inst.prefetch = inst.prefetch, None
+                    cand = await fut
+                    if cand is not None:
+                        return _Job(cand)  # counted in _outstanding when it was asked
+                    self._outstanding -= 1
+                    self._cond.notify_all()
                 cand = await self._call_source(self._source.next_candidate)
                 if cand is not None:
                     self._outstanding += 1
@@ -325,6 +336,34 @@ class Scheduler:
                     self._cond.notify_all()
                     return None
                 await self._cond.wait()
+
+    def _start_prefetch(self, inst: Instance) -> None:
+        """Ask the source for this instance's next candidate while it renders the current one,
+        so a slow optimizer never keeps a WebUI waiting."""
+        if not self.settings.prefetch or inst.prefetch is not None or self._stopping:
+            return
+        if self._retries or self._source is None:
+            return
+        self._outstanding += 1  # reserved now, so nobody declares the search over meanwhile
+        loop = asyncio.get_running_loop()
+        inst.prefetch = loop.run_in_executor(self._opt_pool, self._source.next_candidate)
+
+    async def _drop_prefetch(self, inst: Instance, reason: str, *, hand_over: bool = False) -> None:
+        """Resolve a pending prefetch: hand its candidate to another instance (``hand_over``)
+        or give it back to the source; release the reservation if there was none."""
+        assert self._cond is not None and self._source is not None
+        if inst.prefetch is None:
+            return
+        fut, inst.prefetch = inst.prefetch, None
+        cand = await fut
+        if cand is None:
+            self._outstanding -= 1
+        elif hand_over:
+            self._retries.append(_Job(cand))
+        else:
+            await self._call_source(self._source.abandon, cand, reason)
+            self._outstanding -= 1
+        self._cond.notify_all()
 
     async def _abandon_retries(self, reason: str) -> None:
         """Give up the evaluations waiting for a retry (caller holds the condition)."""
@@ -365,6 +404,10 @@ class Scheduler:
     # --- workers -------------------------------------------------------------------------
     async def _worker_loop(self, inst: Instance) -> None:
         while True:
+            if inst.parked and inst.prefetch is not None:
+                assert self._cond is not None
+                async with self._cond:
+                    await self._drop_prefetch(inst, "instance down", hand_over=True)
             if inst.parked and not await self._probe_until_healthy(inst):
                 self._set_state(inst, WorkerState.DOWN)
                 return
@@ -402,6 +445,7 @@ class Scheduler:
                 cache_device=self.settings.cache_device,
             )
             merged = time.monotonic()
+            self._start_prefetch(inst)
             self._set_state(inst, WorkerState.GENERATING, f"#{job.candidate.number}")
             images: list[RenderedImage] = []
             for spec in self.prompts:
