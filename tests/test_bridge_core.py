@@ -367,3 +367,23 @@ def test_failure_midway_still_restores_bit_exact(
     expected = expected_merge(Arch.SD1, uniform(Arch.SD1, 0.8))
     live = live_state(host)
     assert all(torch.equal(live[k], t) for k, t in expected.items())
+
+
+def test_new_bridge_over_a_model_still_holding_a_merge(tmp_path: Path) -> None:
+    """The WebUI's "Reload UI" restarts the extension (a new BridgeCore) while the model still
+    holds the old bridge's merge: the new bridge must not take those weights for A's."""
+    host, old = make_world(tmp_path, Arch.SD1)
+    old.merge("simA", "simB", uniform(Arch.SD1, 0.9), text_encoder_weight=0.9)
+    new = BridgeCore(host, version="test")
+    host.on_model_loaded(new.mark_lost)
+
+    weights = {**uniform(Arch.SD1, 0.0), "IN02": 0.3}
+    out = new.merge("simA", "simB", weights)
+    assert set(out.changed_blocks) == {*layout(Arch.SD1).slots, BASE}
+    live = live_state(host)
+    expected = expected_merge(Arch.SD1, weights)
+    assert all(torch.equal(live[k], t) for k, t in expected.items())
+    new.restore()
+    original = random_state_dict(Arch.SD1, "tiny", SEEDS["simA"])
+    live = live_state(host)
+    assert all(torch.equal(live[k], t) for k, t in original.items())

@@ -157,6 +157,7 @@ class _PairState:
     a_cache: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     b_cache: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     applied: dict[str, float] = field(default_factory=dict)  # slot (and BASE) -> weight live
+    a_from_file: bool = False  # A's originals come from A's file, not from the live model
 
 
 class BridgeCore:
@@ -503,7 +504,9 @@ class BridgeCore:
 
     def _ensure_a_loaded(self, pair: _PairState) -> torch.nn.Module:
         loaded = self.host.loaded_checkpoint()
+        just_loaded = False
         if loaded is None or not _same_file(loaded.path, pair.a.path):
+            just_loaded = True
             self._self_loading = True
             try:
                 self.host.load_checkpoint(pair.a)
@@ -526,13 +529,37 @@ class BridgeCore:
             unet = model.get_submodule(UNET_MODULE)
             pair.slot_keys = _slot_keys(unet.state_dict(), pair.arch)
         if not self._live_known or self._model_identity != id(model):
-            # The live model holds A's original weights: (re)take the originals from it.
+            # The live model should hold A's original weights: (re)take them from it, unless
+            # a spot check against A's file says otherwise (another merge may still be in the
+            # weights, e.g. after the WebUI's "Reload UI" restarted the bridge).
             pair.a_cache.clear()
-            pair.applied = dict.fromkeys(pair.slot_keys, 0.0)
-            pair.applied[BASE] = 0.0
+            unet_ok = just_loaded or self._unet_matches_file(pair, model)
+            te_ok = just_loaded or self._text_encoder_matches_file(pair, model)
+            pair.a_from_file = not (unet_ok and te_ok)
+            pair.applied = dict.fromkeys(pair.slot_keys, 0.0 if unet_ok else _UNKNOWN)
+            pair.applied[BASE] = 0.0 if te_ok else _UNKNOWN
             self._model_identity = id(model)
             self._live_known = True
         return model
+
+    def _unet_matches_file(self, pair: _PairState, model: torch.nn.Module) -> bool:
+        """Two tensors per slot (the smallest and a middle-sized one) equal A's file."""
+        live = model.get_submodule(UNET_MODULE).state_dict()
+        probes = []
+        for slot, keys in pair.slot_keys.items():
+            module = _slot_module(pair.arch, slot)
+            by_size = sorted(keys, key=lambda k, m=module: live[f"{m}.{k}"].numel())
+            for key in {by_size[0], by_size[len(by_size) // 2]}:
+                probes.append((UNET_PREFIX + f"{module}.{key}", live[f"{module}.{key}"]))
+        return _probes_match(pair.a.path, probes)
+
+    def _text_encoder_matches_file(self, pair: _PairState, model: torch.nn.Module) -> bool:
+        probes = [
+            (ckpt, t)
+            for ckpt, t in _text_encoder_tensors(model, pair.arch)
+            if t.is_floating_point()
+        ][:2]
+        return _probes_match(pair.a.path, probes)
 
     def _still_our_model(self) -> bool:
         model = self.host.live_model()
@@ -579,25 +606,31 @@ class BridgeCore:
         """Cache A's originals (from ``live``, the slot module's state) and B's tensors."""
         device = self._cache_device or torch.device("cpu")
         keys = pair.slot_keys[slot]
+        file_prefix = UNET_PREFIX + _slot_module(pair.arch, slot) + "."
         if slot not in pair.a_cache:
-            if pair.applied.get(slot, 0.0) != 0.0:  # the live slot is not A's any more
+            if pair.a_from_file:
+                pair.a_cache[slot] = self._read_file(
+                    pair.a, [(file_prefix + k, k) for k in keys], live
+                )
+            elif pair.applied.get(slot, 0.0) != 0.0:  # the live slot is not A's any more
                 raise BridgeError(
                     f"A's original {slot} tensors are gone from the cache",
                     status=500,
                     kind="InternalError",
                     hint="reload the checkpoint in the WebUI, then merge again",
                 )
-            pair.a_cache[slot] = {k: _to_cache(live[k], device, copy=True) for k in keys}
+            else:
+                pair.a_cache[slot] = {k: _to_cache(live[k], device, copy=True) for k in keys}
         if slot not in pair.b_cache:
-            file_prefix = UNET_PREFIX + _slot_module(pair.arch, slot) + "."
-            pair.b_cache[slot] = self._read_b(pair, [(file_prefix + k, k) for k in keys], live)
+            pair.b_cache[slot] = self._read_file(pair.b, [(file_prefix + k, k) for k in keys], live)
 
-    def _read_b(
-        self, pair: _PairState, keys: list[tuple[str, str]], live: Mapping[str, Tensor]
+    def _read_file(
+        self, ref: CheckpointRef, keys: list[tuple[str, str]], live: Mapping[str, Tensor]
     ) -> dict[str, Tensor]:
+        """``(file key, live key)`` tensors of ``ref``'s file, in the live dtype, cached."""
         device = self._cache_device or torch.device("cpu")
         out: dict[str, Tensor] = {}
-        with TensorFile(pair.b.path) as fb:
+        with TensorFile(ref.path) as fb:
             present = set(fb.tensor_keys())
             for file_key, live_key in keys:
                 ref = live[live_key]
@@ -606,7 +639,7 @@ class BridgeCore:
                 t = fb.get(file_key)
                 if tuple(t.shape) != tuple(ref.shape):
                     raise BridgeError(
-                        f"{pair.b.name}: {file_key} has shape {list(t.shape)}, the loaded "
+                        f"{ref.name}: {file_key} has shape {list(t.shape)}, the loaded "
                         f"model has {list(ref.shape)}",
                         status=409,
                         kind="ModelMismatch",
@@ -640,13 +673,7 @@ class BridgeCore:
 
     def _write_text_encoder(self, pair: _PairState, model: torch.nn.Module, w: float) -> None:
         live = model.state_dict()
-        # A1111 wraps its text encoders (``cond_stage_model.wrapped.transformer...``): the
-        # checkpoint key is the live key without the ``wrapped.`` segments.
-        pairs = [
-            (ckpt, k)
-            for k in live
-            if is_text_encoder_key(ckpt := k.replace(".wrapped.", "."), pair.arch)
-        ]
+        pairs = [(ckpt, k) for k in live if (ckpt := _checkpoint_key(k, pair.arch))]
         keys = [k for _, k in pairs]
         if not keys:
             raise BridgeError(
@@ -655,6 +682,8 @@ class BridgeCore:
                 hint="leave text_encoder_weight unset",
             )
         device = self._cache_device or torch.device("cpu")
+        if BASE not in pair.a_cache and pair.a_from_file:
+            pair.a_cache[BASE] = self._read_file(pair.a, pairs, live)
         if BASE not in pair.a_cache:
             if pair.applied.get(BASE, 0.0) != 0.0:
                 raise BridgeError(
@@ -665,7 +694,7 @@ class BridgeCore:
                 )
             pair.a_cache[BASE] = {k: _to_cache(live[k], device, copy=True) for k in keys}
         if BASE not in pair.b_cache and w != 0.0:
-            pair.b_cache[BASE] = self._read_b(pair, pairs, live)
+            pair.b_cache[BASE] = self._read_file(pair.b, pairs, live)
         a_te, b_te = pair.a_cache[BASE], pair.b_cache.get(BASE, {})
         batch = {}
         for key, a in a_te.items():
@@ -752,6 +781,32 @@ def _slot_keys(live: Mapping[str, Tensor], arch: Arch) -> dict[str, list[str]]:
         if slot is not None and t.is_floating_point():
             keys[slot].append(key[len(_slot_module(arch, slot)) + 1 :])
     return {s: ks for s, ks in keys.items() if ks}
+
+
+def _checkpoint_key(live_key: str, arch: Arch) -> str | None:
+    """The checkpoint key of a live text-encoder key, or None for other keys. A1111 wraps its
+    text encoders (``cond_stage_model.wrapped.transformer...``): drop the ``wrapped.``."""
+    ckpt = live_key.replace(".wrapped.", ".")
+    return ckpt if is_text_encoder_key(ckpt, arch) else None
+
+
+def _text_encoder_tensors(model: torch.nn.Module, arch: Arch) -> list[tuple[str, Tensor]]:
+    return [(ckpt, t) for k, t in model.state_dict().items() if (ckpt := _checkpoint_key(k, arch))]
+
+
+def _probes_match(path: Path, probes: list[tuple[str, Tensor]]) -> bool:
+    """Whether each live tensor equals the file's tensor of that key (cast to its dtype)."""
+    if not probes:
+        return True
+    with TensorFile(path) as tf:
+        present = set(tf.tensor_keys())
+        for key, live in probes:
+            if key not in present:
+                continue
+            want = tf.get(key).to(device=live.device, dtype=live.dtype)
+            if want.shape != live.shape or not torch.equal(want, live):
+                return False
+    return True
 
 
 def _load_into(module: torch.nn.Module, tensors: dict[str, Tensor]) -> None:
