@@ -223,8 +223,13 @@ class BridgeCore:
                 "cache_device": str(self._cache_device) if self._cache_device else None,
                 "cache_bytes": self.cache_bytes(),
                 "merge_live": live,
-                "lost_reason": None if live else self._lost_reason,
+                "lost_reason": None if live else self._lost_reason or self._swapped(),
             }
+
+    def _swapped(self) -> str | None:
+        if self._merge_id is not None and self._merge_live:
+            return "the WebUI replaced its model object"
+        return None
 
     # --- merge ----------------------------------------------------------------------------
     def merge(
