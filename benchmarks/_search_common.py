@@ -26,6 +26,15 @@ class RunStats:
     wall_s: float  # first evaluation started .. last one finished (the scheduler's run)
     busy: dict[str, float]
     summary: dict
+    done_times: tuple[float, ...] = ()  # monotonic time of each completed evaluation
+
+    def steady_per_eval(self, skip: int = 4) -> float:
+        """Seconds per evaluation between the ``skip``-th completion and the last one (leaves
+        out one-off start-up costs: caches, first renders of the scorer's targets)."""
+        t = self.done_times
+        if len(t) <= skip + 1:
+            return self.wall_s / max(self.evaluations, 1)
+        return (t[-1] - t[skip]) / (len(t) - 1 - skip)
 
 
 @contextlib.contextmanager
@@ -148,7 +157,7 @@ def run_search(
         wall = (max(times) if times else time.monotonic()) - start
         busy = {k: v["busy_fraction"] for k, v in summary["instances"].items()}
         count = len(instances) if isinstance(instances, list) else instances
-        return RunStats(count, result.done, wall, busy, summary)
+        return RunStats(count, result.done, wall, busy, summary, tuple(times))
 
 
 def _starts(run: object) -> list[float]:

@@ -78,34 +78,54 @@ class _Search:
         return self.proc.returncode, "".join(self.lines) + out, err
 
 
-def test_bad_config_exits_2_naming_the_field(tmp_path: Path) -> None:
+def _main(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the console entry point in-process (saves a subprocess start per check)."""
+    from autombw_cli.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bad_config_exits_2_naming_the_field(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "models: {a: x.safetensors, b: y.safetensors}\ninstances: {simulate: 1}\n"
         "payloads: {files: [missing.json]}\nsearch: {max_evaluatons: 3}\n"
     )
-    res = _run("search", str(bad), cwd=tmp_path)
-    assert res.returncode == 2, res.stderr
-    assert "error" in res.stderr.splitlines()[0].lower()
-    assert "max_evaluatons" in res.stderr
+    code, _out, err = _main("search", str(bad), capsys=capsys)
+    assert code == 2, err
+    assert "error" in err.splitlines()[0].lower()
+    assert "max_evaluatons" in err
 
 
-def test_search_needs_a_config_or_resume(tmp_path: Path) -> None:
-    res = _run("search", cwd=tmp_path)
-    assert res.returncode == 2
-    assert "--resume" in res.stderr
+def test_search_needs_a_config_or_resume(capsys) -> None:  # type: ignore[no-untyped-def]
+    code, _out, err = _main("search", capsys=capsys)
+    assert code == 2
+    assert "--resume" in err
 
 
-def test_unreachable_instances_exit_3(tmp_path: Path) -> None:
+def test_unreachable_instances_exit_3(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     cfg = write_search_config(
         tmp_path, instances="[{url: 'http://127.0.0.1:9', label: gone}]", evaluations=3
     )
-    res = _run("search", "--plain", str(cfg), cwd=tmp_path)
-    assert res.returncode == 3, res.stderr
-    assert "gone" in res.stderr and "unreachable" in res.stderr
-    doctor = _run("doctor", str(cfg), cwd=tmp_path)
-    assert doctor.returncode == 3
-    assert "gone" in doctor.stdout and "unreachable" in doctor.stdout
+    code, _out, err = _main("search", "--plain", str(cfg), capsys=capsys)
+    assert code == 3, err
+    assert "gone" in err and "unreachable" in err
+    code, out, _err = _main("doctor", str(cfg), capsys=capsys)
+    assert code == 3
+    assert "gone" in out and "unreachable" in out
+
+
+def test_doctor_on_healthy_instances(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    cfg = write_search_config(tmp_path, instances="{simulate: 2}")
+    code, out, _err = _main("doctor", str(cfg), capsys=capsys)
+    assert code == 0, out
+    assert out.count("ready") == 2 and "A+B" in out and "loads" in out
 
 
 def test_killed_search_resumes_without_losing_or_repeating(tmp_path: Path) -> None:
