@@ -157,7 +157,13 @@ def merge_checkpoints(
     progress: ProgressFn | None = None,
 ) -> MergeReport:
     """Merge A and B with ``recipe``'s weights into ``output`` (a ``.safetensors`` file) and
-    write ``<stem>.recipe.txt`` / ``.recipe.json`` beside it."""
+    write ``<stem>.recipe.txt`` / ``.recipe.json`` beside it.
+
+    Raises ConfigError (bad dtype/output path, missing input), ModelMismatchError (not a
+    checkpoint, refused pickle, different arch/keys/shapes), OutputExistsError (without
+    ``force``). Safe to call from a worker thread; note that torch's intra-op thread count
+    is process-wide and is set to `MERGE_THREADS` for the duration of the merge.
+    """
     started = time.perf_counter()
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}", hint=f"one of {', '.join(OUTPUT_DTYPES)}")
