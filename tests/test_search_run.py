@@ -68,6 +68,8 @@ def test_quick_search_writes_every_output(tmp_path: Path) -> None:
     assert summary["evaluations"] == 10
     assert summary["best"]["score"] == max(e.score for e in events if isinstance(e, EvaluationDone))
     assert summary["outputs"]["checkpoint"]  # the final merge through the bridge
+    assert (d / "test-merge.safetensors").is_file()  # copied out of the simulator's folder
+    assert all(i["webui_version"].startswith("autombw-sim") for i in summary["instances"].values())
     prompts = json.loads((d / "prompts.json").read_text())
     assert [p["prompt"] for p in prompts] == ["a photo of an apple", "a photo of a tree"]
     assert isinstance(events[-1], RunFinished)

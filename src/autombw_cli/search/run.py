@@ -388,6 +388,7 @@ class Run:
                     "busy_fraction": round(busy.get(i.label, 0.0), 4),
                     "state": i.state.value,
                     "last_error": i.last_error,
+                    "webui_version": i.webui_version,
                 }
                 for i in instances
             },

@@ -160,6 +160,7 @@ class Instance:
     last_end: float | None = None
     last_eval_s: float | None = None
     last_error: str = ""
+    webui_version: str | None = None
     prefetch: asyncio.Future[Any] | None = field(default=None, repr=False)
 
 
@@ -450,6 +451,9 @@ class Scheduler:
             images: list[RenderedImage] = []
             for spec in self.prompts:
                 result = await inst.client.txt2img(spec.body)
+                info = getattr(result, "info", None)
+                if isinstance(info, dict) and info.get("version"):
+                    inst.webui_version = str(info["version"])  # A1111 reports it per render
                 seeds = list(getattr(result, "seeds", []) or [])
                 for k, (img, raw) in enumerate(zip(result.images, result.raw_images, strict=True)):
                     seed = seeds[k] if k < len(seeds) else None
