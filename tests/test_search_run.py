@@ -187,3 +187,11 @@ def test_offline_final_merge_writes_the_checkpoint_into_the_run(tmp_path: Path) 
     with safe_open(str(ckpt), "pt") as f:
         meta = f.metadata()
     assert "sd_mbwrt_recipe" in meta
+
+
+def test_preflight_checks_that_a_and_b_merge_as_the_configured_arch(tmp_path: Path, sims) -> None:  # type: ignore[no-untyped-def]
+    models = "{a: simA.safetensors, b: simB.safetensors, output: test-merge, arch: sdxl}"
+    cfg = load_config(write_search_config(tmp_path, instances=_listed(sims[:1]), models=models))
+    with pytest.raises(WebUIError) as exc:
+        _execute(Run.create(cfg))
+    assert "gpu0" in exc.value.message and "models A and B" in exc.value.message

@@ -93,6 +93,7 @@ async def preflight(
         samplers=required_samplers([p.body for p in prompts]),
         load_scorer=(lambda: load_scorer(config)) if with_scorer else None,
         scorer_name=config.scorer.name,
+        arch=config.models.arch,
     )
 
 

@@ -2,8 +2,10 @@
 problem at once instead of failing on the first.
 
 Per instance: reachable, API enabled (``--api``), credentials accepted, bridge installed with
-this autombw's version, models A and B listed, the payloads' samplers known; GPU memory and
-versions for ``autombw doctor``. The scorer check is a callable that loads it.
+this autombw's version, models A and B listed, the payloads' samplers known, and A and B
+mergeable with the configured architecture (a weight-0 merge through the bridge, which also
+warms its caches); GPU memory and versions for ``autombw doctor``. The scorer check is a
+callable that loads it.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ async def check_instance(
     model_b: str,
     samplers: set[str],
     bridge_version: str | None = None,
+    arch: Any = None,
 ) -> InstanceReport:
     """Every check of one instance; problems are collected, not raised."""
     from autombw_cli.webui.errors import (
@@ -152,7 +155,29 @@ async def check_instance(
         await _check_models(client, model_a, model_b, info, problems)
         await _check_samplers(client, samplers, problems)
         info["gpu_memory"] = await _gpu_memory(client)
+        if arch is not None and info.get("models_found") == "A+B" and not problems:
+            await _check_pair(client, model_a, model_b, arch, problems)
     return InstanceReport(**info, problems=tuple(problems))
+
+
+async def _check_pair(
+    client: Any, model_a: str, model_b: str, arch: Any, problems: list[str]
+) -> None:
+    """Merge A and B at weight 0 (the model stays A): proves both load, share keys and shapes
+    (same architecture), and fills the bridge's caches the first evaluation needs anyway."""
+    from autombw_cli.blocks import Weights
+
+    try:
+        result = await client.bridge_merge(model_a, model_b, Weights.uniform(arch, 0.0))
+    except WebUIError as exc:
+        problems.append(f"models A and B cannot be merged here: {exc.message}")
+        return
+    found = str(getattr(result, "arch", "") or "")
+    if found and found != str(getattr(arch, "value", arch)):
+        problems.append(
+            f"models A and B are {found} checkpoints but models.arch is "
+            f"{getattr(arch, 'value', arch)}; set models.arch: {found}"
+        )
 
 
 async def _webui_version(client: Any) -> str | None:
@@ -233,6 +258,7 @@ async def run_preflight(
     samplers: set[str],
     load_scorer: Callable[[], Awaitable[Any]] | None = None,
     scorer_name: str = "",
+    arch: Any = None,
 ) -> tuple[PreflightReport, Any]:
     """Check all instances concurrently and load the scorer at the same time.
 
@@ -240,7 +266,15 @@ async def run_preflight(
     if it failed or was not asked for).
     """
     checks = [
-        check_instance(c, label=label, url=url, model_a=model_a, model_b=model_b, samplers=samplers)
+        check_instance(
+            c,
+            label=label,
+            url=url,
+            model_a=model_a,
+            model_b=model_b,
+            samplers=samplers,
+            arch=arch,
+        )
         for label, url, c in instances
     ]
     scorer_problem = None
