@@ -171,7 +171,9 @@ def test_ctrl_c_finishes_in_flight_work_and_writes_outputs(tmp_path: Path) -> No
     assert (search.run_dir / "test-merge.recipe.txt").is_file()
     assert "checkpoint" not in summary["outputs"]  # no final merge after an interruption
     events = [json.loads(line) for line in jlog.read_text().splitlines()]
-    assert events[0]["event"] == "run_started" and events[-1]["event"] == "run_finished"
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "notice" and "run_started" in kinds and kinds[-1] == "run_finished"
+    assert "evaluation_done" in kinds
 
 
 def test_second_ctrl_c_aborts_with_the_journal_intact(tmp_path: Path) -> None:

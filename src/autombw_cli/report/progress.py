@@ -26,6 +26,7 @@ from autombw_cli.search.events import (
     EvaluationFailed,
     Event,
     InstanceStateChanged,
+    Notice,
     OutputWritten,
     PassStarted,
     RunFinished,
@@ -156,7 +157,9 @@ class LiveDisplay:
         if isinstance(event, RunStarted) and not self._started:
             self._started = True
             self._live.start()
-        if isinstance(event, RunWarning):
+        if isinstance(event, Notice):
+            self.console.print(f"[dim]{escape(event.message)}[/]")
+        elif isinstance(event, RunWarning):
             self.console.print(f"[bold yellow]warning:[/] {escape(event.message)}")
         elif isinstance(event, OutputWritten):
             self.console.print(f"[dim]wrote {escape(event.what)}: {escape(str(event.path))}[/]")
@@ -246,6 +249,8 @@ class PlainPrinter:
             return f"{event.instance} is down: {event.detail}"
         if isinstance(event, InstanceStateChanged) and event.detail == "rejoined":
             return f"{event.instance} is back"
+        if isinstance(event, Notice):
+            return event.message
         if isinstance(event, RunWarning):
             return f"WARNING: {event.message}"
         if isinstance(event, OutputWritten):

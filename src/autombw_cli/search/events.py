@@ -118,6 +118,13 @@ class RunWarning(Event):
 
 
 @dataclass(frozen=True)
+class Notice(Event):
+    """Something worth a line while nothing else shows (preflight, loading the scorer)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class OutputWritten(Event):
     path: Path
     what: str

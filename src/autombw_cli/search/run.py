@@ -32,6 +32,7 @@ from autombw_cli.search import records as rec
 from autombw_cli.search.campaign import Campaign, PassPlan, Scored
 from autombw_cli.search.events import (
     EventSink,
+    Notice,
     OutputWritten,
     RunFinished,
     RunStarted,
@@ -164,7 +165,15 @@ class Run:
 
         cfg = self.config
         async with contextlib.AsyncExitStack() as stack:
+            if cfg.simulated:
+                emit(Notice(message=f"starting {cfg.instances.simulate} simulated WebUI(s)"))
             endpoints = await inst_mod.open_instances(cfg, stack, run_dir=self.run_dir)
+            emit(
+                Notice(
+                    message=f"preflight: checking {len(endpoints)} instance(s), loading the "
+                    f"{cfg.scorer.name} scorer"
+                )
+            )
             scorer = await inst_mod.preflight_and_scorer(cfg, endpoints, self.prompts)
             instances = [Instance(label=e.label, client=e.client) for e in endpoints]
             campaign = self._campaign(emit)
