@@ -140,6 +140,7 @@ def test_unreachable_instances_fail_preflight_with_every_problem(tmp_path: Path)
         _execute(Run.create(cfg))
     assert "2 problem(s)" in exc.value.message
     assert "a (" in exc.value.message and "b (" in exc.value.message
+    assert not list((tmp_path / "runs").iterdir())  # no empty run folder left behind
 
 
 def test_warm_start_from_an_auto_mbw_rt_history(tmp_path: Path) -> None:
@@ -195,3 +196,36 @@ def test_preflight_checks_that_a_and_b_merge_as_the_configured_arch(tmp_path: Pa
     with pytest.raises(WebUIError) as exc:
         _execute(Run.create(cfg))
     assert "gpu0" in exc.value.message and "models A and B" in exc.value.message
+
+
+def test_a_failing_scorer_stops_the_run_but_keeps_what_was_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real Scorer that breaks after a few batches (injected at the run's scorer seam)."""
+    import numpy as np
+
+    from autombw_cli.errors import ScorerError
+    from autombw_cli.search import instances
+
+    class BreaksLater:
+        name = "breaks-later"
+        calls = 0
+
+        def score(self, images, prompts):  # type: ignore[no-untyped-def]
+            BreaksLater.calls += 1
+            if BreaksLater.calls > 3:
+                raise ScorerError("the scorer's GPU fell off the bus")
+            return [float(np.asarray(im).mean()) for im in images]
+
+    async def load(config):  # type: ignore[no-untyped-def]
+        return BreaksLater()
+
+    monkeypatch.setattr(instances, "load_scorer", load)
+    cfg = load_config(write_search_config(tmp_path, evaluations=30))
+    run = Run.create(cfg)
+    with pytest.raises(ScorerError, match="fell off the bus"):
+        _execute(run)
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    assert summary["stop_reason"] == "failed"
+    assert 1 <= summary["evaluations"] < 30
+    assert "checkpoint" not in summary["outputs"]

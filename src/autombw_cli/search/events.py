@@ -40,6 +40,7 @@ class StopReason(StrEnum):
     EXHAUSTED = "exhausted"  # the optimizer has nothing new to propose
     INTERRUPTED = "interrupted"  # Ctrl-C (first press): in-flight work finished, outputs written
     ALL_DOWN = "all_down"  # every instance is down
+    FAILED = "failed"  # a fatal error (the scorer, the journal); outputs written, error raised
 
 
 @dataclass(frozen=True)

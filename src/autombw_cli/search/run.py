@@ -72,6 +72,8 @@ class RunResult:
             return EXIT_ALL_DOWN
         if self.reason is StopReason.INTERRUPTED:
             return EXIT_INTERRUPTED
+        if self.reason is StopReason.FAILED:
+            return 1  # the error raised afterwards decides the process's code
         return EXIT_OK
 
 
@@ -157,8 +159,19 @@ class Run:
         self._attach_log()
         try:
             return await self._execute(emit, handle_signals)
+        except AutombwError:
+            if not self.resumed and not self.records and self._scheduler is None:
+                self._detach_log()
+                self._discard_empty_run()  # failed before the first evaluation (preflight)
+            raise
         finally:
             self._detach_log()
+
+    def _discard_empty_run(self) -> None:
+        import shutil
+
+        if not (self.run_dir / "history.csv").exists():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     async def _execute(self, emit: EventSink, handle_signals: bool) -> RunResult:
         from autombw_cli.search import instances as inst_mod
@@ -202,6 +215,11 @@ class Run:
                 self._install_sigint(emit)
             try:
                 reason = await self._scheduler.run(campaign)
+            except AutombwError as exc:  # e.g. the scorer failed: keep what was found, then fail
+                emit(RunWarning(message=f"the search failed: {exc.message}; writing the outputs"))
+                with contextlib.suppress(Exception):
+                    await self._wrap_up(StopReason.FAILED, instances, endpoints, emit)
+                raise
             finally:
                 if handle_signals:
                     self._remove_sigint()
@@ -376,7 +394,8 @@ class Run:
             except Exception as exc:  # a plotting bug must not lose the run's other outputs
                 log.exception("plots failed")
                 emit(RunWarning(message=f"could not draw the plots: {exc}"))
-            if cfg.outputs.final_merge and reason is not StopReason.INTERRUPTED:
+            finished = reason not in (StopReason.INTERRUPTED, StopReason.FAILED)
+            if cfg.outputs.final_merge and finished:
                 path = await self._final_merge(recipe, endpoints, emit)
                 if path:
                     wrote("checkpoint", Path(path))
