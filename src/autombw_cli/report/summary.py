@@ -156,7 +156,7 @@ def build_summary(
         "exit_code": exit_code,
         "models": {"a": model_a, "b": model_b, "arch": arch.value},
         "evaluations": len(records),
-        "failed_evaluations": failed,
+        "failed_attempts": failed,  # evaluation attempts that failed (retried or given up)
         "budget": budget,
         "elapsed_s": round(elapsed_s, 3),
         "best": best_entry,
