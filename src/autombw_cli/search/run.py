@@ -147,7 +147,7 @@ class Run:
                 f"{run_dir} is not an autombw run folder (no {CONFIG_FILE})",
                 hint="pass a folder under runs/ that an earlier `autombw search` created",
             )
-        config = load_config(cfg_path)
+        config = load_config(cfg_path, check_paths=False)  # prompts come from prompts.json
         prompts = read_prompts(run_dir / PROMPTS_FILE)
         return cls(config, run_dir, prompts, max_evaluations=max_evaluations, resumed=True)
 
