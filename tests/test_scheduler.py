@@ -250,24 +250,16 @@ def test_a_refused_request_takes_the_instance_out(sims) -> None:  # type: ignore
 def test_identical_images_for_different_weights_warn_loudly() -> None:
     from PIL import Image
 
-    from autombw_cli.search.scheduler import RenderedImage, _Job, _Rendered
+    from autombw_cli.search.work import IdenticalImageGuard, Job, Rendered, RenderedImage
 
     events: list = []
-    sched = Scheduler(
-        [Instance("x", None)],  # type: ignore[arg-type]
-        Brightness(),
-        PROMPTS,
-        model_a="a",
-        model_b="b",
-        emit=events.append,
-    )
+    guard = IdenticalImageGuard(events.append)
     img = Image.new("RGB", (8, 8), (10, 20, 30))
     for n, w in ((1, 0.2), (2, 0.2), (3, 0.7)):
         cand = Candidate(n, Weights.uniform(Arch.SD1, w), 1)
-        r = _Rendered(
-            _Job(cand), "x", f"m{n}", [RenderedImage(PROMPTS[0], img, b"", 1)], 0, 0, 0, 0
+        guard.check(
+            Rendered(Job(cand), "x", f"m{n}", [RenderedImage(PROMPTS[0], img, b"", 1)], 0, 0, 0, 0)
         )
-        sched._check_identical(r, (0.5,))
     warnings = [e.message for e in events if isinstance(e, RunWarning)]
     assert len(warnings) == 1  # #2 repeats #1's weights (fine); #3 differs: warn
     assert "#1 and #3" in warnings[0] and "NOT being applied" in warnings[0]

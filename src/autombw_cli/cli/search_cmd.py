@@ -115,7 +115,7 @@ def doctor_command(
     """Check every WebUI instance of a config (and the scorer) without searching."""
     from autombw_cli.config import load_config
     from autombw_cli.search.instances import doctor
-    from autombw_cli.search.run import expand_prompts
+    from autombw_cli.search.prompts import expand_prompts
 
     cfg = load_config(config)
     report = asyncio.run(doctor(cfg, expand_prompts(cfg)))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import time
@@ -26,19 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from autombw_cli.atomic import atomic_write_text
-from autombw_cli.blocks import Weights
-from autombw_cli.errors import AutombwError, ConfigError, JournalError
+from autombw_cli.errors import AutombwError, ConfigError
 from autombw_cli.search import records as rec
 from autombw_cli.search.campaign import Campaign, PassPlan, Scored
 from autombw_cli.search.events import (
     EventSink,
     Notice,
-    OutputWritten,
     RunFinished,
     RunStarted,
     RunWarning,
     StopReason,
 )
+from autombw_cli.search.prompts import expand_prompts, prompts_json, read_prompts, tally_outcome
 from autombw_cli.search.scheduler import (
     Instance,
     Outcome,
@@ -367,103 +365,20 @@ class Run:
     async def _wrap_up(
         self, reason: StopReason, instances: list[Instance], endpoints: list[Any], emit: EventSink
     ) -> dict[str, str]:
-        from autombw_cli.report import summary as sm
+        from autombw_cli.search.wrapup import write_outputs
 
-        cfg = self.config
-        outputs: dict[str, str] = {}
-        records = [r.as_report() for r in self.records.values()]
-
-        def wrote(what: str, path: Path) -> None:
-            outputs[what] = str(path)
-            emit(OutputWritten(path=path, what=what))
-
-        best = sm.top_k(records, 1)
-        if best:
-            recipe = sm.best_recipe(
-                best[0], model_a=cfg.models.a, model_b=cfg.models.b, output=cfg.models.output
-            )
-            txt, js = sm.write_best_recipe(recipe, self.run_dir)
-            wrote("recipe", txt)
-            wrote("recipe_json", js)
-            if (self.run_dir / sm.BEST_IMAGES_DIR).is_dir():
-                wrote("best_images", self.run_dir / sm.BEST_IMAGES_DIR)
-            try:
-                plots = await asyncio.to_thread(sm.write_plots, records, self.arch, self.run_dir)
-                for path in plots:
-                    wrote(f"plot_{path.stem}", path)
-            except Exception as exc:  # a plotting bug must not lose the run's other outputs
-                log.exception("plots failed")
-                emit(RunWarning(message=f"could not draw the plots: {exc}"))
-            finished = reason not in (StopReason.INTERRUPTED, StopReason.FAILED)
-            if cfg.outputs.final_merge and finished:
-                path = await self._final_merge(recipe, endpoints, emit)
-                if path:
-                    wrote("checkpoint", Path(path))
-        busy = self._scheduler.busy_fractions() if self._scheduler else {}
-        summary = sm.build_summary(
-            name=self.run_dir.name,
+        return await write_outputs(
+            config=self.config,
             run_dir=self.run_dir,
-            reason=reason.value,
-            exit_code=RunResult(self.run_dir, reason, 0, None).exit_code,
-            records=records,
+            reason=reason,
+            records=list(self.records.values()),
+            instances=instances,
+            endpoints=endpoints,
+            busy=self._scheduler.busy_fractions() if self._scheduler else {},
             budget=self.budget,
-            elapsed_s=time.monotonic() - self._started,
-            failed=sum(i.failures for i in instances),
-            instances={
-                i.label: {
-                    "evaluations": i.evaluations,
-                    "failures": i.failures,
-                    "busy_fraction": round(busy.get(i.label, 0.0), 4),
-                    "state": i.state.value,
-                    "last_error": i.last_error,
-                    "webui_version": i.webui_version,
-                }
-                for i in instances
-            },
-            model_a=cfg.models.a,
-            model_b=cfg.models.b,
-            arch=self.arch,
-            outputs=outputs,
-            passes=[
-                {"index": i + 1, "optimizer": p.optimizer, "max_evaluations": p.max_evaluations}
-                for i, p in enumerate(cfg.search.passes)
-            ],
+            started=self._started,
+            emit=emit,
         )
-        wrote("summary", sm.write_summary(summary, self.run_dir))
-        return outputs
-
-    async def _final_merge(self, recipe: Any, endpoints: list[Any], emit: EventSink) -> str | None:
-        cfg = self.config
-        try:
-            if cfg.outputs.merge_via == "offline":
-                from autombw_cli.merging.offline import merge_checkpoints
-
-                out = self.run_dir / f"{recipe.output_name}.safetensors"
-                await asyncio.to_thread(
-                    merge_checkpoints,
-                    cfg.models.a_file,
-                    cfg.models.b_file,
-                    recipe,
-                    out,
-                    dtype=cfg.outputs.dtype,
-                    force=True,
-                )
-                return str(out)
-            for e in endpoints:
-                try:
-                    saved = await e.client.bridge_save(
-                        recipe.output_name, recipe.weights, dtype=cfg.outputs.dtype, overwrite=True
-                    )
-                except AutombwError as exc:
-                    log.warning("%s: saving the merge failed: %s", e.label, exc)
-                    continue
-                if e.simulated:  # the simulator's folder vanishes with it: keep a copy
-                    return str(await asyncio.to_thread(_copy_into, Path(saved.path), self.run_dir))
-                return f"{e.label}:{saved.path}"
-            emit(RunWarning(message="no instance could save the final merge"))
-        except AutombwError as exc:
-            emit(RunWarning(message=f"the final merge failed: {exc.message}"))
-        return None
 
     # --- logging ------------------------------------------------------------------------
     def _attach_log(self) -> None:
@@ -488,97 +403,6 @@ class Run:
             self._log_handler = None
 
 
-# --- prompts ------------------------------------------------------------------------------
-def expand_prompts(config: Any) -> list[PromptSpec]:
-    from autombw_cli.payloads import expand_payloads, load_payloads
-
-    payloads = load_payloads(config.payloads.files)
-    expanded = expand_payloads(payloads, config.payloads.wildcards, config.search.seed)
-    return [
-        PromptSpec(
-            payload_name=e.payload_name,
-            index=e.index,
-            prompt=e.prompt,
-            negative_prompt=e.negative_prompt,
-            seed=e.seed,
-            body=e.txt2img_body(),
-            score_weight=e.score_weight,
-            reverse_scoring=e.reverse_scoring,
-        )
-        for e in expanded
-    ]
-
-
-def prompts_json(prompts: Sequence[PromptSpec]) -> str:
-    return (
-        json.dumps(
-            [
-                {
-                    "payload": p.payload_name,
-                    "index": p.index,
-                    "prompt": p.prompt,
-                    "negative_prompt": p.negative_prompt,
-                    "seed": p.seed,
-                    "score_weight": p.score_weight,
-                    "reverse_scoring": p.reverse_scoring,
-                    "txt2img": p.body,
-                }
-                for p in prompts
-            ],
-            indent=2,
-        )
-        + "\n"
-    )
-
-
-def read_prompts(path: Path) -> list[PromptSpec]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return [
-            PromptSpec(
-                payload_name=d["payload"],
-                index=int(d["index"]),
-                prompt=d["prompt"],
-                negative_prompt=d["negative_prompt"],
-                seed=int(d["seed"]),
-                body=dict(d["txt2img"]),
-                score_weight=float(d["score_weight"]),
-                reverse_scoring=bool(d["reverse_scoring"]),
-            )
-            for d in data
-        ]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise JournalError(
-            f"{path}: cannot read the run's expanded prompts ({exc})",
-            hint="the run folder is damaged; start a new run with the same config",
-        ) from exc
-
-
-def tally_outcome(outcome: Outcome, kind: str, sigmoid: bool) -> tuple[float, dict[str, float]]:
-    """The evaluation's score (reverse scoring, optional sigmoid, the tally) and, the same way,
-    one score per payload."""
-    from autombw_cli.scoring.tally import evaluation_score
-
-    specs = [ri.spec for ri in outcome.images]
-
-    def score_of(idx: list[int]) -> float:
-        return evaluation_score(
-            [outcome.raw_scores[i] for i in idx],
-            kind=kind,
-            weights=[specs[i].score_weight for i in idx],
-            reverse=[specs[i].reverse_scoring for i in idx],
-            apply_sigmoid=sigmoid,
-        )
-
-    total = score_of(list(range(len(specs))))
-    per_payload: dict[str, float] = {}
-    for name in dict.fromkeys(s.payload_name for s in specs):
-        idx = [i for i, s in enumerate(specs) if s.payload_name == name]
-        if any(specs[i].score_weight > 0 for i in idx):
-            per_payload[name] = score_of(idx)
-    return total, per_payload
-
-
 def settings_from_config(config: Any) -> SchedulerSettings:
     """Scheduler knobs from the config (``search.scheduler`` when present) and the scorer."""
     knobs = getattr(config.search, "scheduler", None)
@@ -593,19 +417,3 @@ def settings_from_config(config: Any) -> SchedulerSettings:
                 }.get(key, key)
                 values[name] = data[key]
     return SchedulerSettings(**values)
-
-
-def _copy_into(path: Path, folder: Path) -> Path:
-    """Copy a checkpoint into ``folder``, atomically (its recipe files are already there)."""
-    import shutil
-
-    from autombw_cli.atomic import atomic_path
-
-    target = folder / path.name
-    with atomic_path(target) as tmp:
-        shutil.copyfile(path, tmp)
-    return target
-
-
-def weights_or_none(w: Weights | None) -> dict[str, float] | None:
-    return None if w is None else w.to_dict()

@@ -16,17 +16,14 @@ stops (``StopReason.ALL_DOWN``) with what it has.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from PIL import Image
 
-from autombw_cli.blocks import Weights
 from autombw_cli.errors import AutombwError, ScorerError, WebUIError
 from autombw_cli.search.events import (
     EvaluationFailed,
@@ -37,150 +34,35 @@ from autombw_cli.search.events import (
     StopReason,
     WorkerState,
 )
+from autombw_cli.search.work import (
+    Candidate,
+    CandidateSource,
+    IdenticalImageGuard,
+    Instance,
+    InstanceClient,
+    Job,
+    Outcome,
+    PromptSpec,
+    Rendered,
+    RenderedImage,
+    SchedulerSettings,
+    ScorerLike,
+)
+
+__all__ = [
+    "Candidate",
+    "CandidateSource",
+    "Instance",
+    "InstanceClient",
+    "Outcome",
+    "PromptSpec",
+    "RenderedImage",
+    "Scheduler",
+    "SchedulerSettings",
+    "ScorerLike",
+]
 
 log = logging.getLogger(__name__)
-
-
-# --- seams ---------------------------------------------------------------------------------
-class InstanceClient(Protocol):
-    """What the scheduler needs of a WebUI client (``webui.client.WebUIClient`` has it)."""
-
-    async def ping(self) -> Any: ...
-
-    async def bridge_status(self) -> Any: ...  # .version, .merge_id, .merge_live
-
-    async def ensure_merge_live(self, merge_id: str) -> Any: ...  # raises MergeLost
-
-    async def bridge_merge(
-        self, model_a: str, model_b: str, weights: Weights, **kw: Any
-    ) -> Any: ...  # .merge_id
-
-    async def txt2img(self, body: dict[str, Any]) -> Any: ...  # .images, .raw_images
-
-
-class ScorerLike(Protocol):
-    name: str
-
-    def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]: ...
-
-
-@dataclass(frozen=True)
-class PromptSpec:
-    """One expanded prompt of one payload, fixed for the whole run."""
-
-    payload_name: str
-    index: int
-    prompt: str
-    negative_prompt: str
-    seed: int
-    body: dict[str, Any]  # the txt2img request
-    score_weight: float = 1.0
-    reverse_scoring: bool = False
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A point to evaluate. ``trial`` is the optimizer's handle, opaque here."""
-
-    number: int
-    weights: Weights
-    pass_index: int
-    trial: Any = None
-
-
-@dataclass(frozen=True)
-class RenderedImage:
-    spec: PromptSpec
-    image: Image.Image
-    raw: bytes
-    seed: int | None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A finished evaluation as the scheduler hands it to the source (not yet tallied)."""
-
-    candidate: Candidate
-    instance: str
-    merge_id: str
-    images: tuple[RenderedImage, ...]
-    raw_scores: tuple[float, ...]  # one per image, as the scorer returned them
-    merge_s: float
-    generate_s: float
-    score_s: float
-    queue_s: float  # time the images waited for the scorer
-    started_at: float
-    finished_at: float
-    attempts: int
-
-
-class CandidateSource(Protocol):
-    """Where candidates come from and where results go (the run's passes and optimizer).
-
-    All three are called from one dedicated thread, one at a time, in order.
-    ``next_candidate`` returns None when it has nothing to hand out right now; when it still
-    returns None after every outstanding evaluation has come back, the search is over.
-    """
-
-    def next_candidate(self) -> Candidate | None: ...
-
-    def complete(self, outcome: Outcome) -> None: ...
-
-    def abandon(self, candidate: Candidate, reason: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class SchedulerSettings:
-    max_attempts: int = 3  # tries per evaluation across instances before it is abandoned
-    park_after: int = 3  # consecutive failures that park an instance
-    probe_backoff_s: float = 1.0  # first wait before probing a parked instance
-    probe_backoff_max_s: float = 30.0
-    all_down_after_s: float = 60.0  # every instance down this long: stop the run
-    scorer_batch_size: int = 8  # images per scorer call
-    cache_device: str = "auto"
-    identical_image_warnings: int = 3  # how many times to warn about identical images
-    prefetch: bool = True  # ask for an instance's next candidate while it renders
-
-
-@dataclass
-class Instance:
-    """One WebUI instance and what the scheduler knows about it."""
-
-    label: str
-    client: InstanceClient
-    state: WorkerState = WorkerState.STARTING
-    parked: bool = False
-    disabled: bool = False  # parked for good (a setup problem probing cannot fix)
-    parked_since: float = 0.0
-    consecutive_failures: int = 0
-    evaluations: int = 0
-    failures: int = 0
-    busy_s: float = 0.0  # time spent merging + generating + verifying
-    first_start: float | None = None
-    last_end: float | None = None
-    last_eval_s: float | None = None
-    last_error: str = ""
-    webui_version: str | None = None
-    prefetch: asyncio.Future[Any] | None = field(default=None, repr=False)
-
-
-@dataclass
-class _Job:
-    candidate: Candidate
-    attempts: int = 0
-    failed_on: set[str] = field(default_factory=set)
-
-
-@dataclass
-class _Rendered:
-    job: _Job
-    instance: str
-    merge_id: str
-    images: list[RenderedImage]
-    merge_s: float
-    generate_s: float
-    started_at: float
-    queued_at: float
 
 
 class Scheduler:
@@ -210,13 +92,12 @@ class Scheduler:
         self.settings = settings or SchedulerSettings()
         self._stopping = False
         self._stop_reason: StopReason | None = None
-        self._retries: list[_Job] = []
+        self._retries: list[Job] = []
         self._outstanding = 0
         self._cond: asyncio.Condition | None = None
-        self._score_queue: asyncio.Queue[_Rendered | None] | None = None
+        self._score_queue: asyncio.Queue[Rendered | None] | None = None
         self._fatal: BaseException | None = None
-        self._image_digests: dict[str, tuple[int, tuple[float, ...]]] = {}
-        self._identical_warned = 0
+        self._guard = IdenticalImageGuard(emit, max_warnings=self.settings.identical_image_warnings)
         self._opt_pool: ThreadPoolExecutor | None = None
         self._score_pool: ThreadPoolExecutor | None = None
         self._source: CandidateSource | None = None
@@ -299,7 +180,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._opt_pool, fn, *args)
 
-    def _take_retry(self, inst: Instance) -> _Job | None:
+    def _take_retry(self, inst: Instance) -> Job | None:
         healthy = [i for i in self.instances if not i.parked]
         for pos, job in enumerate(self._retries):
             # another instance first; the same one only when it is the only one left
@@ -307,7 +188,7 @@ class Scheduler:
                 return self._retries.pop(pos)
         return None
 
-    async def _next_job(self, inst: Instance) -> _Job | None:
+    async def _next_job(self, inst: Instance) -> Job | None:
         assert self._cond is not None and self._source is not None
         async with self._cond:
             while True:
@@ -325,13 +206,13 @@ class Scheduler:
                     fut, inst.prefetch = inst.prefetch, None
                     cand = await fut
                     if cand is not None:
-                        return _Job(cand)  # counted in _outstanding when it was asked
+                        return Job(cand)  # counted in _outstanding when it was asked
                     self._outstanding -= 1
                     self._cond.notify_all()
                 cand = await self._call_source(self._source.next_candidate)
                 if cand is not None:
                     self._outstanding += 1
-                    return _Job(cand)
+                    return Job(cand)
                 if self._outstanding == 0:
                     self._over = True  # nothing in flight and nothing new: the search is done
                     self._cond.notify_all()
@@ -360,7 +241,7 @@ class Scheduler:
         if cand is None:
             self._outstanding -= 1
         elif hand_over:
-            self._retries.append(_Job(cand))
+            self._retries.append(Job(cand))
         else:
             await self._call_source(self._source.abandon, cand, reason)
             self._outstanding -= 1
@@ -381,7 +262,7 @@ class Scheduler:
             self._outstanding -= 1
             self._cond.notify_all()
 
-    async def _requeue_or_abandon(self, inst: Instance, job: _Job, error: str) -> None:
+    async def _requeue_or_abandon(self, inst: Instance, job: Job, error: str) -> None:
         assert self._cond is not None and self._source is not None
         job.failed_on.add(inst.label)
         retry = job.attempts < self.settings.max_attempts and not self._stopping
@@ -433,7 +314,7 @@ class Scheduler:
             await self._score_queue.put(rendered)
             self.emit(ScorerQueue(depth=self._scoring_depth))
 
-    async def _render(self, inst: Instance, job: _Job) -> _Rendered:
+    async def _render(self, inst: Instance, job: Job) -> Rendered:
         started = time.monotonic()
         if inst.first_start is None:
             inst.first_start = started
@@ -469,7 +350,7 @@ class Scheduler:
             inst.busy_s += ended - started
             inst.last_end = ended
         inst.last_eval_s = ended - started
-        return _Rendered(
+        return Rendered(
             job=job,
             instance=inst.label,
             merge_id=merge.merge_id,
@@ -599,7 +480,7 @@ class Scheduler:
             if item is not None:
                 await self._score_batch([item])
 
-    async def _score_batch(self, batch: list[_Rendered]) -> None:
+    async def _score_batch(self, batch: list[Rendered]) -> None:
         images = [ri.image for r in batch for ri in r.images]
         prompts = [ri.spec.prompt for r in batch for ri in r.images]
         loop = asyncio.get_running_loop()
@@ -616,7 +497,7 @@ class Scheduler:
             n = len(r.images)
             raw = tuple(float(s) for s in scores[pos : pos + n])
             pos += n
-            self._check_identical(r, raw)
+            self._guard.check(r)
             outcome = Outcome(
                 candidate=r.job.candidate,
                 instance=r.instance,
@@ -652,31 +533,6 @@ class Scheduler:
                 )
             out.extend(chunk)
         return out
-
-    def _check_identical(self, r: _Rendered, raw: tuple[float, ...]) -> None:
-        """Warn loudly when different weights gave byte-identical images: the merge is not
-        being applied (auto-MBW-rt's "same score every iteration")."""
-        if any(ri.spec.seed == -1 for ri in r.images):
-            return  # random seeds: identical images are impossible to judge
-        h = hashlib.sha256()
-        for ri in r.images:
-            h.update(ri.image.tobytes())
-        digest = h.hexdigest()
-        key = r.job.candidate.weights.key()
-        seen = self._image_digests.get(digest)
-        if seen is None:
-            self._image_digests[digest] = (r.job.candidate.number, key)
-            return
-        if seen[1] == key or self._identical_warned >= self.settings.identical_image_warnings:
-            return
-        self._identical_warned += 1
-        msg = (
-            f"evaluations #{seen[0]} and #{r.job.candidate.number} (on {r.instance}) have "
-            "different weights but byte-identical images: the merge is NOT being applied "
-            "(check the bridge extension and that models A and B differ)"
-        )
-        log.warning(msg)
-        self.emit(RunWarning(message=msg))
 
     # --- state -------------------------------------------------------------------------
     def _set_state(self, inst: Instance, state: WorkerState, detail: str = "") -> None:

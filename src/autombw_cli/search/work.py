@@ -1,0 +1,196 @@
+"""The values and seams the scheduler works with: what a candidate, a rendered evaluation and
+an outcome are, what it needs of a WebUI client, a scorer and a candidate source, and the
+identical-image guard. Kept apart from the scheduler's control flow (``scheduler.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from PIL import Image
+
+from autombw_cli.blocks import Weights
+from autombw_cli.search.events import EventSink, RunWarning, WorkerState
+
+log = logging.getLogger(__name__)
+
+
+# --- seams ---------------------------------------------------------------------------------
+class InstanceClient(Protocol):
+    """What the scheduler needs of a WebUI client (``webui.client.WebUIClient`` has it)."""
+
+    async def ping(self) -> Any: ...
+
+    async def bridge_status(self) -> Any: ...  # .version, .merge_id, .merge_live
+
+    async def ensure_merge_live(self, merge_id: str) -> Any: ...  # raises MergeLost
+
+    async def bridge_merge(
+        self, model_a: str, model_b: str, weights: Weights, **kw: Any
+    ) -> Any: ...  # .merge_id
+
+    async def txt2img(self, body: dict[str, Any]) -> Any: ...  # .images, .raw_images
+
+
+class ScorerLike(Protocol):
+    name: str
+
+    def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]: ...
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """One expanded prompt of one payload, fixed for the whole run."""
+
+    payload_name: str
+    index: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+    body: dict[str, Any]  # the txt2img request
+    score_weight: float = 1.0
+    reverse_scoring: bool = False
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A point to evaluate. ``trial`` is the optimizer's handle, opaque here."""
+
+    number: int
+    weights: Weights
+    pass_index: int
+    trial: Any = None
+
+
+@dataclass(frozen=True)
+class RenderedImage:
+    spec: PromptSpec
+    image: Image.Image
+    raw: bytes
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished evaluation as the scheduler hands it to the source (not yet tallied)."""
+
+    candidate: Candidate
+    instance: str
+    merge_id: str
+    images: tuple[RenderedImage, ...]
+    raw_scores: tuple[float, ...]  # one per image, as the scorer returned them
+    merge_s: float
+    generate_s: float
+    score_s: float
+    queue_s: float  # time the images waited for the scorer
+    started_at: float
+    finished_at: float
+    attempts: int
+
+
+class CandidateSource(Protocol):
+    """Where candidates come from and where results go (the run's passes and optimizer).
+
+    All three are called from one dedicated thread, one at a time, in order.
+    ``next_candidate`` returns None when it has nothing to hand out right now; when it still
+    returns None after every outstanding evaluation has come back, the search is over.
+    """
+
+    def next_candidate(self) -> Candidate | None: ...
+
+    def complete(self, outcome: Outcome) -> None: ...
+
+    def abandon(self, candidate: Candidate, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    max_attempts: int = 3  # tries per evaluation across instances before it is abandoned
+    park_after: int = 3  # consecutive failures that park an instance
+    probe_backoff_s: float = 1.0  # first wait before probing a parked instance
+    probe_backoff_max_s: float = 30.0
+    all_down_after_s: float = 60.0  # every instance down this long: stop the run
+    scorer_batch_size: int = 8  # images per scorer call
+    cache_device: str = "auto"
+    identical_image_warnings: int = 3  # how many times to warn about identical images
+    prefetch: bool = True  # ask for an instance's next candidate while it renders
+
+
+@dataclass
+class Instance:
+    """One WebUI instance and what the scheduler knows about it."""
+
+    label: str
+    client: InstanceClient
+    state: WorkerState = WorkerState.STARTING
+    parked: bool = False
+    disabled: bool = False  # parked for good (a setup problem probing cannot fix)
+    parked_since: float = 0.0
+    consecutive_failures: int = 0
+    evaluations: int = 0
+    failures: int = 0
+    busy_s: float = 0.0  # time spent merging + generating + verifying
+    first_start: float | None = None
+    last_end: float | None = None
+    last_eval_s: float | None = None
+    last_error: str = ""
+    webui_version: str | None = None
+    prefetch: asyncio.Future[Any] | None = field(default=None, repr=False)
+
+
+@dataclass
+class Job:
+    candidate: Candidate
+    attempts: int = 0
+    failed_on: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Rendered:
+    job: Job
+    instance: str
+    merge_id: str
+    images: list[RenderedImage]
+    merge_s: float
+    generate_s: float
+    started_at: float
+    queued_at: float
+
+
+class IdenticalImageGuard:
+    """Warns loudly when different weights give byte-identical images: the merge is not being
+    applied (auto-MBW-rt's "same score every iteration" failure)."""
+
+    def __init__(self, emit: EventSink, *, max_warnings: int = 3) -> None:
+        self.emit = emit
+        self.max_warnings = max_warnings
+        self._digests: dict[str, tuple[int, tuple[float, ...]]] = {}
+        self._warned = 0
+
+    def check(self, r: Rendered) -> None:
+        if any(ri.spec.seed == -1 for ri in r.images):
+            return  # random seeds: identical images are impossible to judge
+        h = hashlib.sha256()
+        for ri in r.images:
+            h.update(ri.image.tobytes())
+        digest = h.hexdigest()
+        key = r.job.candidate.weights.key()
+        seen = self._digests.get(digest)
+        if seen is None:
+            self._digests[digest] = (r.job.candidate.number, key)
+            return
+        if seen[1] == key or self._warned >= self.max_warnings:
+            return
+        self._warned += 1
+        msg = (
+            f"evaluations #{seen[0]} and #{r.job.candidate.number} (on {r.instance}) have "
+            "different weights but byte-identical images: the merge is NOT being applied "
+            "(check the bridge extension and that models A and B differ)"
+        )
+        log.warning(msg)
+        self.emit(RunWarning(message=msg))
