@@ -1,0 +1,80 @@
+"""Optuna samplers (TPE, GP, CMA-ES, QMC, random) behind the ask/tell seam.
+
+Optuna's study is asynchronous by design: every `ask` creates a RUNNING trial, any number may be
+outstanding and they are told in any order. TPE runs with ``constant_liar`` (running trials count
+as bad results while in flight) so N free workers get N different candidates. On a grid each
+parameter is an integer index into its grid values, so enqueued points round-trip exactly.
+The study lives in memory: the journal (history.csv) is the persistent record and a resumed run
+replays it (`replay`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from autombw_cli.blocks import Weights
+from autombw_cli.search.optimizers.base import AdapterBase
+from autombw_cli.search.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+
+class OptunaOptimizer(AdapterBase):
+    """An Optuna sampler driven through ``study.ask``/``study.tell``."""
+
+    def __init__(self, name: str, sampler: Any, space: SearchSpace, seed: int) -> None:
+        super().__init__(space, seed)
+        import optuna
+
+        self.name = name
+        self._optuna = optuna
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self._study = optuna.create_study(direction="maximize", sampler=sampler)
+        self._distributions: dict[str, Any] = {}
+        for p in space.params:
+            if space.is_grid:
+                grid = space.grid(p)
+                self._distributions[p.name] = optuna.distributions.IntDistribution(
+                    0, int(grid.size) - 1
+                )
+            else:
+                self._distributions[p.name] = optuna.distributions.FloatDistribution(p.low, p.high)
+
+    def _params_of(self, trial: Any) -> dict[str, float]:
+        params: dict[str, float] = {}
+        for p in self.space.params:
+            dist = self._distributions[p.name]
+            if self.space.is_grid:
+                idx = trial.suggest_int(p.name, dist.low, dist.high)
+                params[p.name] = float(self.space.grid(p)[idx])
+            else:
+                params[p.name] = trial.suggest_float(p.name, dist.low, dist.high)
+        return params
+
+    def _backend_ask(self) -> tuple[dict[str, float], Any] | None:
+        trial = self._study.ask()
+        return self._params_of(trial), trial
+
+    def _backend_ask_fixed(self, weights: Weights) -> Any:
+        params = self.space.to_params(weights)
+        fixed: dict[str, Any] = {}
+        for p in self.space.params:
+            if self.space.is_grid:
+                fixed[p.name] = int(list(self.space.grid(p)).index(params[p.name]))
+            else:
+                fixed[p.name] = params[p.name]
+        self._study.enqueue_trial(fixed, skip_if_exists=False)
+        trial = self._study.ask()
+        self._params_of(trial)
+        return trial
+
+    def _backend_tell(self, token: Any, score: float | None) -> None:
+        states = self._optuna.trial.TrialState
+        if score is None:
+            self._study.tell(token, state=states.FAIL)
+        else:
+            self._study.tell(token, score)
+
+    def _backend_duplicate(self, token: Any, score: float | None) -> None:
+        self._backend_tell(token, score)
