@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MAX_PROPOSALS = 25  # backend proposals per ask before falling back to a random unseen point
 MAX_RANDOM_TRIES = 1000
+MAX_OPEN_REPEATS = 2  # repeats of in-flight points before the random fallback
 
 
 class TrialState(StrEnum):
@@ -116,6 +117,7 @@ class AdapterBase(ABC):
                 continue
             token = self._backend_ask_fixed(w)
             return self._issue(w, token, TrialOrigin.ENQUEUED)
+        open_repeats = 0
         for _ in range(MAX_PROPOSALS):
             proposal = self._backend_ask()
             if proposal is None:
@@ -125,7 +127,14 @@ class AdapterBase(ABC):
             known = self._known.get(self.space.key(w))
             if known is None:
                 return self._issue(w, token, TrialOrigin.OPTIMIZER)
-            self._backend_duplicate(token, known if isinstance(known, float) else None)
+            score = known if isinstance(known, float) else None
+            self._backend_duplicate(token, score)
+            if score is None:
+                # A repeat of a point in flight (or failed) teaches the backend nothing, so a
+                # model that ignores running trials would propose it again: stop early.
+                open_repeats += 1
+                if open_repeats >= MAX_OPEN_REPEATS:
+                    break
         w = self._random_unseen()
         token = self._backend_ask_fixed(w)
         return self._issue(w, token, TrialOrigin.RANDOM)
