@@ -19,7 +19,6 @@ import http.server
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
