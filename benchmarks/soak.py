@@ -131,12 +131,14 @@ def soak(label: str, urls: list[str], evaluations: int, faults: bool, seed: int)
         target=_chaos, args=(urls, stop, random.Random(seed), counter), daemon=True
     )
     start = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "autombw_cli", "search", str(config), "--plain"],
-        cwd=folder,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    stderr_path = folder / "stderr.txt"  # a file, not a pipe: warnings must never block it
+    with open(stderr_path, "wb") as stderr_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autombw_cli", "search", str(config), "--plain"],
+            cwd=folder,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr_file,
+        )
     ps = psutil.Process(proc.pid)
     if faults:
         chaos.start()
@@ -160,7 +162,8 @@ def soak(label: str, urls: list[str], evaluations: int, faults: bool, seed: int)
         time.sleep(0.1)
     wall = time.monotonic() - start
     stop.set()
-    err = proc.stderr.read().decode() if proc.stderr else ""
+    proc.wait()
+    err = stderr_path.read_text(encoding="utf-8", errors="replace")
     if proc.returncode != 0:
         print(err[-3000:], file=sys.stderr)
     assert run_dir is not None, err
