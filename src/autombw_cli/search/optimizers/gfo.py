@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,7 +191,9 @@ class GfoOptimizer(AdapterBase):
             if self._is_population:
                 opt.nth_trial = saved_trial + self._iter_out
             try:
-                with _single_blas_thread():
+                with _single_blas_thread(), warnings.catch_warnings():
+                    # sklearn's GP warns on nearly every fit that a noise bound is reached
+                    warnings.filterwarnings("ignore", message=".*close to the specified")
                     pos = opt._iterate_batch(1)[0]
             finally:
                 opt.nth_trial = saved_trial

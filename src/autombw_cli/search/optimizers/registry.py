@@ -171,8 +171,6 @@ class TpeSettings(Settings):
     multivariate: bool = Field(True, description="Model the blocks jointly (interactions)")
     group: bool = False
     constant_liar: bool = Field(True, description="Count running trials as bad while in flight")
-    consider_endpoints: bool = False
-    prior_weight: float = Field(1.0, gt=0)
 
 
 class GpSettings(Settings):
@@ -313,11 +311,19 @@ def create_optimizer(
 
 
 def _optuna_sampler(entry: Entry, values: dict[str, Any], seed: int) -> Any:
+    import warnings
+
     import optuna
 
     cls = getattr(optuna.samplers, entry.target)
+    with warnings.catch_warnings():  # QMC and with_margin are "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _make_sampler(entry, cls, values, seed)
+
+
+def _make_sampler(entry: Entry, cls: Any, values: dict[str, Any], seed: int) -> Any:
     if entry.name == "tpe":
-        return cls(seed=seed, warn_independent_sampling=False, **values)
+        return cls(seed=seed, **values)
     if entry.name in ("gp", "cmaes", "qmc"):
         if entry.name == "qmc":
             values = {**values, "warn_asynchronous_seeding": False}
