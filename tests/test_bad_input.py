@@ -365,20 +365,9 @@ def test_bad_input(
         assert name in first, f"{name!r} not in the first line: {first!r}"
     assert "Traceback" not in proc.stderr
     after = _snapshot(work)
-    if (
-        after.get("runs") == "dir"
-        and "runs" not in before
-        and not any(k.startswith("runs/") for k in after)
-    ):
-        del after["runs"]  # an empty outputs.run_dir: see test_failed_preflight_leaves_no_folder
     assert after == before, "something was written or overwritten"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a failed preflight leaves an empty outputs.run_dir folder behind "
-    "(see /work/notes/BUGS-reliability.md #2)",
-)
 def test_failed_preflight_leaves_no_folder(
     tmp_path: Path,
     not_a_webui: str,

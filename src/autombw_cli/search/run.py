@@ -106,6 +106,7 @@ class Run:
         self._sigints = 0
         self._log_handler: logging.Handler | None = None
         self._started = time.monotonic()
+        self._created_root: Path | None = None  # the outermost folder create() had to make
         self.scheduler_settings: SchedulerSettings = settings_from_config(config)
 
     # --- construction ----------------------------------------------------------------------
@@ -128,10 +129,15 @@ class Run:
             n += 1
             run_dir = root / f"{name}-{stamp}-{n}"
         prompts = expand_prompts(config)
+        created_root = run_dir
+        while not created_root.parent.exists():
+            created_root = created_root.parent
         run_dir.mkdir(parents=True)
         atomic_write_text(run_dir / CONFIG_FILE, config.redacted_yaml())
         atomic_write_text(run_dir / PROMPTS_FILE, prompts_json(prompts))
-        return cls(config, run_dir, prompts, max_evaluations=max_evaluations, warm_start=warm_start)
+        run = cls(config, run_dir, prompts, max_evaluations=max_evaluations, warm_start=warm_start)
+        run._created_root = created_root
+        return run
 
     @classmethod
     def resume(cls, run_dir: Path, *, max_evaluations: int | None = None) -> Run:
@@ -168,8 +174,17 @@ class Run:
     def _discard_empty_run(self) -> None:
         import shutil
 
-        if not (self.run_dir / "history.csv").exists():
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+        if (self.run_dir / "history.csv").exists():
+            return
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        # also the (now empty) parent folders this run created, e.g. a new runs/
+        folder = self.run_dir
+        while self._created_root is not None and folder != self._created_root:
+            folder = folder.parent
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (another run) or already gone
+                break
 
     async def _execute(self, emit: EventSink, handle_signals: bool) -> RunResult:
         from autombw_cli.search import instances as inst_mod
