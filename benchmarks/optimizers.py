@@ -109,8 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     ]
     tasks.sort(key=lambda t: t[0].optimizer != "Bayesian")  # slow ones first
     started = time.perf_counter()
+    results = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(run_one, tasks))
+        for i, res in enumerate(pool.map(run_one, tasks), start=1):
+            results.append(res)
+            print(
+                f"  {i}/{len(tasks)} {res[0]} / {res[1]} / seed {res[2]}: {res[4]:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     wall = time.perf_counter() - started
     curves: dict[tuple[str, str], list[list[float]]] = {}
     times: dict[tuple[str, str], list[float]] = {}
