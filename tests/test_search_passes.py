@@ -33,9 +33,7 @@ def test_passes_run_in_order_with_their_budgets_and_never_repeat() -> None:
     )
     assert [e.pass_index for e in result.evaluations] == [1] * 15 + [2] * 10 + [3] * 10
     assert len({space.key(e.weights) for e in result.evaluations}) == 35
-    assert result.best is not None and result.best.score == max(
-        e.score for e in result.evaluations
-    )
+    assert result.best is not None and result.best.score == max(e.score for e in result.evaluations)
 
 
 def test_later_passes_start_from_every_earlier_evaluation() -> None:
@@ -48,9 +46,7 @@ def test_later_passes_start_from_every_earlier_evaluation() -> None:
     first = [e for e in result.evaluations if e.pass_index == 1]
     best1 = max(first, key=lambda e: e.score)  # type: ignore[arg-type, return-value]
     second = [e for e in result.evaluations if e.pass_index == 2]
-    distances = [
-        max(abs(e.weights[s] - best1.weights[s]) for s in SEARCHED) for e in second
-    ]
+    distances = [max(abs(e.weights[s] - best1.weights[s]) for s in SEARCHED) for e in second]
     assert max(distances) <= 0.3  # local steps around the warm-start best, not random points
 
 
