@@ -49,7 +49,8 @@ def merge_command(
         typer.Option(
             "--output",
             "-o",
-            help="Merged .safetensors to write (.safetensors is added if missing).",
+            help="Merged checkpoint to write: .safetensors, or .ckpt for a torch pickle "
+            "(.safetensors is added when the name has neither).",
         ),
     ],
     weights: Annotated[
@@ -94,7 +95,7 @@ def merge_command(
         typer.Option(help="A preset.tsv adding to the built-in presets. Default: built-ins only."),
     ] = None,
 ) -> None:
-    """Merge checkpoints A and B block by block into one .safetensors (streamed, atomic).
+    """Merge checkpoints A and B block by block into one .safetensors or .ckpt (streamed, atomic).
 
     UNet blocks get their slot's weight, text encoders the --text-encoder-weight (else A's),
     everything else is A's. Writes OUT plus OUT.recipe.txt and OUT.recipe.json beside it.

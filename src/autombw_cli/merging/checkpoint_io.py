@@ -28,7 +28,7 @@ from typing import IO, Protocol
 import torch
 
 from autombw_cli.errors import ConfigError, ModelMismatchError
-from autombw_cli.merging.safetensors_writer import ST_TO_DTYPE
+from autombw_cli.merging.dtypes import ST_TO_DTYPE
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,12 @@
-"""The offline merge: two checkpoints and a `Recipe` in, one merged ``.safetensors`` out.
+"""The offline merge: two checkpoints and a `Recipe` in, one merged ``.safetensors`` (or
+``.ckpt``, by the output's suffix) out.
 
 Streams tensor by tensor: both inputs are read one tensor at a time (see `checkpoint_io`), large
 tensors are interpolated in chunks, and each result goes straight into the output file (see
-`safetensors_writer`), so peak memory stays around a few tensors of A, B and the output (the
-next pair is read ahead, the previous result written behind on helper threads), far below the
-size of the inputs. Everything is validated before the first byte is
-written; the output appears atomically (temp file, fsync, rename) or not at all.
+`safetensors_writer`, `ckpt_writer`), so peak memory stays around a few tensors of A, B and
+the output (the next pair is read ahead, the previous result written behind on helper threads),
+far below the size of the inputs. Everything is validated before the first byte is written; the
+output appears atomically (temp file, fsync, rename) or not at all.
 
 Per key: UNet keys (``model.diffusion_model.*``) are lerped with their block slot's weight; text
 encoder keys with the text-encoder weight when the recipe has one; everything else (VAE, other
@@ -34,19 +35,12 @@ from autombw_cli.merging.checkpoint_io import (
     checkpoint,
     find_mismatches,
 )
-from autombw_cli.merging.safetensors_writer import (
-    TensorEntry,
-    layout_order,
-    write_safetensors_stream,
-)
+from autombw_cli.merging.ckpt_writer import CheckpointFormat, write_checkpoint_stream
+from autombw_cli.merging.dtypes import OUTPUT_DTYPES
+from autombw_cli.merging.safetensors_writer import TensorEntry, layout_order
 from autombw_cli.recipe import Recipe, write_recipe_files
 
-OUTPUT_DTYPES: Mapping[str, torch.dtype] = {
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-    "fp32": torch.float32,
-}
-TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+OTHER_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 CHUNK_ELEMENTS = 1 << 20  # float32 scratch chunks of 4 MiB
 # The arithmetic runs on one thread while a second reads ahead and a third writes behind. Small
 # chunks on torch's multi-threaded pool lose badly to thread synchronisation (10x slower on a
@@ -72,16 +66,22 @@ class MergeReport:
 
 
 def output_path(output: Path | str) -> Path:
-    """The merged file's path: always ``.safetensors`` (appended when missing)."""
+    """The merged file's path: ``.safetensors`` or ``.ckpt`` (``.safetensors`` appended when
+    the name has neither)."""
     p = Path(output)
-    if p.suffix.lower() == ".safetensors":
+    if p.suffix.lower() in (".safetensors", ".ckpt"):
         return p
-    if p.suffix.lower() in TORCH_SUFFIXES:
+    if p.suffix.lower() in OTHER_TORCH_SUFFIXES:
         raise ConfigError(
-            f"{p}: autombw writes .safetensors only",
-            hint=f"use -o {p.with_suffix('.safetensors')}",
+            f"{p}: autombw writes .safetensors or .ckpt files only",
+            hint=f"use -o {p.with_suffix('.safetensors')} (or {p.with_suffix('.ckpt')})",
         )
     return p.with_name(p.name + ".safetensors")
+
+
+def output_format(path: Path) -> CheckpointFormat:
+    """The format a merged file is written in, by its suffix (see `output_path`)."""
+    return "ckpt" if path.suffix.lower() == ".ckpt" else "safetensors"
 
 
 def recipe_stem(output: Path) -> Path:
@@ -156,8 +156,9 @@ def merge_checkpoints(
     force: bool = False,
     progress: ProgressFn | None = None,
 ) -> MergeReport:
-    """Merge A and B with ``recipe``'s weights into ``output`` (a ``.safetensors`` file) and
-    write ``<stem>.recipe.txt`` / ``.recipe.json`` beside it.
+    """Merge A and B with ``recipe``'s weights into ``output`` and write ``<stem>.recipe.txt``
+    / ``.recipe.json`` beside it. ``output`` ending in ``.ckpt`` is written as a torch pickle
+    ``{"state_dict": ...}`` (what A1111 loads), anything else as ``.safetensors``.
 
     Raises ConfigError (bad dtype/output path, missing input), ModelMismatchError (not a
     checkpoint, refused pickle, different arch/keys/shapes), OutputExistsError (without
@@ -169,6 +170,7 @@ def merge_checkpoints(
         raise ConfigError(f"unknown dtype {dtype!r}", hint=f"one of {', '.join(OUTPUT_DTYPES)}")
     out_dtype = OUTPUT_DTYPES[dtype] if dtype else None
     out = output_path(output)
+    fmt = output_format(out)
     path_a, path_b = Path(model_a), Path(model_b)
     _check_output(out, (path_a, path_b), force=force)
 
@@ -201,9 +203,10 @@ def merge_checkpoints(
             return result
 
         metadata = {"format": "pt", **recipe.safetensors_metadata()}
-        with _ReadAhead(read, layout_order(entries)) as reads, _torch_threads(MERGE_THREADS):
-            size = write_safetensors_stream(
-                out, entries, produce, metadata=metadata, write_behind=True
+        order = layout_order(entries) if fmt == "safetensors" else entries  # the writer's order
+        with _ReadAhead(read, order) as reads, _torch_threads(MERGE_THREADS):
+            size = write_checkpoint_stream(
+                out, entries, produce, fmt=fmt, metadata=metadata, write_behind=True
             )
 
     sidecars = write_recipe_files(recipe, recipe_stem(out))

@@ -24,22 +24,7 @@ from typing import BinaryIO
 import torch
 
 from autombw_cli.atomic import atomic_path
-
-DTYPE_TO_ST: Mapping[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2",
-}
-ST_TO_DTYPE: Mapping[str, torch.dtype] = {v: k for k, v in DTYPE_TO_ST.items()}
+from autombw_cli.merging.dtypes import DTYPE_TO_ST, element_size
 
 
 @dataclass(frozen=True)
@@ -55,12 +40,12 @@ class TensorEntry:
         n = 1
         for d in self.shape:
             n *= d
-        return n * torch.empty((), dtype=self.dtype).element_size()
+        return n * element_size(self.dtype)
 
 
 def layout_order(entries: Sequence[TensorEntry]) -> list[TensorEntry]:
     """The order tensors are stored in: largest element size first, then as given."""
-    size = {dt: torch.empty((), dtype=dt).element_size() for dt in {e.dtype for e in entries}}
+    size = {dt: element_size(dt) for dt in {e.dtype for e in entries}}
     return sorted(entries, key=lambda e: -size[e.dtype])  # sorted() is stable
 
 
@@ -90,33 +75,27 @@ def build_header(entries: Sequence[TensorEntry], metadata: Mapping[str, str] | N
     return struct.pack("<Q", len(raw)) + raw
 
 
-class SafetensorsStreamWriter:
-    """Writes tensors into an open binary file in ``order``; checks each against its entry.
+class OrderedTensorWriter:
+    """What every streaming format writer shares: tensors arrive in ``order`` and each is
+    checked against its declared entry before its bytes go to `_write_data`.
 
     With ``write_behind`` the bytes of a tensor are written by a helper thread while the caller
     produces the next one (at most one write in flight; the file is still written in order).
     Call `finish` (or `close` on errors) before closing the file.
     """
 
-    def __init__(
-        self,
-        fh: BinaryIO,
-        entries: Sequence[TensorEntry],
-        metadata: Mapping[str, str] | None,
-        *,
-        write_behind: bool = False,
-    ) -> None:
-        if sys.byteorder != "little":  # safetensors is little-endian
-            raise RuntimeError("the safetensors writer needs a little-endian machine")
-        self._fh = fh
-        self.order = layout_order(entries)
+    def __init__(self, order: Sequence[TensorEntry], *, write_behind: bool = False) -> None:
+        if sys.byteorder != "little":  # safetensors and our .ckpt records are little-endian
+            raise RuntimeError("the checkpoint writers need a little-endian machine")
+        self.order = list(order)
         self._next = 0
         self.bytes_written = 0
-        self._pool = ThreadPoolExecutor(1, "safetensors-write") if write_behind else None
+        self._pool = ThreadPoolExecutor(1, "checkpoint-write") if write_behind else None
         self._pending: Future[object] | None = None
-        header = build_header(self.order, metadata)
-        fh.write(header)
-        self.bytes_written += len(header)
+
+    def _write_data(self, index: int, entry: TensorEntry, data: torch.Tensor) -> None:
+        """Write one tensor's bytes (``data``: flat uint8 on the CPU, possibly empty)."""
+        raise NotImplementedError
 
     def write(self, key: str, tensor: torch.Tensor) -> None:
         if self._next >= len(self.order):
@@ -129,13 +108,12 @@ class SafetensorsStreamWriter:
                 f"{key}: declared {entry.dtype} {list(entry.shape)}, "
                 f"got {tensor.dtype} {list(tensor.shape)}"
             )
-        if entry.nbytes:
-            data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-            self._wait()
-            if self._pool is None:
-                self._fh.write(memoryview(data.numpy()))
-            else:  # `data` stays alive in the closure until written
-                self._pending = self._pool.submit(self._fh.write, memoryview(data.numpy()))
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        self._wait()
+        if self._pool is None:
+            self._write_data(self._next, entry, data)
+        else:  # `data` stays alive in the submitted call until written
+            self._pending = self._pool.submit(self._write_data, self._next, entry, data)
         self.bytes_written += entry.nbytes
         self._next += 1
 
@@ -161,6 +139,58 @@ class SafetensorsStreamWriter:
             self._pool = None
 
 
+class SafetensorsStreamWriter(OrderedTensorWriter):
+    """Writes a safetensors file into an open binary file; tensors in `layout_order`."""
+
+    def __init__(
+        self,
+        fh: BinaryIO,
+        entries: Sequence[TensorEntry],
+        metadata: Mapping[str, str] | None,
+        *,
+        write_behind: bool = False,
+    ) -> None:
+        super().__init__(layout_order(entries), write_behind=write_behind)
+        self._fh = fh
+        header = build_header(self.order, metadata)
+        fh.write(header)
+        self.bytes_written += len(header)
+
+    def _write_data(self, index: int, entry: TensorEntry, data: torch.Tensor) -> None:
+        if entry.nbytes:
+            self._fh.write(memoryview(data.numpy()))
+
+
+WriterFactory = Callable[[BinaryIO, Sequence[TensorEntry]], OrderedTensorWriter]
+
+
+def write_stream(
+    path: Path | str,
+    entries: Sequence[TensorEntry],
+    produce: Callable[[TensorEntry], torch.Tensor] | Iterable[torch.Tensor],
+    make_writer: WriterFactory,
+    *,
+    suffix: str,
+    wrap_file: Callable[[BinaryIO], BinaryIO] | None = None,
+) -> int:
+    """Write a checkpoint file atomically with ``make_writer(fh, entries)``, producing tensors
+    one at a time in the writer's order; returns the file size (see `write_safetensors_stream`).
+    ``wrap_file`` may wrap the open file (e.g. to hash what is written)."""
+    if not callable(produce):
+        produce = _from_iterable(entries, produce)
+    with atomic_path(path, suffix=suffix) as tmp, open(tmp, "wb") as raw:
+        fh = raw if wrap_file is None else wrap_file(raw)
+        writer = make_writer(fh, entries)
+        try:
+            for entry in writer.order:
+                writer.write(entry.key, produce(entry))
+            writer.finish()
+        finally:
+            writer.close()
+        raw.flush()
+        return writer.bytes_written
+
+
 def write_safetensors_stream(
     path: Path | str,
     entries: Sequence[TensorEntry],
@@ -175,20 +205,13 @@ def write_safetensors_stream(
     accepted too and must yield tensors in the order of ``entries`` as given (it is then
     buffered only where storage order differs, i.e. for mixed element sizes). Returns the file
     size. On any exception the target is untouched and the temp file removed. ``write_behind``
-    overlaps writing one tensor with producing the next (see `SafetensorsStreamWriter`).
+    overlaps writing one tensor with producing the next (see `OrderedTensorWriter`).
     """
-    if not callable(produce):
-        produce = _from_iterable(entries, produce)
-    with atomic_path(path, suffix=".safetensors.tmp") as tmp, open(tmp, "wb") as fh:
-        writer = SafetensorsStreamWriter(fh, entries, metadata, write_behind=write_behind)
-        try:
-            for entry in writer.order:
-                writer.write(entry.key, produce(entry))
-            writer.finish()
-        finally:
-            writer.close()
-        fh.flush()
-        return writer.bytes_written
+
+    def make_writer(fh: BinaryIO, entries: Sequence[TensorEntry]) -> OrderedTensorWriter:
+        return SafetensorsStreamWriter(fh, entries, metadata, write_behind=write_behind)
+
+    return write_stream(path, entries, produce, make_writer, suffix=".safetensors.tmp")
 
 
 def _from_iterable(

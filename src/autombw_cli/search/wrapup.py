@@ -111,7 +111,7 @@ async def final_merge(
         if cfg.outputs.merge_via == "offline":
             from autombw_cli.merging.offline import merge_checkpoints
 
-            out = run_dir / f"{recipe.output_name}.safetensors"
+            out = run_dir / f"{recipe.output_name}.{cfg.outputs.format}"
             await asyncio.to_thread(
                 merge_checkpoints,
                 cfg.models.a_file,
@@ -125,7 +125,11 @@ async def final_merge(
         for e in endpoints:
             try:
                 saved = await e.client.bridge_save(
-                    recipe.output_name, recipe.weights, dtype=cfg.outputs.dtype, overwrite=True
+                    recipe.output_name,
+                    recipe.weights,
+                    dtype=cfg.outputs.dtype,
+                    overwrite=True,
+                    fmt=cfg.outputs.format,
                 )
             except AutombwError as exc:
                 log.warning("%s: saving the merge failed: %s", e.label, exc)

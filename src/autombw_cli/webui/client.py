@@ -349,15 +349,24 @@ class WebUIClient:
         return self._parse(resp, RestoreResult, "bridge restore")
 
     async def bridge_save(
-        self, name: str, weights: Weights, *, dtype: str = "fp16", overwrite: bool = False
+        self,
+        name: str,
+        weights: Weights,
+        *,
+        dtype: str = "fp16",
+        overwrite: bool = False,
+        fmt: str = "safetensors",
     ) -> SaveResult:
-        """Write the merge with ``weights`` as a checkpoint into the WebUI's model folder."""
+        """Write the merge with ``weights`` as a checkpoint into the WebUI's model folder
+        (``fmt``: ``safetensors`` or ``ckpt``)."""
         body: dict[str, Any] = {
             "name": name,
             "weights": weights.to_dict(),
             "dtype": dtype,
             "overwrite": overwrite,
         }
+        if fmt != "safetensors":  # bridges before the format field know only safetensors
+            body["format"] = fmt
         if weights.text_encoder is not None:
             body["text_encoder_weight"] = weights.text_encoder
         async with self._model_lock:

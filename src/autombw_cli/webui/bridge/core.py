@@ -52,6 +52,7 @@ from autombw_cli.blocks import (
     layout,
 )
 from autombw_cli.errors import AutombwError
+from autombw_cli.merging.ckpt_writer import SUFFIXES
 from autombw_cli.merging.kernels import lerp_tensor
 from autombw_cli.recipe import Recipe
 from autombw_cli.webui.bridge.files import DTYPE_NAMES, TensorFile
@@ -330,9 +331,11 @@ class BridgeCore:
         overwrite: bool = False,
         text_encoder_weight: float | None = None,
         extrapolation: bool = False,
+        fmt: str = "safetensors",
     ) -> SaveOutcome:
         """Write A's non-UNet tensors + the merged UNet (from the files, in float32) as a
-        ``.safetensors`` file in the checkpoint folder, with a ``.recipe.txt`` beside it."""
+        ``.safetensors`` (or, with ``fmt="ckpt"``, a ``.ckpt`` torch pickle) file in the
+        checkpoint folder, with a ``.recipe.txt`` beside it."""
         t0 = time.perf_counter()
         with self._state_lock, torch.no_grad():
             pair = self._pair
@@ -360,8 +363,15 @@ class BridgeCore:
                     status=422,
                     kind="ValidationError",
                 )
+            if fmt not in SUFFIXES:
+                raise BridgeError(
+                    f"format must be one of {', '.join(SUFFIXES)}, not {fmt!r}",
+                    status=422,
+                    kind="ValidationError",
+                )
+            suffix = SUFFIXES[fmt]
             try:
-                target = safe_output_path(name, self.host.checkpoint_dir())
+                target = safe_output_path(name, self.host.checkpoint_dir(), suffix=suffix)
             except NameError_ as exc:
                 raise BridgeError(str(exc), kind="BadName") from None
             if target.exists() and not overwrite:
@@ -371,7 +381,7 @@ class BridgeCore:
                     kind="OutputExists",
                     hint="pass overwrite: true to replace it, or choose another name",
                 )
-            stem = target.name[: -len(".safetensors")]
+            stem = target.name[: -len(suffix)]
             recipe = Recipe(
                 model_a=pair.a.filename,
                 model_b=pair.b.filename,
@@ -385,6 +395,7 @@ class BridgeCore:
                 target,
                 dtype=DTYPE_NAMES[dtype],
                 metadata=recipe.safetensors_metadata(),
+                fmt=fmt,  # type: ignore[arg-type]  (checked against SUFFIXES above)
             )
             recipe_path = target.with_name(stem + ".recipe.txt")
             atomic_write_text(recipe_path, recipe.to_text())

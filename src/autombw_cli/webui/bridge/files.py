@@ -1,4 +1,5 @@
-"""Checkpoint files for the bridge: lazy tensor reading and a streaming safetensors writer.
+"""Checkpoint files for the bridge: lazy tensor reading (the writers are in
+`autombw_cli.merging`).
 
 Only torch, safetensors and the standard library (this module is copied into the WebUI
 extension). ``.safetensors`` files are read lazily (one tensor at a time through
@@ -8,29 +9,15 @@ where the file format allows).
 
 from __future__ import annotations
 
-import json
-import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import Tensor
 
-SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-_FROM_SAFETENSORS = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+from autombw_cli.merging.dtypes import ST_TO_DTYPE
 
 DTYPE_NAMES: dict[str, torch.dtype | None] = {
     "fp16": torch.float16,
@@ -90,7 +77,7 @@ class TensorFile:
     def dtype(self, key: str) -> torch.dtype:
         if self._st is not None:
             name = self._st.get_slice(key).get_dtype()
-            return _FROM_SAFETENSORS.get(name, torch.float32)
+            return ST_TO_DTYPE.get(name, torch.float32)
         assert self._sd is not None
         return self._sd[key].dtype
 
@@ -125,61 +112,6 @@ def read_shapes(path: Path | str) -> dict[str, tuple[int, ...]]:
     """Key → shape of a checkpoint (reads only the header of a ``.safetensors``)."""
     with TensorFile(path) as tf:
         return tf.shapes()
-
-
-TensorProducer = Callable[[], Tensor]
-
-
-def write_safetensors_streaming(
-    out: BinaryIO,
-    entries: Iterable[tuple[str, torch.dtype, tuple[int, ...], TensorProducer]],
-    metadata: dict[str, str] | None = None,
-) -> int:
-    """Write a ``.safetensors`` file producing one tensor at a time; return the bytes written.
-
-    ``entries`` gives each tensor's key, dtype and shape up front (for the header) and a
-    function that produces the tensor when its turn comes, so at most one tensor is in memory.
-    """
-    items = list(entries)
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    offset = 0
-    for key, dtype, shape, _ in items:
-        size = _numel(shape) * _element_size(dtype)
-        header[key] = {
-            "dtype": SAFETENSORS_DTYPES[dtype],
-            "shape": list(shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
-    out.write(struct.pack("<Q", len(raw)))
-    out.write(raw)
-    written = 8 + len(raw)
-    for key, dtype, shape, produce in items:
-        tensor = produce()
-        if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
-            raise ValueError(
-                f"{key}: produced {tensor.dtype} {tuple(tensor.shape)}, "
-                f"header says {dtype} {tuple(shape)}"
-            )
-        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        out.write(memoryview(data))
-        written += data.nbytes
-    return written
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
-
-
-def _element_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def iter_keys_with_prefix(keys: Iterable[str], prefixes: tuple[str, ...]) -> Iterator[str]:

@@ -132,7 +132,15 @@ def register_routes(
             data = _require_object(body)
             _reject_unknown(
                 data,
-                {"name", "weights", "dtype", "overwrite", "text_encoder_weight", "extrapolation"},
+                {
+                    "name",
+                    "weights",
+                    "dtype",
+                    "format",
+                    "overwrite",
+                    "text_encoder_weight",
+                    "extrapolation",
+                },
             )
             outcome = engine.save(
                 _require(data, "name"),
@@ -141,6 +149,7 @@ def register_routes(
                 overwrite=_get_bool(data, "overwrite", False),
                 text_encoder_weight=data.get("text_encoder_weight"),
                 extrapolation=_get_bool(data, "extrapolation", False),
+                fmt=_get_str(data, "format", "safetensors"),
             )
             return outcome.to_json()
 
