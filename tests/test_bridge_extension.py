@@ -15,6 +15,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from autombw_cli.cli import app
@@ -31,6 +33,7 @@ from autombw_cli.webui.bridge.extension import (
 STUB_MODULES = {
     "__init__.py": "",
     "call_queue.py": "import threading\nqueue_lock = threading.Lock()\n",
+    "launch_utils.py": "def git_tag():\n    return 'v1.10.1'\n",
     "script_callbacks.py": """
         app_started, model_loaded = [], []
 
@@ -146,6 +149,8 @@ out["merge"] = [merged.status_code, merged.json()]
 out["te_changed"] = not bool((shared.sd_model.state_dict()[te_key] == te_before).all())
 out["live"] = client.get("/autombw/v1/status").json()["merge_live"]
 out["save"] = client.post("/autombw/v1/save", json={"name": "bridged"}).json()
+as_ckpt = {"name": "bridged", "format": "ckpt"}
+out["save_ckpt"] = client.post("/autombw/v1/save", json=as_ckpt).json()
 sd_models.reload_model_weights(info=sd_models.checkpoints_list["simB.safetensors"])
 out["after_reload"] = client.get("/autombw/v1/status").json()
 out["autombw_cli_loaded"] = [m for m in sys.modules if m.startswith("autombw_cli")]
@@ -198,6 +203,9 @@ def test_installed_extension_runs_standalone_in_a_stand_in_webui(
     assert "BASE" in out["merge"][1]["changed_blocks"] and out["te_changed"] is True
     assert out["live"] is True
     assert Path(out["save"]["path"]).parent == models.resolve()
+    assert out["status"]["webui_version"] == "v1.10.1"  # modules.launch_utils.git_tag()
+    ckpt = torch.load(out["save_ckpt"]["path"], weights_only=True)["state_dict"]
+    assert ckpt.keys() == load_file(out["save"]["path"]).keys()
     assert out["after_reload"]["merge_live"] is False
     assert out["autombw_cli_loaded"] == []
     assert "without --api-auth" in proc.stdout  # listening beyond loopback: a warning

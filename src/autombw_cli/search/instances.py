@@ -99,11 +99,12 @@ async def preflight(
 
 async def preflight_and_scorer(
     config: Any, endpoints: Sequence[Endpoint], prompts: Sequence[PromptSpec]
-) -> Any:
-    """Run the preflight; raise with every problem at once, or return the loaded scorer."""
+) -> tuple[PreflightReport, Any]:
+    """Run the preflight; raise with every problem at once, or return the report (versions,
+    GPU memory per instance) and the loaded scorer."""
     report, scorer = await preflight(config, endpoints, prompts)
     report.raise_if_failed()
-    return scorer
+    return report, scorer
 
 
 async def doctor(config: Any, prompts: Sequence[PromptSpec]) -> PreflightReport:

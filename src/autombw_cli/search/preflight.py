@@ -4,8 +4,9 @@ problem at once instead of failing on the first.
 Per instance: reachable, API enabled (``--api``), credentials accepted, bridge installed with
 this autombw's version, models A and B listed, the payloads' samplers known, and A and B
 mergeable with the configured architecture (a weight-0 merge through the bridge, which also
-warms its caches); GPU memory and versions for ``autombw doctor``. The scorer check is a
-callable that loads it.
+warms its caches); GPU memory and versions for ``autombw doctor`` (A1111 has no light API route
+for its version: ``/internal/sysinfo`` runs ``pip freeze``; the bridge's status reports it).
+The scorer check is a callable that loads it.
 """
 
 from __future__ import annotations
@@ -134,10 +135,10 @@ async def check_instance(
     except WebUIError as exc:
         problems.append(f"options: {exc.message}")
         api_ok = False
-    info["webui_version"] = await _webui_version(client)
     try:
         status = await client.bridge_status()
         info["bridge_version"] = status.version
+        info["webui_version"] = getattr(status, "webui_version", None)
         want = bridge_version or expected_bridge_version()
         if status.version != want:
             problems.append(
@@ -178,17 +179,6 @@ async def _check_pair(
             f"models A and B are {found} checkpoints but models.arch is "
             f"{getattr(arch, 'value', arch)}; set models.arch: {found}"
         )
-
-
-async def _webui_version(client: Any) -> str | None:
-    getter = getattr(client, "webui_version", None)
-    if getter is None:
-        return None
-    try:
-        value = await getter()
-    except WebUIError:
-        return None
-    return None if value is None else str(value)
 
 
 async def _check_models(

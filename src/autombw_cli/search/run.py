@@ -200,8 +200,20 @@ class Run:
                     f"{cfg.scorer.name} scorer"
                 )
             )
-            scorer = await inst_mod.preflight_and_scorer(cfg, endpoints, self.prompts)
-            instances = [Instance(label=e.label, client=e.client) for e in endpoints]
+            checked, scorer = await inst_mod.preflight_and_scorer(cfg, endpoints, self.prompts)
+            for r in checked.instances:
+                emit(
+                    Notice(
+                        message=f"{r.label}: WebUI {r.webui_version or 'version unknown'}, "
+                        f"bridge {r.bridge_version}, GPU {r.gpu_memory or '-'}, "
+                        f"models {r.models_found}"
+                    )
+                )
+            versions = {r.label: r.webui_version for r in checked.instances}
+            instances = [
+                Instance(label=e.label, client=e.client, webui_version=versions.get(e.label))
+                for e in endpoints
+            ]
             campaign = self._campaign(emit)
             settings = self.scheduler_settings
             self._scheduler = Scheduler(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from autombw_cli import __version__
 from autombw_cli.webui.bridge.files import TensorFile
 from autombw_cli.webui.bridge.names import CHECKPOINT_SUFFIXES, CheckpointRef, find_checkpoint
 
@@ -39,6 +40,9 @@ def module_from_state_dict(state: Mapping[str, torch.Tensor]) -> torch.nn.Module
         else:
             mod.register_buffer(leaf, tensor)
     return root
+
+
+SIM_WEBUI_VERSION = f"autombw-sim {__version__}"  # also in every render's info["version"]
 
 
 class SimHost:
@@ -81,6 +85,9 @@ class SimHost:
 
     def checkpoint_dir(self) -> Path:
         return self.model_dir
+
+    def webui_version(self) -> str:
+        return SIM_WEBUI_VERSION
 
     def refresh_checkpoints(self) -> None:
         refs = []

@@ -40,7 +40,7 @@ from autombw_cli import __version__
 from autombw_cli.blocks import Arch
 from autombw_cli.sim.checkpoints import random_state_dict, write_checkpoint
 from autombw_cli.sim.faults import OOM_MESSAGE, FaultPlan
-from autombw_cli.sim.host import SimHost
+from autombw_cli.sim.host import SIM_WEBUI_VERSION, SimHost
 from autombw_cli.sim.render import Renderer, RenderParams
 from autombw_cli.webui import endpoints as ep
 from autombw_cli.webui.bridge.core import BridgeCore
@@ -276,7 +276,7 @@ class SimulatedWebUI:
             "job_timestamp": self._progress.job_timestamp,
             "clip_skip": 1,
             "extra_generation_params": {},
-            "version": f"autombw-sim {__version__}",
+            "version": SIM_WEBUI_VERSION,
             "autombw_merge_id": merge_id,
         }
         return {

@@ -187,6 +187,7 @@ class BridgeStatus(WireModel):
     version: str
     bridge_api: int | str | None = None
     host: str | None = None
+    webui_version: str | None = None  # the WebUI's own version (A1111: git describe --tags)
     arch: str | None = None
     model_a: BridgeModelRef | None = None
     model_b: BridgeModelRef | None = None

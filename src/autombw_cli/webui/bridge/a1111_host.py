@@ -9,7 +9,9 @@ the routes, and warns in the WebUI log when the server listens beyond loopback w
 A1111 facts this relies on (DOMAIN.md §6): the live model is ``shared.sd_model`` (its UNet
 ``.model.diffusion_model``); ``modules.call_queue.queue_lock`` serializes generation and
 loads; ``sd_models.reload_model_weights(info=...)`` loads a checkpoint (we call it directly,
-not through ``opts.set``, whose onchange handler would wait for the queue lock we hold).
+not through ``opts.set``, whose onchange handler would wait for the queue lock we hold). The
+WebUI's version is ``modules.launch_utils.git_tag()`` (``git describe --tags``, cached; A1111
+1.3+ and Forge): what the WebUI prints as ``Version:`` at start and ``/internal/sysinfo`` reports.
 """
 
 from __future__ import annotations
@@ -77,6 +79,15 @@ class A1111Host:
             refresh()
         else:
             self._sd_models.list_models()
+
+    def webui_version(self) -> str | None:
+        try:
+            from modules import launch_utils
+
+            tag = str(launch_utils.git_tag()).strip()
+        except Exception:  # A1111 before 1.3, or not a git checkout
+            return None
+        return tag if tag and tag not in ("<none>", "None") else None
 
     # --- extras ---------------------------------------------------------------------------
     def credentials(self) -> dict[str, str] | None:

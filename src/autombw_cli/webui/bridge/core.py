@@ -111,6 +111,10 @@ class BridgeHost(Protocol):
 
     def refresh_checkpoints(self) -> None: ...
 
+    def webui_version(self) -> str | None:
+        """The WebUI's own version (A1111: its ``git describe --tags``), None when unknown."""
+        ...
+
 
 @dataclass(frozen=True)
 class MergeOutcome:
@@ -214,6 +218,7 @@ class BridgeCore:
                 "version": self.version,
                 "bridge_api": BRIDGE_API,
                 "host": self.host.name,
+                "webui_version": self._webui_version(),
                 "arch": pair.arch.value if pair else None,
                 "model_a": _ref_json(pair.a) if pair else None,
                 "model_b": _ref_json(pair.b) if pair else None,
@@ -226,6 +231,13 @@ class BridgeCore:
                 "merge_live": live,
                 "lost_reason": None if live else self._lost_reason or self._swapped(),
             }
+
+    def _webui_version(self) -> str | None:
+        try:
+            version = self.host.webui_version()
+        except Exception:  # a version we cannot read must not break status
+            return None
+        return str(version) if version else None
 
     def _swapped(self) -> str | None:
         if self._merge_id is not None and self._merge_live:
