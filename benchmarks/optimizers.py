@@ -12,8 +12,13 @@ random sub-grid (``candidates: subgrid``). One deviation, to fit the time budget
 20,000 random rows of that sub-grid instead of GFO's default 1,000,000 (``sampling``); which
 values each block can take is exactly GFO's.
 
-    .venv/bin/python benchmarks/optimizers.py                 # the full table (~10 min, 2 cores)
+    .venv/bin/python benchmarks/optimizers.py --results runs.jsonl   # the full table
     .venv/bin/python benchmarks/optimizers.py --seeds 3 --budget 100   # a quick look
+
+The full table is about 5 CPU-hours (auto-MBW-rt's default refits GFO's Gaussian process on
+every ask: minutes per run); ``--results FILE`` appends every finished run as a JSON line and
+skips runs already there, so it can be spread over several sittings or machines and the table
+printed from the file alone (``--report-only``).
 
 Also prints, per landscape, how many evaluations each candidate needs (median curve) to reach
 the baseline's median result after the full budget: the goal is a third of the budget or less.
@@ -22,6 +27,7 @@ the baseline's median result after the full budget: the goal is a third of the b
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -29,6 +35,7 @@ import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small model fits: one thread is fastest
@@ -96,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--budget", type=int, default=270)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--landscapes", default="coupled,skip-pairs")
+    parser.add_argument("--landscapes", default="coupled,skip-pairs,sim")
+    parser.add_argument("--results", type=Path, help="JSON lines of finished runs (appended)")
+    parser.add_argument("--report-only", action="store_true", help="print the table, run nothing")
     args = parser.parse_args(argv)
     landscapes = args.landscapes.split(",")
     checkpoints = [c for c in CHECKPOINTS if c <= args.budget] or [args.budget]
@@ -107,18 +116,24 @@ def main(argv: list[str] | None = None) -> int:
         for cand in everyone
         for seed in range(min(args.seeds, cand.max_seeds or args.seeds))
     ]
-    tasks.sort(key=lambda t: t[0].optimizer != "Bayesian")  # slow ones first
+    results = _load(args.results, args.budget) if args.results else []
+    done = {(r[0], r[1], r[2]) for r in results}
+    tasks = [t for t in tasks if (t[0].label, t[1], t[2]) not in done]
+    tasks.sort(key=lambda t: (t[0] is not BASELINE, t[0].optimizer != "Bayesian"))  # slow first
     started = time.perf_counter()
-    results = []
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for i, res in enumerate(pool.map(run_one, tasks), start=1):
-            results.append(res)
-            print(
-                f"  {i}/{len(tasks)} {res[0]} / {res[1]} / seed {res[2]}: {res[4]:.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+    if tasks and not args.report_only:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            for i, res in enumerate(pool.map(run_one, tasks), start=1):
+                results.append(res)
+                if args.results:
+                    _append(args.results, res, args.budget)
+                print(
+                    f"  {i}/{len(tasks)} {res[0]} / {res[1]} / seed {res[2]}: {res[4]:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     wall = time.perf_counter() - started
+    results = [r for r in results if r[1] in landscapes]
     curves: dict[tuple[str, str], list[list[float]]] = {}
     times: dict[tuple[str, str], list[float]] = {}
     for label, land, _seed, curve, elapsed in results:
@@ -131,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         f"wall {wall:.0f} s on {args.jobs} processes ({sys.platform}, {os.cpu_count()} cpus)"
     )
     for land in landscapes:
+        if (BASELINE.label, land) not in curves:
+            print(f"\n## landscape {land}: no baseline runs yet")
+            continue
         base = median_curve(curves[(BASELINE.label, land)], args.budget)
         base_final = base[-1]
         print(f"\n## landscape {land} (optimum 1.0)\n")
@@ -138,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
         for cand in everyone:
-            runs = curves[(cand.label, land)]
+            runs = curves.get((cand.label, land))
+            if not runs:
+                continue
             med = median_curve(runs, args.budget)
             bests = [
                 f"{statistics.median(r[min(c, len(r)) - 1] for r in runs):.3f}" for c in checkpoints
@@ -153,6 +173,30 @@ def main(argv: list[str] | None = None) -> int:
                 f"{to_base_s} | {secs:.1f} |"
             )
     return 0
+
+
+def _append(path: Path, res: tuple[str, str, int, list[float], float], budget: int) -> None:
+    label, land, seed, curve, elapsed = res
+    row = {"label": label, "landscape": land, "seed": seed, "budget": budget}
+    row |= {"elapsed_s": elapsed, "curve": curve}
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _load(path: Path, budget: int) -> list[tuple[str, str, int, list[float], float]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue  # a torn last line from a killed run
+        if r["budget"] == budget:
+            out.append((r["label"], r["landscape"], r["seed"], r["curve"], r["elapsed_s"]))
+    return out
 
 
 if __name__ == "__main__":
