@@ -11,13 +11,15 @@
   scores have not varied yet uses std 1.
 
 The result is one score per image, which the tally then combines (`autombw_cli.scoring.tally`).
-`EnsembleScorer.score_members` also returns every member's raw scores for the journal.
+`EnsembleScorer.score_members` also returns every member's raw scores for the journal, and
+`EnsembleScorer.restore_stats` replays them on ``--resume``, so a resumed run freezes the same
+z-score statistics as an uninterrupted one and keeps scoring on the same scale.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -114,6 +116,20 @@ class EnsembleScorer:
 
     def score(self, images: Sequence[Image], prompts: Sequence[str]) -> list[float]:
         return self.score_members(images, prompts)[0]
+
+    def restore_stats(self, history: Iterable[Mapping[str, Sequence[float]]]) -> int:
+        """Replay journaled raw scores (per evaluation, member label → one score per image, in
+        the order they were scored) into the z-score statistics, as scoring them did; returns
+        the number of evaluations replayed. Call it on a fresh ensemble, before scoring.
+        Labels the ensemble does not have are ignored."""
+        zscored = [m for m in self.members if m.stats is not None]
+        n = 0
+        for entry in history:
+            for m in zscored:
+                assert m.stats is not None
+                m.stats.update([float(v) for v in entry.get(m.label, ())])
+            n += 1
+        return n
 
     def close(self) -> None:
         for m in self.members:

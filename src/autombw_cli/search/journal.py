@@ -5,7 +5,8 @@ UTC), worker, merge_id, score``, then one column per block slot by name in recip
 (``IN00 .. TIME_EMBED``, SDXL adds ``LABEL_EMB``) and ``BASE`` (the text-encoder weight, empty when
 not set), then ``payload:<name>`` per payload score and ``time:<name>`` per duration (these follow
 the first row written). ``raw_scores.jsonl`` holds, per evaluation, its number, per-image raw
-scores, payload scores and timings (the complete record; the CSV is for people and spreadsheets).
+scores, payload scores, timings, the finish time at full precision and, for an ensemble, each
+member's raw scores (the complete record; the CSV is for people and spreadsheets).
 
 Both files are append-only: each record is one line written with a single ``write``, flushed and
 ``os.fsync``-ed, so a SIGKILL at any moment loses at most the row being written. On read an
@@ -97,7 +98,10 @@ class Journal:
             "raw_scores": list(evaluation.raw_scores),
             "payload_scores": dict(evaluation.payload_scores),
             "timings": dict(evaluation.timings),
+            "timestamp": evaluation.timestamp,
         }
+        if evaluation.member_scores:
+            raw["member_scores"] = {k: list(v) for k, v in evaluation.member_scores.items()}
         try:
             _append_line(self.raw_path, json.dumps(raw, allow_nan=False) + "\n")
             _append_line(self.history_path, _csv_line(self._row(evaluation)))
@@ -175,9 +179,21 @@ class Journal:
             worker=row.get("worker", ""),
             merge_id=row.get("merge_id", ""),
             timings=timings,
-            timestamp=datetime.fromisoformat(row["timestamp"]).timestamp(),
+            timestamp=raw.get("timestamp") or datetime.fromisoformat(row["timestamp"]).timestamp(),
             state=TrialState(row.get("state") or TrialState.COMPLETE),
+            member_scores=raw.get("member_scores") or {},
         )
+
+    def member_scores_in_order(self) -> list[dict[str, tuple[float, ...]]]:
+        """Each recorded evaluation's ensemble member scores, in the order they were scored
+        (by finish time; the journal's order breaks ties). Evaluations without them are
+        skipped. ``--resume`` feeds these to the ensemble to rebuild its z-score statistics."""
+        evaluations = sorted(self.read(), key=lambda e: e.timestamp)  # stable
+        return [
+            {k: tuple(v) for k, v in e.member_scores.items()}
+            for e in evaluations
+            if e.member_scores
+        ]
 
 
 # --- warm start -----------------------------------------------------------------------------

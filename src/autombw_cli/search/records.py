@@ -112,6 +112,7 @@ def append(journal: Any, record: Record, outcome: Outcome | None = None) -> None
             "total_s": round(record.duration_s, 4),
         },
         timestamp=record.timestamp or time.time(),
+        member_scores=dict(outcome.member_scores) if outcome is not None else {},
     )
     journal.append(evaluation)
 

@@ -201,6 +201,8 @@ class Run:
                 )
             )
             checked, scorer = await inst_mod.preflight_and_scorer(cfg, endpoints, self.prompts)
+            if self.resumed:
+                self._restore_scorer_stats(scorer)
             for r in checked.instances:
                 emit(
                     Notice(
@@ -326,6 +328,14 @@ class Run:
             initial=starts,
             warm_start=warm,
         )
+
+    def _restore_scorer_stats(self, scorer: Any) -> None:
+        """An ensemble's z-score statistics, rebuilt from the journal's member scores: a
+        resumed run freezes the same mean/std as an uninterrupted one and scores on its scale."""
+        restore = getattr(scorer, "restore_stats", None)
+        if callable(restore):
+            n = restore(self.journal.member_scores_in_order())
+            log.info("scorer statistics rebuilt from %d journaled evaluations", n)
 
     def _tally(self, outcome: Outcome) -> tuple[float, dict[str, float]]:
         return tally_outcome(outcome, self.config.scorer.tally, self.config.scorer.sigmoid)

@@ -486,7 +486,9 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         try:
-            scores = await loop.run_in_executor(self._score_pool, self._score_all, images, prompts)
+            scores, members = await loop.run_in_executor(
+                self._score_pool, self._score_all, images, prompts
+            )
         except AutombwError:
             raise
         except Exception as exc:
@@ -496,6 +498,7 @@ class Scheduler:
         for r in batch:
             n = len(r.images)
             raw = tuple(float(s) for s in scores[pos : pos + n])
+            member_raw = {k: tuple(v[pos : pos + n]) for k, v in members.items()}
             pos += n
             self._guard.check(r)
             outcome = Outcome(
@@ -511,6 +514,7 @@ class Scheduler:
                 started_at=r.started_at,
                 finished_at=time.time(),
                 attempts=r.job.attempts,
+                member_scores=member_raw,
             )
             assert self._source is not None
             await self._call_source(self._source.complete, outcome)
@@ -521,18 +525,29 @@ class Scheduler:
             await self._finish_job()
         self.emit(ScorerQueue(depth=self._scoring_depth))
 
-    def _score_all(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
+    def _score_all(
+        self, images: list[Image.Image], prompts: list[str]
+    ) -> tuple[list[float], dict[str, list[float]]]:
+        """Scores per image, and an ensemble's raw scores per member (empty otherwise)."""
         size = max(1, self.settings.scorer_batch_size)
+        by_member = getattr(self.scorer, "score_members", None)
         out: list[float] = []
+        members: dict[str, list[float]] = {}
         for start in range(0, len(images), size):
-            chunk = self.scorer.score(images[start : start + size], prompts[start : start + size])
-            if len(chunk) != len(images[start : start + size]):
+            batch, texts = images[start : start + size], prompts[start : start + size]
+            if callable(by_member):
+                chunk, raw = by_member(batch, texts)
+                for label, values in raw.items():
+                    members.setdefault(label, []).extend(float(v) for v in values)
+            else:
+                chunk = self.scorer.score(batch, texts)
+            if len(chunk) != len(batch):
                 raise ScorerError(
                     f"the scorer {self.scorer.name!r} returned {len(chunk)} scores for "
-                    f"{len(images[start : start + size])} images"
+                    f"{len(batch)} images"
                 )
             out.extend(chunk)
-        return out
+        return out, members
 
     # --- state -------------------------------------------------------------------------
     def _set_state(self, inst: Instance, state: WorkerState, detail: str = "") -> None:

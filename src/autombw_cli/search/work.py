@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -91,6 +91,8 @@ class Outcome:
     started_at: float
     finished_at: float
     attempts: int
+    # an ensemble's raw scores per member label (one per image), for the journal
+    member_scores: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 class CandidateSource(Protocol):
