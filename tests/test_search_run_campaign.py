@@ -111,9 +111,9 @@ def test_abandoned_evaluations_do_not_use_the_budget_and_are_not_recorded() -> N
     assert first is not None
     c.abandon(first, "instance gone")
     rest = _drain(c)
-    assert len(rest) == 3 and first.number not in [x.number for x in rest]
-    assert [n for n, _ in recorded] == [x.number for x in rest]
-    assert first.number not in [n for n, _ in recorded]
+    assert len(rest) == 3 and first.weights not in [x.weights for x in rest]
+    # the abandoned number goes to the next candidate: the history reads 1..3, no gap
+    assert [n for n, _ in recorded] == [x.number for x in rest] == [1, 2, 3]
 
 
 def test_early_stopping_ends_a_pass() -> None:
@@ -161,8 +161,114 @@ def test_a_failure_after_the_budget_was_handed_out_frees_its_place() -> None:
     assert c.next_candidate() is None  # all 3 handed out
     c.abandon(cands[0], "lost merge, out of retries")  # type: ignore[arg-type]
     replacement = c.next_candidate()
-    assert replacement is not None and replacement.number == 4
+    assert replacement is not None and replacement.number == 1  # the freed number
+    assert replacement.weights != cands[0].weights  # type: ignore[union-attr]
     for x in (cands[1], cands[2], replacement):
         c.complete(_outcome(x))  # type: ignore[arg-type]
     assert c.next_candidate() is None
-    assert sorted(n for n, _ in recorded) == [2, 3, 4]
+    assert sorted(n for n, _ in recorded) == [1, 2, 3]
+
+
+def test_resume_fills_the_gap_a_kill_left_first() -> None:
+    """#3 was in flight at a kill: the resumed run hands out 3 before 6."""
+    plans = [PassPlan(1, "random", {}, None)]
+    first, _ = _campaign(plans, None, [])
+    done = [first.next_candidate() for _ in range(5)]
+    history = [Scored(x.number, 1, x.weights, _score(x)) for x in done if x and x.number != 3]
+    resumed, recorded = _campaign(plans, 6, [], history=history)
+    rest = _drain(resumed)
+    assert [x.number for x in rest] == [3, 6]
+    assert sorted([h.number for h in history] + [n for n, _ in recorded]) == list(range(1, 7))
+
+
+def test_the_stop_reason_says_early_stopping_when_the_last_pass_stopped_early() -> None:
+    plans = [PassPlan(1, "random", {}, 50, _Early(3))]
+    c, recorded = _campaign(plans, 60, [], score=lambda cand: 1.0)
+    _drain(c)
+    assert len(recorded) == 4
+    assert c.stop_reason is StopReason.EARLY_STOPPED
+    assert [str(e) for e in c.pass_ends] == ["pass 1: no improvement in 3 evaluations"]
+    budget, _ = _campaign([PassPlan(1, "random", {}, 5)], None, [])
+    _drain(budget)
+    assert budget.stop_reason is StopReason.BUDGET
+
+
+# --- lockstep: a resumed one-instance run proposes exactly what an uninterrupted one does ---
+def _lockstep(plans, lag: int, history=(), seed: int = 1) -> tuple[Campaign, list]:
+    space = _space()
+    recorded: list[Scored] = []
+
+    def tally(o: Outcome):
+        s = _score(o.candidate)
+        return s, {"p": s}
+
+    c = Campaign(
+        passes=plans,
+        total_budget=None,
+        tally=tally,
+        make_optimizer=lambda plan: create_optimizer(
+            plan.optimizer, plan.settings, space, seed + plan.index
+        ),
+        record=lambda o, s, pp: recorded.append(
+            Scored(o.candidate.number, o.candidate.pass_index, o.candidate.weights, s)
+        ),
+        emit=lambda e: None,
+        history=list(history),
+        lockstep=lag,
+    )
+    return c, recorded
+
+
+def _run_one_instance(c: Campaign, lag: int, order_seed: int, stop_after: int | None = None):
+    """One instance with prefetch: up to ``lag`` candidates asked ahead; whether the next ask
+    or the next result comes first varies (seeded), as timing does in a real run."""
+    import random
+
+    rng = random.Random(order_seed)
+    in_flight: list[Candidate] = []
+    completed = 0
+    while stop_after is None or completed < stop_after:
+        ask_first = len(in_flight) <= lag and (not in_flight or rng.random() < 0.5)
+        cand = c.next_candidate() if ask_first else None
+        if cand is not None:
+            in_flight.append(cand)
+            continue
+        if not in_flight:
+            if c.next_candidate() is None:
+                break
+            continue
+        c.complete(_outcome(in_flight.pop(0)))
+        completed += 1
+
+
+LOCKSTEP = [
+    ("tpe", {}),
+    ("random", {}),
+    ("cmaes", {"popsize": 4}),
+    ("HillClimbing", {}),
+    ("ParticleSwarm", {"population": 4, "initialize": {"random": 4}}),
+]
+
+
+@pytest.mark.parametrize(("name", "settings"), LOCKSTEP)
+@pytest.mark.parametrize("lag", [0, 1])
+def test_lockstep_resume_repeats_the_uninterrupted_run(name, settings, lag) -> None:
+    plans = [PassPlan(1, "random", {}, 6), PassPlan(2, name, settings, 16, _Early(40))]
+    full, full_rec = _lockstep(plans, lag)
+    _run_one_instance(full, lag, order_seed=0)
+    expected = [(s.number, s.weights, s.score) for s in full_rec]
+    assert [n for n, _, _ in expected] == list(range(1, 23))
+    # the same run with another timing: the same candidates
+    other, other_rec = _lockstep(plans, lag)
+    _run_one_instance(other, lag, order_seed=99)
+    assert [(s.number, s.weights) for s in other_rec] == [(n, w) for n, w, _ in expected]
+    for k in (4, 6, 7, 13):  # killed after k results (in pass 1, at its end, in pass 2)
+        head, _ = _lockstep(plans, lag)
+        got: list[Scored] = []
+        _run_one_instance(head, lag, order_seed=k, stop_after=k)
+        got = list(head.history)
+        resumed, rest = _lockstep(plans, lag, history=got)
+        _run_one_instance(resumed, lag, order_seed=k + 1)
+        combined = sorted([*got, *rest], key=lambda s: s.number)
+        assert [(s.number, s.weights, s.score) for s in combined] == expected, f"killed at {k}"
+        assert resumed.exact_resume in (None, True)

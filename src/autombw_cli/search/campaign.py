@@ -1,16 +1,34 @@
-"""The campaign: a run's passes, optimizers, budget, journal and best-so-far, as the
-scheduler's ``CandidateSource``.
+"""The campaign: a run's passes, optimizers, budget, numbering and best-so-far, as the
+scheduler's ``CandidateSource`` (and, through ``search/passes.py``, the benchmarks' loop).
 
-Every method runs in the scheduler's single optimizer thread, one at a time, so nothing here
-needs a lock. The campaign hands out candidates pass by pass: a pass ends when its budget is
-handed out, its early stopping fires, the total budget or the wall-time limit is reached, or its
-optimizer has nothing new; once everything it handed out has come back, the next pass starts,
-warm-started with every evaluation so far (``enqueue`` + ``ask`` + ``tell``, STYLE.md §2).
-The same weights are never evaluated twice: a repeat is answered from the journal.
+Every method runs in one thread, one at a time, so nothing here needs a lock. The campaign hands
+out candidates pass by pass: a pass ends when its budget is handed out, its early stopping fires,
+the total budget or the wall-time limit is reached, or its optimizer has nothing new; once
+everything it handed out has come back, the next pass starts, warm-started with every evaluation
+so far (``enqueue`` + ``ask`` + ``tell``, STYLE.md §2). The same weights are never evaluated
+twice.
+
+Numbers: evaluations are numbered 1..N with no gaps. A candidate takes the smallest number not
+recorded and not in flight, so the number of an abandoned candidate (out of retries) or of one
+lost in flight at a kill (``--resume``) goes to the next candidate.
+
+Lockstep (``lockstep=L``, one instance): the optimizer is told results in number order, and
+candidate ``n`` is asked once evaluations ``1..n-L-1`` are told and ``n-L..n-1`` are pending
+(``next_candidate`` answers None, "wait", until they are complete). Early stopping counts in the
+same order. So candidate ``n`` is a pure function of (seed, pass, the evaluations before it),
+whatever the timing; ``L=1`` lets the scheduler ask for the next candidate while the current
+one renders. A resumed lockstep run re-drives its current pass: it asks the new optimizer again,
+in the same order, checks each proposal against the journal and tells the journaled score, which
+leaves the optimizer exactly as the uninterrupted run had it (any backend: TPE, CMA-ES's
+generations, GFO's populations). If a proposal differs from the journal (several instances,
+failures, another version), the optimizer is rebuilt by replaying the journal instead: nothing
+is lost or repeated, but later candidates may differ from an uninterrupted run's. Without
+lockstep (several instances) results are told as they arrive.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +48,14 @@ from autombw_cli.search.scheduler import Candidate, Outcome
 log = logging.getLogger(__name__)
 
 MAX_DUPLICATE_ASKS = 200  # asks in a row that only repeat known weights: the space is spent
+
+# why a pass ended (PassEnd.reason)
+PASS_BUDGET = "pass budget"
+TOTAL_BUDGET = "evaluation budget"
+WALL_TIME = "wall-time limit"
+EXHAUSTED = "search space exhausted"
+EARLY_STOP = "no improvement"  # followed by " in N evaluations"
+STOPPED = "stopped"
 
 
 @dataclass(frozen=True)
@@ -51,6 +77,18 @@ class Scored:
     score: float
 
 
+@dataclass(frozen=True)
+class PassEnd:
+    """Why a pass handed out nothing more (``reason`` is one of the names above)."""
+
+    index: int
+    optimizer: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"pass {self.index}: {self.reason}"
+
+
 @dataclass
 class _PassState:
     plan: PassPlan
@@ -59,10 +97,18 @@ class _PassState:
     budget: int | None
     issued: int = 0
     completed: int = 0
-    outstanding: int = 0
+    in_flight: set[int] = field(default_factory=set)  # numbers handed out, not back yet
+    untold: dict[int, tuple[Any, float]] = field(default_factory=dict)  # lockstep: number -> …
     closed: bool = False  # hands out nothing more
-    close_reason: StopReason | None = None
-    early_stopped: bool = False
+    close_reason: str | None = None
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.in_flight)
+
+
+class _Diverged(Exception):
+    """A re-driven proposal differs from the journal."""
 
 
 @dataclass
@@ -80,20 +126,29 @@ class Campaign:
     history: list[Scored] = field(default_factory=list)
     initial: Sequence[Weights] = ()  # points evaluated first (initial weights)
     warm_start: Sequence[tuple[Weights, float]] = ()  # known scores told to every optimizer
+    lockstep: int | None = None  # L: see the module docstring (None: tell as results arrive)
     stop_reason: StopReason | None = None
+    pass_ends: list[PassEnd] = field(default_factory=list)
+    exact_resume: bool | None = None  # after a lockstep resume: was the re-drive exact?
     _pass_pos: int = 0
     _state: _PassState | None = None
-    _seen: dict[tuple[float, ...], float | None] = field(default_factory=dict)
+    _seen: set[tuple[float, ...]] = field(default_factory=set)  # recorded or in flight
+    _free: list[int] = field(default_factory=list)  # heap of unused numbers below _next_number
     _next_number: int = 1
     _started: float | None = None
     _best: Scored | None = None
 
     def __post_init__(self) -> None:
+        if self.lockstep is not None and self.lockstep < 0:
+            raise ValueError("lockstep must be >= 0")
         for s in self.history:
-            self._seen[s.weights.key()] = s.score
+            self._seen.add(s.weights.key())
             if self._best is None or s.score > self._best.score:
                 self._best = s
-        self._next_number = max((s.number for s in self.history), default=0) + 1
+        used = {s.number for s in self.history}
+        self._next_number = max(used, default=0) + 1
+        self._free = [n for n in range(1, self._next_number) if n not in used]
+        heapq.heapify(self._free)
 
     # --- reading -------------------------------------------------------------------------
     @property
@@ -124,9 +179,16 @@ class Campaign:
             if reason is not None:
                 self._close(st, reason)
                 continue
+            if self.lockstep is not None:
+                limit = self._peek_number() - self.lockstep
+                if any(n < limit for n in st.in_flight):
+                    return None  # lockstep: wait until the evaluations before are back
+                self._flush(st, limit)
+                if st.closed:
+                    continue  # early stopping fired
             cand = self._ask(st)
             if cand is None:
-                self._close(st, StopReason.EXHAUSTED)
+                self._close(st, EXHAUSTED)
                 continue
             return cand
 
@@ -137,17 +199,17 @@ class Campaign:
         self.record(outcome, score, per_payload)
         scored = Scored(cand.number, cand.pass_index, cand.weights, score)
         self.history.append(scored)
-        self._seen[cand.weights.key()] = score
+        self._seen.add(cand.weights.key())
         is_best = self._best is None or score > self._best.score
         if is_best:
             self._best = scored
-        if st is not None and st.plan.index == cand.pass_index:
-            st.outstanding -= 1
+        if st is not None and st.plan.index == cand.pass_index and cand.number in st.in_flight:
+            st.in_flight.discard(cand.number)
             st.completed += 1
-            core.tell(st.optimizer, cand.trial, score)
-            if st.stopper is not None and core.stopper_update(st.stopper, score):
-                st.early_stopped = True
-                self._close(st, StopReason.BUDGET, why="early stopping")
+            if self.lockstep is None:
+                self._tell(st, cand.trial, score)
+            else:
+                st.untold[cand.number] = (cand.trial, score)
         assert self._best is not None
         self.emit(
             EvaluationDone(
@@ -167,16 +229,35 @@ class Campaign:
         )
 
     def abandon(self, candidate: Candidate, reason: str) -> None:
-        log.warning("evaluation #%d abandoned: %s", candidate.number, reason)
-        self._seen.pop(candidate.weights.key(), None)
+        log.warning(
+            "evaluation #%d abandoned: %s (its number goes to the next candidate)",
+            candidate.number,
+            reason,
+        )
+        self._seen.discard(candidate.weights.key())
+        heapq.heappush(self._free, candidate.number)
         st = self._state
         if st is not None and st.plan.index == candidate.pass_index:
-            st.outstanding -= 1
+            st.in_flight.discard(candidate.number)
             st.issued -= 1  # a failed evaluation does not use the budget
             core.tell_failed(st.optimizer, candidate.trial)
-            if st.closed and st.close_reason is StopReason.BUDGET and not st.early_stopped:
+            if st.closed and st.close_reason in (PASS_BUDGET, TOTAL_BUDGET):
                 st.closed = False  # the budget it held is free again
                 st.close_reason = None
+                if self.pass_ends and self.pass_ends[-1].index == st.plan.index:
+                    self.pass_ends.pop()
+                if self.stop_reason is StopReason.BUDGET:
+                    self.stop_reason = None
+
+    # --- numbers -------------------------------------------------------------------------
+    def _peek_number(self) -> int:
+        return self._free[0] if self._free else self._next_number
+
+    def _take_number(self) -> int:
+        if self._free:
+            return heapq.heappop(self._free)
+        self._next_number += 1
+        return self._next_number - 1
 
     # --- passes ----------------------------------------------------------------------------
     def _open_next_pass(self) -> bool:
@@ -185,54 +266,119 @@ class Campaign:
         while self._pass_pos < len(self.passes):
             plan = self.passes[self._pass_pos]
             self._pass_pos += 1
-            done_here = [s for s in self.history if s.pass_index == plan.index]
-            later = [s for s in self.history if s.pass_index > plan.index]
-            if later:
+            own = sorted(
+                (s for s in self.history if s.pass_index == plan.index), key=lambda s: s.number
+            )
+            if any(s.pass_index > plan.index for s in self.history):
                 continue  # a resumed run already went past this pass
-            budget = self._pass_budget(plan)
-            if budget is not None and len(done_here) >= budget:
+            budget = plan.max_evaluations
+            if budget is not None and len(own) >= budget:
                 continue
             if self._total_left() == 0:
                 break
-            st = _PassState(
-                plan=plan,
-                optimizer=self.make_optimizer(plan),
-                stopper=core.make_stopper(plan.early_stopping),
-                budget=budget,
-                issued=len(done_here),
-                completed=len(done_here),
-            )
-            self._warm_start(st, done_here)
+            st = self._new_pass(plan, budget)
+            if own and self.lockstep is not None:
+                st = self._resume_exactly(st, own)
+            elif own:
+                self._replay_everything(st, own)
+            else:
+                self._warm_start(st)
             self._state = st
-            if st.stopper is not None and core.stopper_should_stop(st.stopper):
-                self._close(st, StopReason.BUDGET, why="early stopping (resumed)")
+            if st.stopper is not None and core.stopper_should_stop(st.stopper) and not st.closed:
+                self._close(st, self._early_reason(st))
+            if st.closed:
                 continue
             self.emit(PassStarted(index=plan.index, optimizer=plan.optimizer, budget=budget))
             log.info("pass %d: %s, budget %s", plan.index, plan.optimizer, budget)
             return True
         if self.stop_reason is None:
-            self.stop_reason = StopReason.BUDGET
+            self.stop_reason = self._final_reason()
         return False
 
-    def _pass_budget(self, plan: PassPlan) -> int | None:
-        return plan.max_evaluations
+    def _final_reason(self) -> StopReason:
+        """Why the run ends once no pass is left: the last pass's reason, told truthfully."""
+        last = self.pass_ends[-1].reason if self.pass_ends else PASS_BUDGET
+        if last.startswith(EARLY_STOP):
+            return StopReason.EARLY_STOPPED
+        if last == EXHAUSTED:
+            return StopReason.EXHAUSTED
+        return StopReason.BUDGET
 
-    def _warm_start(self, st: _PassState, own: list[Scored]) -> None:
-        """Tell the new optimizer everything known: warm-start data, earlier passes, and this
-        pass's own evaluations (resume, with early stopping replayed)."""
+    def _new_pass(self, plan: PassPlan, budget: int | None) -> _PassState:
+        return _PassState(
+            plan=plan,
+            optimizer=self.make_optimizer(plan),
+            stopper=core.make_stopper(plan.early_stopping),
+            budget=budget,
+        )
+
+    def _warm_start(self, st: _PassState) -> None:
+        """What every pass does when it opens: tell its optimizer the warm-start data and every
+        evaluation of earlier passes (in number order), then enqueue the initial points not yet
+        evaluated (first pass only)."""
         known: list[tuple[Weights, float]] = list(self.warm_start)
-        known += [(s.weights, s.score) for s in self.history]
-        replay = core.replay(st.optimizer, known)
-        if replay:
-            log.info("pass %d: warm-started with %d evaluations", st.plan.index, replay)
-        if st.stopper is not None:
-            for s in sorted(own, key=lambda s: s.number):
-                core.stopper_update(st.stopper, s.score)
-        first_pass = st.plan.index == self.passes[0].index
-        if first_pass and not own:
+        earlier = sorted(
+            (s for s in self.history if s.pass_index != st.plan.index), key=lambda s: s.number
+        )
+        known += [(s.weights, s.score) for s in earlier]
+        replayed = core.replay(st.optimizer, known)
+        if replayed:
+            log.info("pass %d: warm-started with %d evaluations", st.plan.index, replayed)
+        if st.plan.index == self.passes[0].index:
             for w in self.initial:
                 if w.key() not in self._seen:
                     core.enqueue(st.optimizer, w)
+
+    def _replay_everything(self, st: _PassState, own: list[Scored]) -> None:
+        """Resume without lockstep: tell the new optimizer everything known, including this
+        pass's own evaluations, and replay its early stopping."""
+        self._warm_start(st)
+        replayed = core.replay(st.optimizer, [(s.weights, s.score) for s in own])
+        log.info("pass %d: resumed, %d own evaluations replayed", st.plan.index, replayed)
+        if st.stopper is not None:
+            for s in own:
+                core.stopper_update(st.stopper, s.score)
+        st.issued = st.completed = len(own)
+
+    def _resume_exactly(self, st: _PassState, own: list[Scored]) -> _PassState:
+        """Lockstep resume: re-drive this pass's own evaluations (module docstring); fall back
+        to ``_replay_everything`` with a fresh optimizer if a proposal differs."""
+        own_keys = {s.weights.key() for s in own}
+        self._seen -= own_keys
+        try:
+            self._warm_start(st)  # own keys are out of _seen, as when it opened
+            for s in own:
+                self._redrive_one(st, s)
+        except _Diverged as exc:
+            self._seen |= own_keys
+            log.warning(
+                "pass %d: resuming by replaying the journal (%s); the evaluations so far are all "
+                "kept, later candidates may differ from an uninterrupted run's",
+                st.plan.index,
+                exc,
+            )
+            self.exact_resume = False
+            st = self._new_pass(st.plan, st.budget)
+            self._replay_everything(st, own)
+            return st
+        log.info("pass %d: re-drove its %d evaluations exactly", st.plan.index, len(own))
+        self.exact_resume = True
+        return st
+
+    def _redrive_one(self, st: _PassState, s: Scored) -> None:
+        assert self.lockstep is not None
+        self._flush(st, s.number - self.lockstep)
+        if st.closed:
+            raise _Diverged(f"early stopping ended the pass before #{s.number}")
+        if st.budget is not None and st.issued >= st.budget:
+            raise _Diverged(f"the pass budget was spent before #{s.number}")
+        trial, weights = self._propose(st)
+        if trial is None or weights.key() != s.weights.key():
+            raise _Diverged(f"#{s.number} was not proposed again")
+        self._seen.add(s.weights.key())
+        st.issued += 1
+        st.completed += 1
+        st.untold[s.number] = (trial, s.score)
 
     def _total_left(self) -> int | None:
         if self.total_budget is None:
@@ -240,52 +386,69 @@ class Campaign:
         outstanding = 0 if self._state is None else self._state.outstanding
         return max(0, self.total_budget - self.done - outstanding)
 
-    def _limit_reached(self, st: _PassState) -> StopReason | None:
+    def _limit_reached(self, st: _PassState) -> str | None:
         started = self._started
         timed_out = started is not None and self.max_time_s is not None
         if timed_out and self.clock() - started >= self.max_time_s:  # type: ignore[operator]
             self.stop_reason = StopReason.TIME
-            return StopReason.TIME
-        if st.budget is not None and st.issued >= st.budget:
-            return StopReason.BUDGET
+            return WALL_TIME
         left = self._total_left()
         if left is not None and left <= 0:
             self.stop_reason = StopReason.BUDGET
             self._pass_pos = len(self.passes)
-            return StopReason.BUDGET
+            return TOTAL_BUDGET
+        if st.budget is not None and st.issued >= st.budget:
+            return PASS_BUDGET
         return None
 
-    def _close(self, st: _PassState, reason: StopReason, *, why: str = "") -> None:
+    def _early_reason(self, st: _PassState) -> str:
+        return f"{EARLY_STOP} in {st.stopper.patience} evaluations"
+
+    def _close(self, st: _PassState, reason: str) -> None:
         if not st.closed:
             st.closed = True
             st.close_reason = reason
-            log.info("pass %d ends: %s", st.plan.index, why or reason.value)
-            if reason is StopReason.TIME:
+            self.pass_ends.append(PassEnd(st.plan.index, st.plan.optimizer, reason))
+            log.info("pass %d ends: %s", st.plan.index, reason)
+            if reason == WALL_TIME:
                 self._pass_pos = len(self.passes)
 
-    def _ask(self, st: _PassState) -> Candidate | None:
+    # --- the optimizer -------------------------------------------------------------------
+    def _tell(self, st: _PassState, trial: Any, score: float) -> None:
+        """Tell a result and count it for early stopping (which may close the pass)."""
+        core.tell(st.optimizer, trial, score)
+        if st.stopper is not None and core.stopper_update(st.stopper, score) and not st.closed:
+            self._close(st, self._early_reason(st))
+
+    def _flush(self, st: _PassState, limit: int) -> None:
+        """Lockstep: tell the results numbered below ``limit``, in number order."""
+        for n in sorted(k for k in st.untold if k < limit):
+            trial, score = st.untold.pop(n)
+            self._tell(st, trial, score)
+
+    def _propose(self, st: _PassState) -> tuple[Any, Weights] | tuple[None, None]:
+        """The optimizer's next proposal that is not recorded or in flight."""
         for _ in range(MAX_DUPLICATE_ASKS):
             trial, weights = core.ask(st.optimizer)
-            if trial is None:
-                return None
-            key = weights.key()
-            if key in self._seen:
-                known = self._seen[key]
-                if known is None:
-                    core.tell_failed(st.optimizer, trial)  # in flight elsewhere right now
-                else:
-                    core.tell(st.optimizer, trial, known)
-                continue
-            self._seen[key] = None
-            number = self._next_number
-            self._next_number += 1
-            st.issued += 1
-            st.outstanding += 1
-            return Candidate(number=number, weights=weights, pass_index=st.plan.index, trial=trial)
+            if trial is None or weights is None:
+                return None, None
+            if weights.key() not in self._seen:
+                return trial, weights
+            core.tell_failed(st.optimizer, trial)  # known here, not to this optimizer
         log.warning(
             "pass %d: the optimizer proposed only already-evaluated weights %d times in a row; "
             "ending the pass",
             st.plan.index,
             MAX_DUPLICATE_ASKS,
         )
-        return None
+        return None, None
+
+    def _ask(self, st: _PassState) -> Candidate | None:
+        trial, weights = self._propose(st)
+        if trial is None or weights is None:
+            return None
+        self._seen.add(weights.key())
+        number = self._take_number()
+        st.issued += 1
+        st.in_flight.add(number)
+        return Candidate(number=number, weights=weights, pass_index=st.plan.index, trial=trial)

@@ -35,7 +35,8 @@ class WorkerState(StrEnum):
 class StopReason(StrEnum):
     """Why a run ended."""
 
-    BUDGET = "budget"  # every pass used its evaluations (or early-stopped)
+    BUDGET = "budget"  # every pass used its evaluations (or the total budget was reached)
+    EARLY_STOPPED = "early_stopped"  # the last pass stopped early: no improvement for a while
     TIME = "time"  # max wall time reached
     EXHAUSTED = "exhausted"  # the optimizer has nothing new to propose
     INTERRUPTED = "interrupted"  # Ctrl-C (first press): in-flight work finished, outputs written

@@ -216,8 +216,11 @@ class Run:
                 Instance(label=e.label, client=e.client, webui_version=versions.get(e.label))
                 for e in endpoints
             ]
-            campaign = self._campaign(emit)
             settings = self.scheduler_settings
+            # one instance: results are told in number order, so a resumed run proposes
+            # exactly what an uninterrupted one does (campaign.py, "lockstep")
+            lockstep = (1 if settings.prefetch else 0) if len(instances) == 1 else None
+            campaign = self._campaign(emit, lockstep=lockstep)
             self._scheduler = Scheduler(
                 instances,
                 scorer,
@@ -274,7 +277,7 @@ class Run:
         )
         return result
 
-    def _campaign(self, emit: EventSink) -> Campaign:
+    def _campaign(self, emit: EventSink, *, lockstep: int | None = None) -> Campaign:
         from autombw_cli.search.space import SearchSpace
 
         cfg = self.config
@@ -327,6 +330,7 @@ class Run:
             history=history,
             initial=starts,
             warm_start=warm,
+            lockstep=lockstep,
         )
 
     def _restore_scorer_stats(self, scorer: Any) -> None:
