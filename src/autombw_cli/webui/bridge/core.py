@@ -369,18 +369,8 @@ class BridgeCore:
                 w = self._weights
             else:
                 w = _parse_weights(pair.arch, weights, text_encoder_weight, extrapolation)
-            if dtype not in DTYPE_NAMES:
-                raise BridgeError(
-                    f"dtype must be one of {', '.join(sorted(DTYPE_NAMES))}, not {dtype!r}",
-                    status=422,
-                    kind="ValidationError",
-                )
-            if fmt not in SUFFIXES:
-                raise BridgeError(
-                    f"format must be one of {', '.join(SUFFIXES)}, not {fmt!r}",
-                    status=422,
-                    kind="ValidationError",
-                )
+            _check_choice("dtype", dtype, sorted(DTYPE_NAMES))
+            _check_choice("format", fmt, list(SUFFIXES))
             suffix = SUFFIXES[fmt]
             try:
                 target = safe_output_path(name, self.host.checkpoint_dir(), suffix=suffix)
@@ -880,6 +870,15 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
     except OSError:
         return False
+
+
+def _check_choice(name: str, value: object, options: list[str]) -> None:
+    if value not in options:
+        raise BridgeError(
+            f"{name} must be one of {', '.join(options)}, not {value!r}",
+            status=422,
+            kind="ValidationError",
+        )
 
 
 def _ref_json(ref: CheckpointRef) -> dict[str, Any]:
