@@ -244,7 +244,10 @@ class OutputsConfig(StrictModel):
     merge_via: Literal["bridge", "offline"] = Field(
         "bridge", description="bridge: the WebUI saves it; offline: autombw merges the files"
     )
-    format: Literal["safetensors", "ckpt"] = "safetensors"
+    format: Literal["safetensors", "ckpt"] = Field(
+        "safetensors",
+        description="The final checkpoint: safetensors, or ckpt (a torch pickle of a state_dict)",
+    )
     dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
 
     @field_validator("run_name")
