@@ -42,18 +42,25 @@ class OptunaOptimizer(AdapterBase):
                 self._distributions[p.name] = optuna.distributions.FloatDistribution(p.low, p.high)
 
     def _params_of(self, trial: Any) -> dict[str, float]:
+        """The trial's weights-space params (the study sampled them in ``_ask``)."""
         params: dict[str, float] = {}
         for p in self.space.params:
-            dist = self._distributions[p.name]
+            value = trial.params[p.name]
             if self.space.is_grid:
-                idx = trial.suggest_int(p.name, dist.low, dist.high)
-                params[p.name] = float(self.space.grid(p)[idx])
+                params[p.name] = float(self.space.grid(p)[int(value)])
             else:
-                params[p.name] = trial.suggest_float(p.name, dist.low, dist.high)
+                params[p.name] = float(value)
         return params
 
+    def _ask(self) -> Any:
+        # ``fixed_distributions`` samples every parameter in order, exactly as suggest_* would,
+        # but every stored trial shares our distribution objects instead of getting its own
+        # (suggest_* builds a new one per parameter per trial: ~4 KB per evaluation kept in
+        # the in-memory study; BENCHMARKS.md "Soak")
+        return self._study.ask(fixed_distributions=self._distributions)
+
     def _backend_ask(self) -> tuple[dict[str, float], Any] | None:
-        trial = self._study.ask()
+        trial = self._ask()
         return self._params_of(trial), trial
 
     def _backend_ask_fixed(self, weights: Weights) -> Any:
@@ -65,9 +72,7 @@ class OptunaOptimizer(AdapterBase):
             else:
                 fixed[p.name] = params[p.name]
         self._study.enqueue_trial(fixed, skip_if_exists=False)
-        trial = self._study.ask()
-        self._params_of(trial)
-        return trial
+        return self._ask()
 
     def _backend_tell(self, token: Any, score: float | None) -> None:
         states = self._optuna.trial.TrialState
