@@ -168,3 +168,39 @@ def test_landscapes_peak_at_their_target(name: str) -> None:
     scores = [land(space.sample(rng)) for _ in range(200)]
     assert max(scores) < 0.9 and np.mean(scores) < 0.5
     assert land(land.target.replace({"IN00": 0.0})) < 1.0  # targets lie in 0.1..0.9
+
+
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [
+        ("tpe", {}),
+        ("random", {}),
+        ("cmaes", {"popsize": 4}),
+        ("qmc", {}),
+        ("HillClimbing", {}),
+        ("Bayesian", {"n_candidates": 200}),
+    ],
+)
+def test_one_worker_resume_repeats_the_uninterrupted_search(name: str, settings: dict) -> None:
+    """Killed after k evaluations and resumed from the journal, a one-worker search proposes
+    exactly what the uninterrupted one did (same numbers, weights and scores)."""
+    space = small_space()
+    land = coupled(7)
+    passes = [PassSpec("random", {}, 5), PassSpec(name, settings, 13, EarlyStopping(30))]
+    full = run_passes(space, passes, land, seed=11)
+    expected = [(e.number, e.weights, e.score) for e in full.evaluations]
+    assert [n for n, _, _ in expected] == list(range(1, 19))
+    for k in (3, 5, 6, 11):
+        resumed = run_passes(space, passes, land, seed=11, history=full.evaluations[:k])
+        assert [(e.number, e.weights, e.score) for e in resumed.evaluations] == expected, k
+
+
+def test_failed_evaluations_give_their_number_to_the_next_candidate() -> None:
+    space = small_space()
+    calls = itertools.count()
+    result = run_passes(
+        space, [PassSpec("random", {}, 6)], lambda w: None if next(calls) in (1, 2) else 0.5
+    )
+    ok = [e.number for e in result.evaluations if e.ok]
+    failed = [e.number for e in result.evaluations if not e.ok]
+    assert ok == [1, 2, 3, 4, 5, 6] and failed == [2, 2]

@@ -1,13 +1,14 @@
-"""Running a list of passes through ONE loop (the reference loop for benchmarks and tests).
+"""Running a list of passes in-process: the synchronous driver of the benchmarks and tests.
 
-Each pass has its own optimizer, budget and early stopping, and starts warm with ALL earlier
-evaluations (the warm-start file, earlier passes and, on resume, its own): they are replayed
-into the new optimizer with enqueue + ask + tell (`replay`); there is no other warm-start path.
+The pass logic (budgets, early stopping, warm starts by replay, numbering, resume) lives once,
+in `Campaign` (``search/campaign.py``), which the live run drives from the scheduler's workers.
+`run_passes` drives the same campaign with an objective function: it asks for candidates until
+``workers`` are in flight, evaluates one of them (in a seeded random order, which is how several
+WebUI instances look to the optimizer), and hands the result back (``complete``; a failure,
+``None``, is ``abandon``-ed: it uses no budget and its number goes to the next candidate).
+With ``workers=1`` the campaign runs in lockstep (ask, evaluate, tell), so a resumed search
+(``history=`` the first k evaluations) continues exactly as the uninterrupted one did.
 Pass ``i`` gets seed ``seed + i - 1``, so a seeded search repeats exactly.
-
-The live run (``search/campaign.py``) drives the same pieces from the scheduler's workers; this
-module runs an objective function in-process, with ``workers`` trials in flight that finish in
-a seeded random order, which is how several WebUI instances look to the optimizer.
 """
 
 from __future__ import annotations
@@ -20,14 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autombw_cli.blocks import Weights
+from autombw_cli.search.campaign import Campaign, PassPlan, Scored
 from autombw_cli.search.evaluation import Evaluation
-from autombw_cli.search.optimizers import (
-    SpaceExhausted,
-    Trial,
-    TrialState,
-    create_optimizer,
-    replay,
-)
+from autombw_cli.search.optimizers import TrialState, create_optimizer
+from autombw_cli.search.scheduler import Candidate, Outcome
 from autombw_cli.search.space import SearchSpace
 from autombw_cli.search.stopping import EarlyStopping, Limits
 
@@ -73,102 +70,77 @@ def run_passes(
     workers: int = 1,
     on_evaluation: Callable[[Evaluation], None] | None = None,
 ) -> SearchResult:
-    """Run the passes; ``history`` is a resumed run's journal (its budget counts)."""
+    """Run the passes; ``history`` is a resumed run's journal (its budget counts; failed
+    evaluations in it are kept in the result but not told to the optimizers)."""
     limits = limits or Limits()
-    limits.start()
-    evaluations = list(history)
-    warm = list(warm_start)
-    initial = [space.project(w) for w in initial]
-    number = max((e.number for e in evaluations), default=0) + 1
+    past = list(history)
+    evaluations: list[Evaluation] = list(past)
+    scores: dict[int, float] = {}
+
+    def keep(ev: Evaluation) -> None:
+        evaluations.append(ev)
+        if on_evaluation is not None:
+            on_evaluation(ev)
+
+    def record(o: Outcome, score: float, _per_payload: dict[str, float]) -> None:
+        c = o.candidate
+        timings = {"total_s": o.finished_at - o.started_at}
+        keep(
+            Evaluation(c.number, c.weights, score, c.pass_index, worker=o.instance, timings=timings)
+        )
+
+    campaign = Campaign(
+        passes=[
+            PassPlan(i, p.optimizer, dict(p.settings), p.max_evaluations, p.early_stopping)
+            for i, p in enumerate(passes, start=1)
+        ],
+        total_budget=limits.max_evaluations,
+        tally=lambda o: (scores.pop(o.candidate.number), {}),
+        make_optimizer=lambda plan: create_optimizer(
+            plan.optimizer, plan.settings, space, seed + plan.index - 1
+        ),
+        record=record,
+        emit=lambda _event: None,
+        max_time_s=limits.max_wall_time_s,
+        clock=limits.clock,
+        history=[Scored(e.number, e.pass_index, e.weights, e.score) for e in past if e.ok],  # type: ignore[arg-type]
+        initial=[space.project(w) for w in initial],
+        warm_start=list(warm_start),
+        lockstep=0 if workers <= 1 else None,
+    )
     order = random.Random(seed)
-    reasons: list[str] = []
-    for index, spec in enumerate(passes, start=1):
-        if any(e.pass_index > index for e in evaluations):
-            continue  # a resumed run already went past this pass
-        own = [e for e in evaluations if e.pass_index == index]
-        opt = create_optimizer(spec.optimizer, dict(spec.settings), space, seed + index - 1)
-        replay(opt, [*warm, *((e.weights, e.score) for e in evaluations if e.ok)])  # type: ignore[misc]
-        for e in evaluations:  # failed ones are not replayed, but not proposed again either
-            if not e.ok and not opt.seen(e.weights) and space.contains(e.weights):  # type: ignore[attr-defined]
-                opt.enqueue(e.weights)
-                opt.tell(opt.ask(), None, TrialState.FAILED)
-        if index == 1 and not evaluations:
-            for w in initial:
-                opt.enqueue(w)
-        stopper = _stopper(spec.early_stopping)
-        for e in sorted(own, key=lambda e: e.number):
-            if e.ok and stopper is not None:
-                stopper.update(e.score)  # type: ignore[arg-type]
-        issued = len(own)
-        in_flight: list[Trial] = []
-        reason = ""
-        while True:
-            while not reason and len(in_flight) < max(1, workers):
-                reason = _limit(limits, spec, issued, evaluations, in_flight, stopper)
-                if reason:
-                    break
-                try:
-                    in_flight.append(opt.ask())
-                except SpaceExhausted:
-                    reason = "search space exhausted"
-                    break
-                issued += 1
-            if not in_flight:
+    in_flight: list[Candidate] = []
+    while True:
+        while len(in_flight) < max(1, workers):
+            cand = campaign.next_candidate()
+            if cand is None:
                 break
-            trial = in_flight.pop(order.randrange(len(in_flight)) if workers > 1 else 0)
-            started = time.monotonic()
-            score = objective(trial.weights)
-            state = TrialState.COMPLETE if score is not None else TrialState.FAILED
-            opt.tell(trial, score, state)
-            ev = Evaluation(
-                number=number,
-                weights=trial.weights,
-                score=score,
-                pass_index=index,
-                worker=f"worker-{number % max(1, workers)}",
-                timings={"total_s": time.monotonic() - started},
-                state=state,
-            )
-            number += 1
-            evaluations.append(ev)
-            if on_evaluation is not None:
-                on_evaluation(ev)
-            if state is TrialState.FAILED:
-                issued -= 1  # a failure does not use the budget
-            elif stopper is not None and stopper.update(score) and not reason:  # type: ignore[arg-type]
-                reason = f"no improvement in {stopper.patience} evaluations"
-        reasons.append(f"pass {index}: {reason or 'done'}")
-        log.info("pass %d (%s) ends: %s", index, spec.optimizer, reason or "done")
-        if limits.out_of_time() or _total_spent(limits, evaluations):
+            in_flight.append(cand)
+        if not in_flight:
             break
+        cand = in_flight.pop(order.randrange(len(in_flight)) if workers > 1 else 0)
+        worker = f"worker-{cand.number % max(1, workers)}"
+        started = time.monotonic()
+        score = objective(cand.weights)
+        finished = time.monotonic()
+        if score is None:
+            timings = {"total_s": finished - started}
+            keep(
+                Evaluation(
+                    cand.number,
+                    cand.weights,
+                    None,
+                    cand.pass_index,
+                    worker=worker,
+                    timings=timings,
+                    state=TrialState.FAILED,
+                )
+            )
+            campaign.abandon(cand, "the objective failed")
+            continue
+        scores[cand.number] = score
+        campaign.complete(
+            Outcome(cand, worker, "", (), (), 0.0, 0.0, 0.0, 0.0, started, finished, 1)
+        )
+    reasons = [str(end) for end in campaign.pass_ends]
     return SearchResult(evaluations, reasons)
-
-
-def _stopper(template: EarlyStopping | None) -> EarlyStopping | None:
-    if template is None or template.patience is None:
-        return None
-    return EarlyStopping(template.patience, template.min_delta_abs, template.min_delta_rel)
-
-
-def _total_spent(limits: Limits, evaluations: list[Evaluation], in_flight: int = 0) -> bool:
-    left = limits.evaluations_left(sum(e.ok for e in evaluations) + in_flight)
-    return left is not None and left <= 0
-
-
-def _limit(
-    limits: Limits,
-    spec: PassSpec,
-    issued: int,
-    evaluations: list[Evaluation],
-    in_flight: list[Trial],
-    stopper: EarlyStopping | None,
-) -> str:
-    if limits.out_of_time():
-        return "wall-time limit"
-    if _total_spent(limits, evaluations, len(in_flight)):
-        return "evaluation budget"
-    if spec.max_evaluations is not None and issued >= spec.max_evaluations:
-        return "pass budget"
-    if stopper is not None and stopper.should_stop:
-        return f"no improvement in {stopper.patience} evaluations"
-    return ""
