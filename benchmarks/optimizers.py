@@ -8,7 +8,11 @@ that never get there count as budget+1; ``>270`` means the median run did not).
 
 The baseline is auto-MBW-rt's default: gradient-free-optimizers' BayesianOptimizer on a grid
 of 20 intervals with GFO's default settings, whose acquisition candidates are GFO's own one-off
-random sub-grid (``candidates: subgrid``). One deviation, to fit the time budget: each ask scores
+random sub-grid (``candidates: subgrid``), run the way auto-MBW-rt runs it: Hyperactive with
+``memory`` on counts ``n_iter`` iterations, and a proposal that repeats a scored point is
+answered from memory (no images generated) but uses an iteration. So the baseline's x axis is
+iterations, and the table also gives how many distinct points it evaluated in its 270 (which
+is what a run of it costs in WebUI time). One deviation, to fit the time budget: each ask scores
 20,000 random rows of that sub-grid instead of GFO's default 1,000,000 (``sampling``); which
 values each block can take is exactly GFO's.
 
@@ -34,7 +38,7 @@ import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +62,7 @@ CANDIDATES = (
     Candidate("random (Optuna)", "random", {}),
 )
 BASELINE = Candidate(
-    "auto-MBW-rt default: GFO Bayesian, 20 intervals",
+    "auto-MBW-rt default: GFO Bayesian, 20 intervals (x: iterations)",
     "Bayesian",
     {"candidates": "subgrid", "sampling": {"random": 20000}},
     intervals=20,
@@ -66,8 +70,18 @@ BASELINE = Candidate(
 CHECKPOINTS = (50, 100, 270)
 
 
-def run_one(args: tuple[Candidate, str, int, int]) -> tuple[str, str, int, list[float], float]:
-    """One search; returns the best-so-far curve (one value per evaluation) and its time."""
+@dataclass(frozen=True)
+class RunResult:
+    label: str
+    landscape: str
+    seed: int
+    curve: list[float]  # best so far after each evaluation (baseline: each iteration)
+    evaluations: int  # distinct points evaluated
+    elapsed_s: float
+
+
+def run_one(args: tuple[Candidate, str, int, int]) -> RunResult:
+    """One search of ``budget`` evaluations (the baseline: iterations)."""
     cand, landscape_name, seed, budget = args
     warnings.filterwarnings("ignore")
     from autombw_cli.search.landscapes import LANDSCAPES
@@ -77,13 +91,51 @@ def run_one(args: tuple[Candidate, str, int, int]) -> tuple[str, str, int, list[
     land = LANDSCAPES[landscape_name](seed)
     space = SearchSpace.build("sd1", intervals=cand.intervals)
     started = time.perf_counter()
-    result = run_passes(space, [PassSpec(cand.optimizer, cand.settings, budget)], land, seed=seed)
+    if cand.label == BASELINE.label:
+        curve, evaluations = auto_mbw_rt_iterations(space, cand, land, seed, budget)
+    else:
+        result = run_passes(
+            space, [PassSpec(cand.optimizer, cand.settings, budget)], land, seed=seed
+        )
+        curve, best = [], float("-inf")
+        for e in result.evaluations:
+            best = max(best, e.score)  # type: ignore[arg-type]
+            curve.append(best)
+        evaluations = len(result.evaluations)
     elapsed = time.perf_counter() - started
+    return RunResult(cand.label, landscape_name, seed, curve, evaluations, elapsed)
+
+
+def auto_mbw_rt_iterations(
+    space: Any, cand: Candidate, land: Any, seed: int, budget: int
+) -> tuple[list[float], int]:
+    """auto-MBW-rt's loop (Hyperactive, ``memory`` on): ``budget`` iterations, where a repeat
+    of a scored point is answered from memory but still uses an iteration. Drives the GFO
+    adapter's backend hooks directly: what its own ``ask`` does, minus our re-asking on
+    repeats. Returns the best so far per iteration and the number of distinct points."""
+    from autombw_cli.search.optimizers import TrialOrigin, create_optimizer
+
+    opt = create_optimizer(cand.optimizer, dict(cand.settings), space, seed)
+    memory: dict[tuple[float, ...], float] = {}
     curve, best = [], float("-inf")
-    for e in result.evaluations:
-        best = max(best, e.score)  # type: ignore[arg-type]
+    for _ in range(budget):
+        proposal = opt._backend_ask()
+        if proposal is None:
+            weights = opt._random_unseen()
+            token = opt._backend_ask_fixed(weights)
+        else:
+            params, token = proposal
+            weights = space.to_weights(params)
+        key = space.key(weights)
+        if key in memory:
+            opt._backend_duplicate(token, memory[key])  # a memory hit
+        else:
+            trial = opt._issue(weights, token, TrialOrigin.OPTIMIZER)
+            memory[key] = float(land(weights))
+            opt.tell(trial, memory[key])
+        best = max(best, memory[key])
         curve.append(best)
-    return cand.label, landscape_name, seed, curve, elapsed
+    return curve, len(memory)
 
 
 def first_reaching(curve: list[float], level: float, budget: int) -> int:
@@ -108,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="print the table, run nothing")
     args = parser.parse_args(argv)
     landscapes = args.landscapes.split(",")
-    checkpoints = [c for c in CHECKPOINTS if c <= args.budget] or [args.budget]
     everyone = (*CANDIDATES, BASELINE)
     tasks = [
         (cand, land, seed, args.budget)
@@ -117,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(min(args.seeds, cand.max_seeds or args.seeds))
     ]
     results = _load(args.results, args.budget) if args.results else []
-    done = {(r[0], r[1], r[2]) for r in results}
+    done = {(r.label, r.landscape, r.seed) for r in results}
     tasks = [t for t in tasks if (t[0].label, t[1], t[2]) not in done]
     tasks.sort(key=lambda t: (t[0] is not BASELINE, t[0].optimizer != "Bayesian"))  # slow first
     started = time.perf_counter()
@@ -128,74 +179,76 @@ def main(argv: list[str] | None = None) -> int:
                 if args.results:
                     _append(args.results, res, args.budget)
                 print(
-                    f"  {i}/{len(tasks)} {res[0]} / {res[1]} / seed {res[2]}: {res[4]:.1f} s",
+                    f"  {i}/{len(tasks)} {res.label} / {res.landscape} / seed {res.seed}: "
+                    f"{res.elapsed_s:.1f} s",
                     file=sys.stderr,
                     flush=True,
                 )
     wall = time.perf_counter() - started
-    results = [r for r in results if r[1] in landscapes]
-    curves: dict[tuple[str, str], list[list[float]]] = {}
-    times: dict[tuple[str, str], list[float]] = {}
-    for label, land, _seed, curve, elapsed in results:
-        curves.setdefault((label, land), []).append(curve)
-        times.setdefault((label, land), []).append(elapsed)
-
-    cols = [f"best@{c}" for c in checkpoints]
     print(
         f"# optimizer quality: median over seeds, budget {args.budget}, "
         f"wall {wall:.0f} s on {args.jobs} processes ({sys.platform}, {os.cpu_count()} cpus)"
     )
     for land in landscapes:
-        if (BASELINE.label, land) not in curves:
-            print(f"\n## landscape {land}: no baseline runs yet")
-            continue
-        base = median_curve(curves[(BASELINE.label, land)], args.budget)
-        base_final = base[-1]
-        print(f"\n## landscape {land} (optimum 1.0)\n")
-        head = ["optimizer", "seeds", *cols, "evals to 95%", "evals to baseline@end", "s/run"]
-        print("| " + " | ".join(head) + " |")
-        print("|" + "---|" * len(head))
-        for cand in everyone:
-            runs = curves.get((cand.label, land))
-            if not runs:
-                continue
-            med = median_curve(runs, args.budget)
-            bests = [
-                f"{statistics.median(r[min(c, len(r)) - 1] for r in runs):.3f}" for c in checkpoints
-            ]
-            reach = statistics.median(first_reaching(r, 0.95, args.budget) for r in runs)
-            reach_s = f">{args.budget}" if reach > args.budget else f"{reach:.0f}"
-            to_base = first_reaching(med, base_final, args.budget)
-            to_base_s = f">{args.budget}" if to_base > args.budget else str(to_base)
-            secs = statistics.median(times[(cand.label, land)])
-            print(
-                f"| {cand.label} | {len(runs)} | {' | '.join(bests)} | {reach_s} | "
-                f"{to_base_s} | {secs:.1f} |"
-            )
+        _report(land, [r for r in results if r.landscape == land], everyone, args.budget)
     return 0
 
 
-def _append(path: Path, res: tuple[str, str, int, list[float], float], budget: int) -> None:
-    label, land, seed, curve, elapsed = res
-    row = {"label": label, "landscape": land, "seed": seed, "budget": budget}
-    row |= {"elapsed_s": elapsed, "curve": curve}
+def _report(
+    land: str, results: list[RunResult], everyone: tuple[Candidate, ...], budget: int
+) -> None:
+    by_label: dict[str, list[RunResult]] = {}
+    for r in results:
+        by_label.setdefault(r.label, []).append(r)
+    if BASELINE.label not in by_label:
+        print(f"\n## landscape {land}: no baseline runs yet")
+        return
+    base_final = median_curve([r.curve for r in by_label[BASELINE.label]], budget)[-1]
+    checkpoints = [c for c in CHECKPOINTS if c <= budget] or [budget]
+    print(f"\n## landscape {land} (optimum 1.0)\n")
+    head = ["optimizer", "seeds", *(f"best@{c}" for c in checkpoints), "evals to 95%"]
+    head += ["evals to baseline@end", "distinct points", "s/run"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for cand in everyone:
+        runs = by_label.get(cand.label)
+        if not runs:
+            continue
+        curves = [r.curve for r in runs]
+        bests = [
+            f"{statistics.median(c[min(n, len(c)) - 1] for c in curves):.3f}" for n in checkpoints
+        ]
+        reach = statistics.median(first_reaching(c, 0.95, budget) for c in curves)
+        reach_s = f">{budget}" if reach > budget else f"{reach:.0f}"
+        to_base = first_reaching(median_curve(curves, budget), base_final, budget)
+        to_base_s = f">{budget}" if to_base > budget else str(to_base)
+        distinct = statistics.median(r.evaluations for r in runs)
+        secs = statistics.median(r.elapsed_s for r in runs)
+        print(
+            f"| {cand.label} | {len(runs)} | {' | '.join(bests)} | {reach_s} | {to_base_s} | "
+            f"{distinct:.0f} | {secs:.1f} |"
+        )
+
+
+def _append(path: Path, res: RunResult, budget: int) -> None:
+    row = {"budget": budget, **asdict(res)}
     with path.open("a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
-def _load(path: Path, budget: int) -> list[tuple[str, str, int, list[float], float]]:
+def _load(path: Path, budget: int) -> list[RunResult]:
     if not path.exists():
         return []
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            r = json.loads(line)
+            row = json.loads(line)
         except ValueError:
             continue  # a torn last line from a killed run
-        if r["budget"] == budget:
-            out.append((r["label"], r["landscape"], r["seed"], r["curve"], r["elapsed_s"]))
+        if row.pop("budget") == budget:
+            out.append(RunResult(**row))
     return out
 
 
