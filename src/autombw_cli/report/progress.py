@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ from autombw_cli.search.events import (
     ScorerQueue,
     WorkerState,
 )
+
+MAX_WARNINGS_KEPT = 50  # RunView keeps the latest warnings only (a long run may have thousands)
 
 _STATE_STYLE = {
     WorkerState.STARTING: "dim",
@@ -81,7 +84,8 @@ class RunView:
     pass_label: str = ""
     queue_depth: int = 0
     instances: dict[str, _InstanceView] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    warnings: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_WARNINGS_KEPT))
+    warning_count: int = 0  # every warning so far; ``warnings`` keeps the latest few
     finished: RunFinished | None = None
 
     def update(self, event: Event) -> None:
@@ -115,6 +119,7 @@ class RunView:
             self.queue_depth = event.depth
         elif isinstance(event, RunWarning):
             self.warnings.append(event.message)
+            self.warning_count += 1
         elif isinstance(event, RunFinished):
             self.finished = event
 

@@ -36,6 +36,26 @@ class EvaluationRecord:
 
 
 @dataclass(frozen=True)
+class ScoreTrace:
+    """Every evaluation's number and score (parallel sequences, in recording order): all the
+    report needs about the evaluations that are not among the best (the score plot, counts)."""
+
+    numbers: Sequence[int]
+    scores: Sequence[float]
+
+    def __post_init__(self) -> None:
+        if len(self.numbers) != len(self.scores):
+            raise ValueError("numbers and scores differ in length")
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    @classmethod
+    def of(cls, records: Sequence[EvaluationRecord]) -> ScoreTrace:
+        return cls([r.number for r in records], [r.score for r in records])
+
+
+@dataclass(frozen=True)
 class BestImage:
     """One image of the best evaluation: its bytes as the WebUI sent them and its prompt."""
 
@@ -132,8 +152,13 @@ def build_summary(
     arch: Arch,
     outputs: Mapping[str, str],
     passes: Sequence[Mapping[str, Any]] = (),
+    trace: ScoreTrace | None = None,
 ) -> dict[str, Any]:
-    """The JSON-able summary of a run (pure)."""
+    """The JSON-able summary of a run (pure).
+
+    ``records`` needs to hold only the best ``TOP_K`` evaluations when ``trace`` (every
+    evaluation's number and score) is given; without it ``records`` is every evaluation."""
+    trace = ScoreTrace.of(records) if trace is None else trace
     best = top_k(records, 1)
     best_entry: dict[str, Any] | None = None
     if best:
@@ -147,7 +172,7 @@ def build_summary(
             "weights": b.weights.to_dict(),
             "recipe_line": ",".join(format_weight(v) for v in b.weights.to_list(Ordering.RECIPE)),
             "nat_line": ",".join(format_weight(v) for v in b.weights.to_list(Ordering.NAT)),
-            "found_after": sum(1 for r in records if r.number <= b.number),
+            "found_after": sum(1 for n in trace.numbers if n <= b.number),
         }
     return {
         "name": name,
@@ -155,7 +180,7 @@ def build_summary(
         "stop_reason": reason,
         "exit_code": exit_code,
         "models": {"a": model_a, "b": model_b, "arch": arch.value},
-        "evaluations": len(records),
+        "evaluations": len(trace),
         "failed_attempts": failed,  # evaluation attempts that failed (retried or given up)
         "budget": budget,
         "elapsed_s": round(elapsed_s, 3),
@@ -176,19 +201,24 @@ def write_summary(summary: Mapping[str, Any], run_dir: Path) -> Path:
     )
 
 
-def write_plots(records: Sequence[EvaluationRecord], arch: Arch, run_dir: Path) -> list[Path]:
-    """Score per evaluation, the best weights over the UNet, the top-k weights."""
+def write_plots(
+    records: Sequence[EvaluationRecord],
+    arch: Arch,
+    run_dir: Path,
+    trace: ScoreTrace | None = None,
+) -> list[Path]:
+    """Score per evaluation, the best weights over the UNet, the top-k weights.
+
+    ``records``: the best ``TOP_K`` evaluations are enough when ``trace`` is given."""
     from autombw_cli.report import plots
 
     if not records:
         return []
+    trace = ScoreTrace.of(records) if trace is None else trace
     folder = run_dir / PLOTS_DIR
-    ordered = sorted(records, key=lambda r: r.number)
     best = top_k(records, 1)[0]
     return [
-        plots.plot_scores(
-            [r.number for r in ordered], [r.score for r in ordered], folder / "scores.png"
-        ),
+        plots.plot_scores(trace.numbers, trace.scores, folder / "scores.png"),
         plots.plot_weights(
             arch,
             best.weights.to_dict(),

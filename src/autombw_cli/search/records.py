@@ -1,20 +1,24 @@
 """A run's evaluation records and the seam to the journal (``search/journal.py``).
 
-`Record` is what the run keeps in memory about one completed evaluation; `append` turns it into
-the journal's `Evaluation` (one fsynced row of ``history.csv``), `read_records` turns journal
-rows back into records for ``--resume``.
+`Record` is one completed evaluation; `append` turns it into the journal's `Evaluation` (one
+fsynced row of ``history.csv``), `read_records` turns journal rows back into records for
+``--resume``. `RecordBook` is what a run keeps in memory about its evaluations, bounded: the
+``TOP_K`` best records in full and 16 bytes (number, score) per evaluation for the score plot
+and the counts. Everything else about an evaluation lives only in the journal.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Mapping
+from array import array
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autombw_cli.blocks import Arch, Weights
-from autombw_cli.report.summary import BestImage, EvaluationRecord
+from autombw_cli.report.summary import TOP_K, BestImage, EvaluationRecord, ScoreTrace
 from autombw_cli.search.scheduler import Outcome
 
 
@@ -62,6 +66,51 @@ class Record:
             payload_scores=dict(self.payload_scores),
             duration_s=self.duration_s,
         )
+
+
+class RecordBook:
+    """A run's completed evaluations as the run needs them in memory (bounded).
+
+    Keeps the ``keep`` best records in full (best first; ties: the earlier number) and every
+    evaluation's number and score in two flat arrays (8 + 8 bytes each). Nothing per
+    evaluation is kept as an object: a run of any length holds ``keep`` records here.
+    """
+
+    def __init__(self, records: Iterable[Record] = (), *, keep: int = TOP_K) -> None:
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
+        self.keep = keep
+        self._numbers = array("q")
+        self._scores = array("d")
+        self._top: list[Record] = []
+        self._top_keys: list[tuple[float, int]] = []  # (-score, number), ascending
+        for r in records:
+            self.add(r)
+
+    def add(self, record: Record) -> None:
+        self._numbers.append(record.number)
+        self._scores.append(record.score)
+        key = (-record.score, record.number)
+        if len(self._top) < self.keep or key < self._top_keys[-1]:
+            i = bisect.bisect_right(self._top_keys, key)
+            self._top_keys.insert(i, key)
+            self._top.insert(i, record)
+            del self._top_keys[self.keep :], self._top[self.keep :]
+
+    def __len__(self) -> int:
+        return len(self._numbers)
+
+    @property
+    def best(self) -> Record | None:
+        return self._top[0] if self._top else None
+
+    def top(self) -> list[Record]:
+        """The best ``keep`` records, best first."""
+        return list(self._top)
+
+    def trace(self) -> ScoreTrace:
+        """Every evaluation's number and score, in the order they were recorded."""
+        return ScoreTrace(numbers=array("q", self._numbers), scores=array("d", self._scores))
 
 
 def best_images(outcome: Outcome) -> list[BestImage]:

@@ -97,11 +97,13 @@ class Run:
         budget = config.search.max_evaluations
         self.budget = budget if max_evaluations is None else min(budget, max_evaluations)
         self.journal = rec.open_journal(run_dir, self.arch)
-        self.records: dict[int, rec.Record] = {r.number: r for r in self.journal_records()}
+        # bounded: the best records and (number, score) per evaluation; the journal has the rest
+        self.records = rec.RecordBook({r.number: r for r in self.journal_records()}.values())
         self.failed = 0
         self._best_images: list[Any] = []
         # the journal's best (resume): a worse evaluation must not replace its saved images
-        self._best_score: float | None = max((r.score for r in self.records.values()), default=None)
+        best = self.records.best
+        self._best_score: float | None = None if best is None else best.score
         self._scheduler: Scheduler | None = None
         self._sigints = 0
         self._log_handler: logging.Handler | None = None
@@ -312,7 +314,9 @@ class Run:
 
         history = [
             Scored(r.number, r.pass_index, r.weights, r.score)
-            for r in sorted(self.records.values(), key=lambda r: r.number)
+            for r in sorted(
+                {r.number: r for r in self.journal_records()}.values(), key=lambda r: r.number
+            )
         ]
         warm = []
         if self.warm_start_path is not None:
@@ -348,7 +352,7 @@ class Run:
         """Journal one evaluation (fsync) and keep what the report needs."""
         record = rec.Record.from_outcome(outcome, score, per_payload)
         rec.append(self.journal, record, outcome)
-        self.records[record.number] = record
+        self.records.add(record)
         log.info(
             "evaluation #%d (pass %d) on %s: score %.6g in %.2fs (merge %.2fs, render %.2fs)",
             record.number,
@@ -412,7 +416,7 @@ class Run:
             config=self.config,
             run_dir=self.run_dir,
             reason=reason,
-            records=list(self.records.values()),
+            records=self.records,
             instances=instances,
             endpoints=endpoints,
             busy=self._scheduler.busy_fractions() if self._scheduler else {},

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -166,12 +167,16 @@ class Rendered:
 
 class IdenticalImageGuard:
     """Warns loudly when different weights give byte-identical images: the merge is not being
-    applied (auto-MBW-rt's "same score every iteration" failure)."""
+    applied (auto-MBW-rt's "same score every iteration" failure).
 
-    def __init__(self, emit: EventSink, *, max_warnings: int = 3) -> None:
+    Compares against the images of the last ``window`` evaluations only, so its memory does not
+    grow with the run (a merge that is not applied repeats the same images at once)."""
+
+    def __init__(self, emit: EventSink, *, max_warnings: int = 3, window: int = 1024) -> None:
         self.emit = emit
         self.max_warnings = max_warnings
-        self._digests: dict[str, tuple[int, tuple[float, ...]]] = {}
+        self.window = window
+        self._digests: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()
         self._warned = 0
 
     def check(self, r: Rendered) -> None:
@@ -180,11 +185,13 @@ class IdenticalImageGuard:
         h = hashlib.sha256()
         for ri in r.images:
             h.update(ri.image.tobytes())
-        digest = h.hexdigest()
+        digest = h.digest()
         key = r.job.candidate.weights.key()
         seen = self._digests.get(digest)
         if seen is None:
             self._digests[digest] = (r.job.candidate.number, key)
+            if len(self._digests) > self.window:
+                self._digests.popitem(last=False)
             return
         if seen[1] == key or self._warned >= self.max_warnings:
             return

@@ -11,11 +11,14 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autombw_cli.errors import AutombwError
 from autombw_cli.search.events import EventSink, OutputWritten, RunWarning, StopReason
 from autombw_cli.search.work import Instance
+
+if TYPE_CHECKING:
+    from autombw_cli.search.records import RecordBook
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ async def write_outputs(
     config: Any,
     run_dir: Path,
     reason: StopReason,
-    records: Sequence[Any],
+    records: RecordBook,
     instances: Sequence[Instance],
     endpoints: Sequence[Any],
     busy: dict[str, float],
@@ -35,13 +38,15 @@ async def write_outputs(
     started: float,
     emit: EventSink,
 ) -> dict[str, str]:
-    """Write every output of a run; returns {what: path} (``records``: `records.Record`)."""
+    """Write every output of a run; returns {what: path}. ``records`` holds the best
+    evaluations in full and every evaluation's number and score (the rest is in the journal)."""
     from autombw_cli.report import summary as sm
 
     cfg = config
     arch = cfg.models.arch
     outputs: dict[str, str] = {}
-    report = [r.as_report() for r in records]
+    report = [r.as_report() for r in records.top()]
+    trace = records.trace()
 
     def wrote(what: str, path: Path) -> None:
         outputs[what] = str(path)
@@ -58,7 +63,7 @@ async def write_outputs(
         if (run_dir / sm.BEST_IMAGES_DIR).is_dir():
             wrote("best_images", run_dir / sm.BEST_IMAGES_DIR)
         try:
-            plots = await asyncio.to_thread(sm.write_plots, report, arch, run_dir)
+            plots = await asyncio.to_thread(sm.write_plots, report, arch, run_dir, trace)
             for path in plots:
                 wrote(f"plot_{path.stem}", path)
         except Exception as exc:  # a plotting bug must not lose the run's other outputs
@@ -75,6 +80,7 @@ async def write_outputs(
         reason=reason.value,
         exit_code=_EXIT.get(reason, 0),
         records=report,
+        trace=trace,
         budget=budget,
         elapsed_s=time.monotonic() - started,
         failed=sum(i.failures for i in instances),
