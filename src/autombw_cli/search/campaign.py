@@ -132,7 +132,7 @@ class Campaign:
     exact_resume: bool | None = None  # after a lockstep resume: was the re-drive exact?
     _pass_pos: int = 0
     _state: _PassState | None = None
-    _seen: set[tuple[float, ...]] = field(default_factory=set)  # recorded or in flight
+    _seen: set[bytes] = field(default_factory=set)  # Weights.key() of recorded or in flight
     _free: list[int] = field(default_factory=list)  # heap of unused numbers below _next_number
     _next_number: int = 1
     _started: float | None = None
