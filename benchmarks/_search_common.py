@@ -94,6 +94,7 @@ def write_config(
     evaluations: int,
     size: int = 64,
     optimizer: str = "random",
+    scorer: str = "{name: sim, device: cpu, tally: arithmetic}",
 ) -> Path:
     payload = {
         "prompt": "a photo of a red apple on a wooden table",
@@ -110,7 +111,7 @@ def write_config(
 models: {{a: simA.safetensors, b: simB.safetensors, output: bench-merge, arch: sd1}}
 instances: {{simulate: {instances}, latency: {latency}}}
 payloads: {{files: [bench.json]}}
-scorer: {{name: sim, device: cpu, tally: arithmetic}}
+scorer: {scorer}
 search:
   frozen: {{TIME_EMBED: 0.0}}
   passes: [{{optimizer: {optimizer}}}]

@@ -8,6 +8,12 @@ evaluation is (CLI time per evaluation - baseline time per evaluation); its shar
 the CLI's time per evaluation. Goal (issue 4 §7): under 2%.
 
     .venv/bin/python benchmarks/overhead.py [--latency 1.0] [--evaluations 20] [--size 512]
+    python benchmarks/overhead.py --imagereward DIR   # score with ImageReward on CUDA instead
+
+``--imagereward DIR`` scores with the real ImageReward architecture on the GPU: DIR holds
+``ImageReward.pt``, ``med_config.json`` and ``vocab.txt`` (random weights are made there with
+``autombw_cli.scoring.testing.write_random_imagereward(DIR, scale="full")`` when it is empty;
+the speed is the real model's, only the scores are meaningless).
 """
 
 from __future__ import annotations
@@ -68,10 +74,16 @@ def main() -> None:
     ap.add_argument("--evaluations", type=int, default=40)
     ap.add_argument("--sizes", default="64,512", help="image sides in pixels")
     ap.add_argument("--optimizers", default="random,tpe")
+    ap.add_argument("--imagereward", type=Path, help="score with ImageReward from DIR")
+    ap.add_argument("--scorer-device", default="cuda", help="device for --imagereward")
     args = ap.parse_args()
+    scorer = "{name: sim, device: cpu, tally: arithmetic}"
+    if args.imagereward is not None:
+        scorer = _imagereward_scorer(args.imagereward, args.scorer_device)
     print(
         f"machine: {platform.machine()}, latency {args.latency}s/image, {args.evaluations} "
-        "evaluations of 1 image, 1 instance (simulator in its own process)"
+        "evaluations of 1 image, 1 instance (simulator in its own process), scorer "
+        + (f"imagereward ({args.scorer_device})" if args.imagereward else "sim")
     )
     print(
         f"{'size':>5} {'optimizer':>10} {'baseline s/eval':>16} {'CLI s/eval':>11} "
@@ -81,12 +93,27 @@ def main() -> None:
         for size in (int(s) for s in args.sizes.split(",")):
             base = asyncio.run(baseline(urls[0], args.evaluations, size))
             for opt in args.optimizers.split(","):
-                stats = run_search(urls, args.latency, args.evaluations, size=size, optimizer=opt)
+                stats = run_search(
+                    urls, args.latency, args.evaluations, size=size, optimizer=opt, scorer=scorer
+                )
                 per = stats.steady_per_eval(skip=4)
                 own = per - base
                 print(
                     f"{size:>5} {opt:>10} {base:>16.4f} {per:>11.4f} {own:>15.4f} {own / per:>7.2%}"
                 )
+
+
+def _imagereward_scorer(folder: Path, device: str) -> str:
+    files = [folder / n for n in ("ImageReward.pt", "med_config.json", "vocab.txt")]
+    if not all(f.exists() for f in files):
+        from autombw_cli.scoring.testing import write_random_imagereward
+
+        write_random_imagereward(folder, scale="full")
+    ckpt, med, vocab = (f.resolve() for f in files)
+    return (
+        f"{{name: imagereward, device: {device}, tally: arithmetic, paths: "
+        f"{{checkpoint: '{ckpt}', med_config: '{med}', tokenizer: '{vocab}'}}}}"
+    )
 
 
 if __name__ == "__main__":
