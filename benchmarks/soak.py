@@ -10,7 +10,14 @@ connections, stalls, restarts) and sometimes reloads a WebUI's checkpoint behind
 
 Reported per run: evaluations recorded / lost (budget minus distinct complete rows; must be 0),
 duplicates, failed attempts (retries, from run.log), wall time, and the autombw process's RSS
-after its first evaluations, at the end and at peak, next to the size of history.csv.
+after its first evaluations, at the end and at peak, next to the size of history.csv, and the
+RSS growth per evaluation between those two samples.
+
+    --autombw-src OLD/src      # also soak autombw from another source tree (before/after)
+    --tracemalloc              # where the memory grows: allocating files/lines per evaluation
+
+``--tracemalloc`` runs autombw under ``benchmarks/_tracemalloc_run.py`` and prints the growth
+between 20% and 90% of the budget per allocating file (slower; RSS then includes tracemalloc).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,10 +68,18 @@ class Result:
     rss_peak_mb: float
     history_kb: float
     exit_code: int
+    rows_start: int = 0  # evaluations recorded at the RSS start sample
+    rows_end: int = 0  # ... and at the end sample
+    trace: str = ""  # --tracemalloc report
 
     @property
     def lost(self) -> int:
         return self.budget - self.complete
+
+    @property
+    def growth_kb_per_eval(self) -> float:
+        n = self.rows_end - self.rows_start
+        return (self.rss_end_mb - self.rss_start_mb) * 1024 / n if n > 0 else 0.0
 
 
 def _config(folder: Path, urls: list[str], evaluations: int) -> Path:
@@ -118,7 +134,18 @@ def _rows(run_dir: Path | None) -> int:
     return max(0, (run_dir / "history.csv").read_bytes().count(b"\n") - 1)
 
 
-def soak(label: str, urls: list[str], evaluations: int, faults: bool, seed: int) -> Result:
+def soak(
+    label: str,
+    urls: list[str],
+    evaluations: int,
+    faults: bool,
+    seed: int,
+    *,
+    src: Path | None = None,
+    trace: bool = False,
+) -> Result:
+    """One soak run. ``src``: run autombw from this source tree (PYTHONPATH) instead of the
+    installed one; ``trace``: under tracemalloc (see the module docstring)."""
     folder = Path(tempfile.mkdtemp(prefix=f"autombw-soak-{label}-"))
     config = _config(folder, urls, evaluations)
     with httpx.Client(timeout=10) as client:
@@ -132,17 +159,28 @@ def soak(label: str, urls: list[str], evaluations: int, faults: bool, seed: int)
     )
     start = time.monotonic()
     stderr_path = folder / "stderr.txt"  # a file, not a pipe: warnings must never block it
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(":")
+    command = [sys.executable, "-m", "autombw_cli"]
+    trace_path = folder / "tracemalloc.txt"
+    if trace:
+        marks = [str(max(10, evaluations // 5)), str(evaluations * 9 // 10)]
+        tracer = Path(__file__).resolve().parent / "_tracemalloc_run.py"
+        command = [sys.executable, str(tracer), str(trace_path), *marks, "--"]
     with open(stderr_path, "wb") as stderr_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "autombw_cli", "search", str(config), "--plain"],
+            [*command, "search", str(config), "--plain"],
             cwd=folder,
             stdout=subprocess.DEVNULL,
             stderr=stderr_file,
+            env=env,
         )
     ps = psutil.Process(proc.pid)
     if faults:
         chaos.start()
     rss_start = rss_end = peak = 0.0
+    rows_start = rows_end = 0
     run_dir: Path | None = None
     start_mark = max(20, evaluations // 20)
     while proc.poll() is None:
@@ -156,9 +194,9 @@ def soak(label: str, urls: list[str], evaluations: int, faults: bool, seed: int)
             run_dir = dirs[0] if dirs else None
         rows = _rows(run_dir)
         if not rss_start and rows >= start_mark:
-            rss_start = rss
+            rss_start, rows_start = rss, rows
         if rows < evaluations:
-            rss_end = rss  # the last sample while it was still evaluating
+            rss_end, rows_end = rss, rows  # the last sample while it was still evaluating
         time.sleep(0.1)
     wall = time.monotonic() - start
     stop.set()
@@ -171,7 +209,7 @@ def soak(label: str, urls: list[str], evaluations: int, faults: bool, seed: int)
         rows_ = list(csv.DictReader(fh))
     log = (run_dir / "run.log").read_text(encoding="utf-8")
     weights = {tuple(v for k, v in r.items() if k and k.isupper()) for r in rows_}
-    return Result(
+    result = Result(
         label=label,
         budget=evaluations,
         recorded=len(rows_),
@@ -185,7 +223,15 @@ def soak(label: str, urls: list[str], evaluations: int, faults: bool, seed: int)
         rss_peak_mb=peak,
         history_kb=(run_dir / "history.csv").stat().st_size / 1024,
         exit_code=proc.returncode,
+        rows_start=rows_start,
+        rows_end=rows_end,
+        trace=trace_path.read_text(encoding="utf-8") if trace_path.is_file() else "",
     )
+    if proc.returncode == 0:
+        shutil.rmtree(folder, ignore_errors=True)  # a failed run's folder stays for a look
+    else:
+        print(f"{label}: exit {proc.returncode}, run folder kept: {folder}", file=sys.stderr)
+    return result
 
 
 def main() -> None:
@@ -195,17 +241,45 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=4)
     ap.add_argument("--latency", type=float, default=0.005)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--autombw-src",
+        type=Path,
+        help="also run the faults soak with autombw from this source tree (e.g. an older "
+        "checkout's src/), first, for a before/after in one run",
+    )
+    ap.add_argument("--tracemalloc", action="store_true", help="attribute the memory growth")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPU cores, {psutil.virtual_memory().total / 2**30:.0f} GiB")
     results = []
     with simulator_processes(args.instances, args.latency) as urls:
         if args.baseline:
             results.append(soak("baseline", urls, args.baseline, faults=False, seed=args.seed))
-        results.append(soak("faults", urls, args.evaluations, faults=True, seed=args.seed))
+        if args.autombw_src is not None:
+            results.append(
+                soak(
+                    "other-src",
+                    urls,
+                    args.evaluations,
+                    faults=True,
+                    seed=args.seed,
+                    src=args.autombw_src.resolve(),
+                    trace=args.tracemalloc,
+                )
+            )
+        results.append(
+            soak(
+                "faults",
+                urls,
+                args.evaluations,
+                faults=True,
+                seed=args.seed,
+                trace=args.tracemalloc,
+            )
+        )
     head = (
         f"{'run':<9} {'budget':>6} {'rows':>5} {'lost':>4} {'dups':>4} {'retries':>7} "
         f"{'chaos':>5} {'wall s':>7} {'s/eval':>6} {'RSS start':>9} {'RSS end':>7} "
-        f"{'RSS peak':>8} {'history':>8} {'exit':>4}"
+        f"{'RSS peak':>8} {'KB/eval':>7} {'history':>8} {'exit':>4}"
     )
     print(head)
     for r in results:
@@ -213,10 +287,18 @@ def main() -> None:
             f"{r.label:<9} {r.budget:>6} {r.recorded:>5} {r.lost:>4} {r.recorded - r.distinct:>4} "
             f"{r.failed_attempts:>7} {r.chaos_actions:>5} {r.wall_s:>7.1f} "
             f"{r.wall_s / r.budget:>6.3f} {r.rss_start_mb:>7.0f}MB {r.rss_end_mb:>5.0f}MB "
-            f"{r.rss_peak_mb:>6.0f}MB {r.history_kb:>6.0f}KB {r.exit_code:>4}"
+            f"{r.rss_peak_mb:>6.0f}MB {r.growth_kb_per_eval:>7.1f} {r.history_kb:>6.0f}KB "
+            f"{r.exit_code:>4}"
         )
+    for r in results:
+        if r.trace:
+            print(f"\n--- tracemalloc, {r.label} ---\n{r.trace}")
     faulty = results[-1]
-    ok = faulty.lost == 0 and faulty.recorded == faulty.distinct and faulty.exit_code == 0
+    ok = all(
+        r.lost == 0 and r.recorded == r.distinct and r.exit_code == 0
+        for r in results
+        if r.label != "baseline"
+    )
     print("evaluations lost:", faulty.lost, "OK" if ok else "FAILED")
     sys.exit(0 if ok else 1)
 
