@@ -70,7 +70,7 @@ def test_defaults(project: Path) -> None:
     assert cfg.search.intervals == 10 and cfg.search.grid_intervals == 10
     assert cfg.search.max_evaluations == 270
     assert cfg.search.early_stopping.patience == 27
-    assert [p.optimizer for p in cfg.search.passes] == ["tpe"]
+    assert [p.optimizer for p in cfg.search.passes] == ["cmaes"]  # the benchmark winner
     assert cfg.search.passes[0].early_stopping == cfg.search.early_stopping
     assert len(cfg.search.blocks) == 27 and cfg.search.frozen == {}
     assert cfg.outputs.run_dir == project / "runs"

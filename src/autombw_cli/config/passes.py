@@ -15,9 +15,9 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from autombw_cli.config.fields import StrictModel
 from autombw_cli.errors import AutombwError
+from autombw_cli.search.optimizers.registry import DEFAULT_OPTIMIZER
 from autombw_cli.yamlio import FieldError, error_text
 
-DEFAULT_OPTIMIZER = "tpe"
 # gradient-free-optimizers classes users know from auto-MBW-rt (DOMAIN.md §4) and Optuna samplers.
 GFO_OPTIMIZERS = (
     "HillClimbing",
@@ -125,7 +125,7 @@ class EarlyStoppingConfig(StrictModel):
 class PassConfig(StrictModel):
     """One search pass; pass 2 and 3 start from the previous pass's best."""
 
-    optimizer: str = Field(DEFAULT_OPTIMIZER, description="Optimizer name (tpe, HillClimbing...)")
+    optimizer: str = Field(DEFAULT_OPTIMIZER, description="Optimizer (cmaes, tpe, Bayesian...)")
     settings: dict[str, Any] = Field(default_factory=dict, description="Optimizer options")
     max_evaluations: int | None = Field(None, ge=1, description="Cap for this pass")
     early_stopping: EarlyStoppingConfig | None = Field(

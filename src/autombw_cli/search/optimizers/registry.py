@@ -20,7 +20,7 @@ from autombw_cli.errors import ConfigError
 from autombw_cli.search.optimizers.base import Optimizer
 from autombw_cli.search.space import SearchSpace
 
-DEFAULT_OPTIMIZER = "tpe"
+DEFAULT_OPTIMIZER = "cmaes"  # the optimizer-quality benchmark's winner (BENCHMARKS.md)
 
 
 class Settings(BaseModel):
