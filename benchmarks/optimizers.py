@@ -80,9 +80,9 @@ class RunResult:
     elapsed_s: float
 
 
-def run_one(args: tuple[Candidate, str, int, int]) -> RunResult:
+def run_one(args: tuple[Candidate, str, int, int, int]) -> RunResult:
     """One search of ``budget`` evaluations (the baseline: iterations)."""
-    cand, landscape_name, seed, budget = args
+    cand, landscape_name, seed, budget, workers = args
     warnings.filterwarnings("ignore")
     from autombw_cli.search.landscapes import LANDSCAPES
     from autombw_cli.search.passes import PassSpec, run_passes
@@ -94,9 +94,8 @@ def run_one(args: tuple[Candidate, str, int, int]) -> RunResult:
     if cand.label == BASELINE.label:
         curve, evaluations = auto_mbw_rt_iterations(space, cand, land, seed, budget)
     else:
-        result = run_passes(
-            space, [PassSpec(cand.optimizer, cand.settings, budget)], land, seed=seed
-        )
+        spec = PassSpec(cand.optimizer, cand.settings, budget)
+        result = run_passes(space, [spec], land, seed=seed, workers=workers)
         curve, best = [], float("-inf")
         for e in result.evaluations:
             best = max(best, e.score)  # type: ignore[arg-type]
@@ -158,16 +157,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--landscapes", default="coupled,skip-pairs,sim")
     parser.add_argument("--results", type=Path, help="JSON lines of finished runs (appended)")
     parser.add_argument("--report-only", action="store_true", help="print the table, run nothing")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="trials in flight, finishing in random order, like N WebUI instances (not the "
+        "baseline: auto-MBW-rt is sequential)",
+    )
+    parser.add_argument("--optimizers", help="only these (comma-separated names, 'baseline')")
     args = parser.parse_args(argv)
     landscapes = args.landscapes.split(",")
     everyone = (*CANDIDATES, BASELINE)
+    if args.optimizers:
+        wanted = set(args.optimizers.split(","))
+        everyone = tuple(
+            c for c in everyone if c.optimizer in wanted or (c is BASELINE and "baseline" in wanted)
+        )
     tasks = [
-        (cand, land, seed, args.budget)
+        (cand, land, seed, args.budget, args.workers)
         for land in landscapes
         for cand in everyone
         for seed in range(min(args.seeds, cand.max_seeds or args.seeds))
     ]
-    results = _load(args.results, args.budget) if args.results else []
+    results = _load(args.results, args.budget, args.workers) if args.results else []
     done = {(r.label, r.landscape, r.seed) for r in results}
     tasks = [t for t in tasks if (t[0].label, t[1], t[2]) not in done]
     tasks.sort(key=lambda t: (t[0] is not BASELINE, t[0].optimizer != "Bayesian"))  # slow first
@@ -177,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, res in enumerate(pool.map(run_one, tasks), start=1):
                 results.append(res)
                 if args.results:
-                    _append(args.results, res, args.budget)
+                    _append(args.results, res, args.budget, args.workers)
                 print(
                     f"  {i}/{len(tasks)} {res.label} / {res.landscape} / seed {res.seed}: "
                     f"{res.elapsed_s:.1f} s",
@@ -186,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     wall = time.perf_counter() - started
     print(
-        f"# optimizer quality: median over seeds, budget {args.budget}, "
+        f"# optimizer quality: median over seeds, budget {args.budget}, {args.workers} in flight, "
         f"wall {wall:.0f} s on {args.jobs} processes ({sys.platform}, {os.cpu_count()} cpus)"
     )
     for land in landscapes:
@@ -200,10 +212,8 @@ def _report(
     by_label: dict[str, list[RunResult]] = {}
     for r in results:
         by_label.setdefault(r.label, []).append(r)
-    if BASELINE.label not in by_label:
-        print(f"\n## landscape {land}: no baseline runs yet")
-        return
-    base_final = median_curve([r.curve for r in by_label[BASELINE.label]], budget)[-1]
+    base_runs = by_label.get(BASELINE.label)
+    base_final = median_curve([r.curve for r in base_runs], budget)[-1] if base_runs else None
     checkpoints = [c for c in CHECKPOINTS if c <= budget] or [budget]
     print(f"\n## landscape {land} (optimum 1.0)\n")
     head = ["optimizer", "seeds", *(f"best@{c}" for c in checkpoints), "evals to 95%"]
@@ -220,8 +230,10 @@ def _report(
         ]
         reach = statistics.median(first_reaching(c, 0.95, budget) for c in curves)
         reach_s = f">{budget}" if reach > budget else f"{reach:.0f}"
-        to_base = first_reaching(median_curve(curves, budget), base_final, budget)
-        to_base_s = f">{budget}" if to_base > budget else str(to_base)
+        to_base_s = "-"
+        if base_final is not None:
+            to_base = first_reaching(median_curve(curves, budget), base_final, budget)
+            to_base_s = f">{budget}" if to_base > budget else str(to_base)
         distinct = statistics.median(r.evaluations for r in runs)
         secs = statistics.median(r.elapsed_s for r in runs)
         print(
@@ -230,15 +242,15 @@ def _report(
         )
 
 
-def _append(path: Path, res: RunResult, budget: int) -> None:
-    row = {"budget": budget, **asdict(res)}
+def _append(path: Path, res: RunResult, budget: int, workers: int) -> None:
+    row = {"budget": budget, "workers": workers, **asdict(res)}
     with path.open("a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
-def _load(path: Path, budget: int) -> list[RunResult]:
+def _load(path: Path, budget: int, workers: int) -> list[RunResult]:
     if not path.exists():
         return []
     out = []
@@ -247,7 +259,7 @@ def _load(path: Path, budget: int) -> list[RunResult]:
             row = json.loads(line)
         except ValueError:
             continue  # a torn last line from a killed run
-        if row.pop("budget") == budget:
+        if (row.pop("budget"), row.pop("workers", 1)) == (budget, workers):
             out.append(RunResult(**row))
     return out
 
