@@ -93,7 +93,7 @@ class AdapterBase(ABC):
         self._queue: deque[Weights] = deque()
         self._pending: dict[int, tuple[Trial, Any]] = {}
         self._told: set[int] = set()
-        self._known: dict[tuple[float, ...], object] = {}  # key -> score | _IN_FLIGHT | _FAILED
+        self._known: dict[bytes, object] = {}  # space.key() -> score | _IN_FLIGHT | _FAILED
         self._next = 0
         self._best: tuple[Weights, float] | None = None
         self.n_complete = 0
