@@ -86,6 +86,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def bench_payload(size: int) -> dict[str, object]:
+    """The one txt2img request of every benchmark evaluation (one image)."""
+    return {
+        "prompt": "a photo of a red apple on a wooden table",
+        "negative_prompt": "blurry",
+        "seed": 1,
+        "steps": 20,
+        "width": size,
+        "height": size,
+        "batch_size": 1,
+        "n_iter": 1,
+    }
+
+
 def write_config(
     folder: Path,
     *,
@@ -96,17 +110,7 @@ def write_config(
     optimizer: str = "random",
     scorer: str = "{name: sim, device: cpu, tally: arithmetic}",
 ) -> Path:
-    payload = {
-        "prompt": "a photo of a red apple on a wooden table",
-        "negative_prompt": "blurry",
-        "seed": 1,
-        "steps": 20,
-        "width": size,
-        "height": size,
-        "batch_size": 1,
-        "n_iter": 1,
-    }
-    (folder / "bench.json").write_text(json.dumps(payload))
+    (folder / "bench.json").write_text(json.dumps(bench_payload(size)))
     cfg = f"""
 models: {{a: simA.safetensors, b: simB.safetensors, output: bench-merge, arch: sd1}}
 instances: {{simulate: {instances}, latency: {latency}}}

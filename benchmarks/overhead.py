@@ -30,7 +30,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _search_common import run_search, simulator_processes
+from _search_common import bench_payload, run_search, simulator_processes
 from autombw_cli.blocks import Arch, layout
 
 
@@ -38,14 +38,7 @@ async def baseline(url: str, evaluations: int, size: int) -> float:
     """Seconds per evaluation of the bare WebUI calls."""
     slots = layout(Arch.SD1).slots
     rng = random.Random(0)
-    body = {
-        "prompt": "a photo of a red apple on a wooden table",
-        "negative_prompt": "blurry",
-        "seed": 1,
-        "steps": 20,
-        "width": size,
-        "height": size,
-    }
+    body = bench_payload(size)  # the same request the CLI's evaluations make
     async with httpx.AsyncClient(base_url=url, timeout=None) as http:
         t0 = 0.0
         skip = 4  # like the CLI's measurement: leave out start-up costs

@@ -23,10 +23,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from autombw_cli.blocks import Arch, Weights, layout
+
+if TYPE_CHECKING:
+    from autombw_cli.sim.render import Renderer
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ class _SlotDots:
         return dots / np.sqrt(norm)[:, None]
 
 
-def _slot_dots(arch: Arch, renderer: object) -> _SlotDots:
+def _slot_dots(arch: Arch, renderer: Renderer) -> _SlotDots:
     import torch
 
     from autombw_cli.sim.checkpoints import random_state_dict
@@ -148,7 +152,7 @@ def _slot_dots(arch: Arch, renderer: object) -> _SlotDots:
         i = index[slot]
         xa = a.reshape(-1).double()
         xb = state_b[key].reshape(-1).double()
-        d = renderer._direction(key, tuple(a.shape)).double()  # type: ignore[attr-defined]
+        d = renderer.direction(key, tuple(a.shape)).double()
         da[i] += (d @ xa).numpy()
         db[i] += (d @ xb).numpy()
         aa[i] += float(xa @ xa)

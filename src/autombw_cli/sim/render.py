@@ -67,7 +67,8 @@ class Renderer:
         self._b2 = rng.normal(0.0, 0.3, size=n_params)
 
     # --- features ---------------------------------------------------------------------------
-    def _direction(self, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    def direction(self, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """The fixed ``(3, numel)`` random directions a tensor's features are projected on."""
         cached = self._directions.get((key, shape))
         if cached is None:
             gen = torch.Generator().manual_seed(_stable_seed("direction", key))
@@ -88,7 +89,7 @@ class Renderer:
                 if slot is None:
                     continue
                 x = tensor.detach().reshape(-1).to("cpu", torch.float32)
-                d = self._direction(key, tuple(tensor.shape))
+                d = self.direction(key, tuple(tensor.shape))
                 dots[slot] += (d @ x).double()
                 norms[slot] += float((x.double() ** 2).sum())
         out = np.zeros((len(self.slots), FEATURES_PER_SLOT))
