@@ -9,6 +9,8 @@ the test fails if the extension reaches back into the installed package.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -42,6 +44,10 @@ STUB_MODULES = {
 
         def on_model_loaded(fn):
             model_loaded.append(fn)
+
+        def app_started_callback(demo, app):
+            for fn in app_started:
+                fn(demo, app)
     """,
     "shared.py": """
         import types
@@ -103,11 +109,32 @@ STUB_MODULES = {
     """,
 }
 
-DRIVER = """
-import importlib.abc
+# How A1111 1.10.1 loads an extension's script: modules/scripts.py load_scripts() swaps in a
+# new sys.path with the extension's folder first, runs modules/script_loading.py load_module(),
+# then puts the old sys.path object back (whatever the script added to sys.path is gone).
+LOAD_LIKE_A1111 = """
 import importlib.util
-import json
+import os
 import sys
+
+
+def load_script_like_a1111(basedir, path):
+    syspath = sys.path
+    try:
+        sys.path = [str(basedir)] + sys.path
+        module_spec = importlib.util.spec_from_file_location(os.path.basename(path), path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path = syspath
+"""
+
+DRIVER = (
+    LOAD_LIKE_A1111
+    + """
+import importlib.abc
+import json
 from pathlib import Path
 
 
@@ -124,17 +151,14 @@ from modules import script_callbacks, sd_models, shared  # noqa: E402
 
 sd_models.list_models()
 sd_models.reload_model_weights(info=sd_models.checkpoints_list["simA.safetensors"])
-entry = ext / "scripts" / "autombw_bridge.py"
-spec = importlib.util.spec_from_file_location("autombw_bridge_script", entry)
-script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(script)
+load_script_like_a1111(ext, str(ext / "scripts" / "autombw_bridge.py"))
+assert str(ext) not in sys.path
 
 from fastapi import FastAPI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 app = FastAPI()
-for fn in script_callbacks.app_started:
-    fn(None, app)
+script_callbacks.app_started_callback(None, app)
 client = TestClient(app)
 slots = ["IN%02d" % i for i in range(12)] + ["M00"] + ["OUT%02d" % i for i in range(12)]
 weights = dict.fromkeys(slots + ["OUT", "TIME_EMBED"], 0.5)
@@ -156,6 +180,29 @@ out["after_reload"] = client.get("/autombw/v1/status").json()
 out["autombw_cli_loaded"] = [m for m in sys.modules if m.startswith("autombw_cli")]
 print("RESULT " + json.dumps(out))
 """
+)
+
+
+ROUTES_DRIVER = (
+    LOAD_LIKE_A1111
+    + """
+import json
+from pathlib import Path
+
+ext = Path(sys.argv[1])
+from modules import script_callbacks, sd_models  # noqa: E402
+
+sd_models.list_models()
+load_script_like_a1111(ext, str(ext / "scripts" / "autombw_bridge.py"))
+
+from fastapi import FastAPI  # noqa: E402
+
+app = FastAPI()
+script_callbacks.app_started_callback(None, app)  # A1111 fires it after load_scripts()
+out = {"paths": sorted(r.path for r in app.routes), "ext_on_path": str(ext) in sys.path}
+print("RESULT " + json.dumps(out))
+"""
+)
 
 
 @pytest.fixture
@@ -209,6 +256,49 @@ def test_installed_extension_runs_standalone_in_a_stand_in_webui(
     assert out["after_reload"]["merge_live"] is False
     assert out["autombw_cli_loaded"] == []
     assert "without --api-auth" in proc.stdout  # listening beyond loopback: a warning
+
+
+def run_driver(driver_text: str, ext: Path, tmp_path: Path) -> dict:
+    stub, models = write_stub(tmp_path)
+    driver = tmp_path / "driver.py"
+    driver.write_text(driver_text)
+    proc = subprocess.run(
+        [sys.executable, str(driver), str(ext)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={"PYTHONPATH": str(stub), "STUB_MODELS": str(models), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+def test_routes_register_when_a1111_restored_sys_path_before_app_started(
+    webui: Path, tmp_path: Path
+) -> None:
+    """A1111 undoes the script's sys.path changes before on_app_started fires: the callback
+    must not import from the extension's folder (it did: ModuleNotFoundError)."""
+    ext = install_extension(webui, version="9.9.9")
+    out = run_driver(ROUTES_DRIVER, ext, tmp_path)
+    assert out["ext_on_path"] is False
+    for route in ("status", "merge", "restore", "save"):
+        assert f"/autombw/v1/{route}" in out["paths"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o755), (0o027, 0o750)])
+def test_installed_folder_mode_follows_the_umask(webui: Path, umask: int, mode: int) -> None:
+    """The WebUI may run as another user: the folder must not be mkdtemp's 0700."""
+    old = os.umask(umask)
+    try:
+        ext = install_extension(webui, version="1.0.0")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(ext.stat().st_mode) == mode
+    for folder in (ext / "scripts", ext / PRIVATE_PACKAGE):
+        assert stat.S_IMODE(folder.stat().st_mode) == mode
+    assert stat.S_IMODE((ext / "scripts" / "autombw_bridge.py").stat().st_mode) == mode & 0o666
 
 
 def test_reinstall_upgrades_in_place(webui: Path) -> None:

@@ -24,6 +24,7 @@ import re
 import shutil
 import sys
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,12 +62,25 @@ ENTRY_SCRIPT = '''"""autombw bridge: in-memory block merges over HTTP (/autombw/
 Written by `autombw webui install-extension` (autombw {version}); re-run it to upgrade.
 """
 
+import importlib
 import sys
 from pathlib import Path
 
+# A1111's load_scripts() puts this extension's folder on sys.path only while this file runs,
+# then puts the old sys.path back: every bridge module is imported now, at load time (so a
+# later import of one finds it in sys.modules), and the host module is kept here.
 _ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:
+_MODULES = {modules!r}
+_added = _ROOT not in sys.path
+if _added:
     sys.path.insert(0, _ROOT)
+try:
+    for _name in _MODULES:
+        importlib.import_module(_name)
+    from {package}.webui.bridge import a1111_host as _host
+finally:
+    if _added and _ROOT in sys.path:
+        sys.path.remove(_ROOT)
 
 from modules import script_callbacks  # noqa: E402
 
@@ -74,9 +88,7 @@ VERSION = "{version}"
 
 
 def _on_app_started(_demo, app):
-    from {package}.webui.bridge.a1111_host import install
-
-    install(app, version=VERSION)
+    _host.install(app, version=VERSION)
 
 
 script_callbacks.on_app_started(_on_app_started)
@@ -200,7 +212,12 @@ def build_extension(dest: Path, *, version: str = __version__) -> list[str]:
     scripts = dest / "scripts"
     scripts.mkdir(parents=True, exist_ok=True)
     (scripts / "autombw_bridge.py").write_text(
-        ENTRY_SCRIPT.format(version=version, package=PRIVATE_PACKAGE), encoding="utf-8"
+        ENTRY_SCRIPT.format(
+            version=version,
+            package=PRIVATE_PACKAGE,
+            modules=tuple(PRIVATE_PACKAGE + m.name[len(_PACKAGE) :] for m in modules),
+        ),
+        encoding="utf-8",
     )
     (dest / "VERSION").write_text(version + "\n", encoding="utf-8")
     (dest / MARKER).write_text(f"autombw {version}\n", encoding="utf-8")
@@ -228,7 +245,7 @@ def install_extension(webui_dir: Path | str, *, version: str = __version__) -> P
             hint="move it away, then run install-extension again",
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{EXTENSION_NAME}.new-", dir=target.parent))
+    staging = _new_dir(target.parent, f".{EXTENSION_NAME}.new-")
     try:
         build_extension(staging, version=version)
         old = None
@@ -243,3 +260,15 @@ def install_extension(webui_dir: Path | str, *, version: str = __version__) -> P
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _new_dir(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named folder in ``parent`` with the umask's mode (``mkdtemp`` would
+    make it 0700, and the WebUI may run as another user, e.g. in a container)."""
+    while True:
+        path = parent / f"{prefix}{uuid.uuid4().hex[:8]}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
