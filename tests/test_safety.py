@@ -157,6 +157,35 @@ def test_bridge_warns_when_exposed_without_api_auth(
     assert host.exposed_without_auth() is warns
 
 
+@pytest.mark.parametrize(
+    ("argv", "warns"),
+    [
+        # A1111 1.10.1 api_only(): uvicorn.run(host=gradio_server_name()) and that is None
+        # without --listen/--server-name: uvicorn then binds every interface
+        (["--nowebui"], True),
+        (["--nowebui", "--api"], True),
+        (["--nowebui", "--listen"], True),
+        (["--nowebui", "--server-name", "127.0.0.1"], False),
+        (["--nowebui", "--server-name", "0.0.0.0"], True),
+        (["--nowebui", "--api-auth", "u:p"], False),
+        (["--api"], False),  # UI mode: Gradio's server binds 127.0.0.1
+    ],
+)
+def test_bridge_warns_for_api_only_webui_on_every_interface(argv: list[str], warns: bool) -> None:
+    import argparse
+
+    from autombw_cli.webui.bridge.a1111_host import A1111Host
+
+    parser = argparse.ArgumentParser()  # the flags as modules/cmd_args.py declares them
+    for flag in ("--listen", "--share", "--api", "--nowebui"):
+        parser.add_argument(flag, action="store_true")
+    parser.add_argument("--server-name", type=str, default=None)
+    parser.add_argument("--api-auth", type=str, default=None)
+    host = A1111Host.__new__(A1111Host)
+    host._shared = types.SimpleNamespace(cmd_opts=parser.parse_args(argv))  # type: ignore[attr-defined]
+    assert host.exposed_without_auth() is warns
+
+
 class _Evil:
     """A pickle payload: unpickling it calls os.makedirs(marker)."""
 

@@ -103,11 +103,7 @@ class A1111Host:
         return pairs or None
 
     def exposed_without_auth(self) -> bool:
-        opts = self._shared.cmd_opts
-        listen = bool(getattr(opts, "listen", False)) or bool(getattr(opts, "share", False))
-        server_name = getattr(opts, "server_name", None) or ""
-        beyond_loopback = listen or server_name not in _LOOPBACK
-        return beyond_loopback and not self.credentials()
+        return exposed_without_auth(self._shared.cmd_opts, self.credentials())
 
     def _info_for(self, ref: CheckpointRef) -> Any:
         for info in self._sd_models.checkpoints_list.values():
@@ -117,6 +113,21 @@ class A1111Host:
         if match is None:
             raise RuntimeError(f"checkpoint {ref.title!r} is not in the WebUI's list")
         return match
+
+
+def exposed_without_auth(cmd_opts: Any, credentials: dict[str, str] | None) -> bool:
+    """Whether the WebUI listens beyond loopback and the bridge routes take no password.
+
+    ``--listen``/``--share``/a non-loopback ``--server-name`` reach beyond this machine. So does
+    ``--nowebui`` without ``--server-name``: A1111's ``api_only()`` passes
+    ``gradio_server_name()`` (None without --listen) to ``uvicorn.run(host=None)``, which binds
+    every interface (the UI mode's Gradio server binds 127.0.0.1 instead).
+    """
+    listen = bool(getattr(cmd_opts, "listen", False)) or bool(getattr(cmd_opts, "share", False))
+    server_name = getattr(cmd_opts, "server_name", None) or ""
+    api_only_any_host = bool(getattr(cmd_opts, "nowebui", False)) and not server_name
+    beyond_loopback = listen or api_only_any_host or server_name not in _LOOPBACK
+    return beyond_loopback and not credentials
 
 
 def _ref(info: Any) -> CheckpointRef:
