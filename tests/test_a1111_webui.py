@@ -1,0 +1,365 @@
+"""The bridge and the search inside a real AUTOMATIC1111 1.10.1 (CPU, offline).
+
+Marked ``a1111``; skipped unless ``AUTOMBW_A1111_ROOT`` points at an install made by
+``../shared/a1111/setup.sh``. Run (minutes on 2 cores; each WebUI start is ~1 min):
+
+    AUTOMBW_A1111_ROOT=/tmp/a1111 python -m pytest -m a1111 -v tests/test_a1111_webui.py
+
+Two WebUIs are started from this checkout's bridge: one in UI mode with ``--api-auth`` (as a
+LAN user runs it), one API-only (``--nowebui``) without auth. Scores come from a random-weight
+tiny ImageReward and mean nothing: these tests check the WebUI path (bridge loading, merge,
+render, restore, save, caches), with pixels and tensors compared exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from a1111_harness import (
+    SLOTS,
+    Install,
+    WebUI,
+    a1111_root,
+    record,
+    run_cli,
+    start_webui,
+    tensor_hashes,
+)
+
+ROOT = a1111_root()
+pytestmark = [
+    pytest.mark.a1111,
+    pytest.mark.skipif(ROOT is None, reason="set AUTOMBW_A1111_ROOT to a ../shared/a1111 install"),
+    pytest.mark.timeout(3600),
+]
+AUTH = ("autombw", "it-secret")
+_MIX = "0 .7 .3 1 .6 .2 .9 .5 .1 .8 .4 0 .7 .3 1 .6 .2 .9 .5 .1 .8 .4 0 .7 .3 1 .6"
+MIX = dict(zip(SLOTS, map(float, _MIX.split()), strict=True))
+
+
+@pytest.fixture(scope="module")
+def install() -> Install:
+    assert ROOT is not None
+    inst = Install(ROOT)
+    missing = inst.missing()
+    if missing:
+        pytest.fail(f"{ROOT} is not a complete ../shared/a1111/setup.sh install: {missing}")
+    inst.install_extensions()
+    return inst
+
+
+@pytest.fixture(scope="module")
+def webui(install: Install, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebUI]:
+    """A1111 in UI mode with --api-auth, rndA loaded."""
+    w = start_webui(install, tmp_path_factory.mktemp("webui"), auth=AUTH)
+    record({"what": "start", "mode": "ui+api-auth", "s": round(w.started_s, 1),
+            "rss_mb": round(w.rss_mb())})  # fmt: skip
+    yield w
+    record({"what": "end", "mode": "ui+api-auth", "rss_mb": round(w.rss_mb())})
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def scratch(install: Install) -> Iterator[Path]:
+    """A sub-folder of the WebUI's checkpoint folder for offline files (removed after)."""
+    folder = install.models / "autombw-it"
+    folder.mkdir(exist_ok=True)
+    yield folder
+    for p in folder.iterdir():
+        p.unlink()
+    folder.rmdir()
+
+
+@pytest.fixture(scope="module")
+def plain_a(webui: WebUI) -> np.ndarray:
+    webui.restore(free_caches=True)
+    webui.load("rndA.safetensors")
+    return webui.txt2img()
+
+
+def offline_merge(install: Install, out: Path, *args: str) -> Path:
+    t0 = time.monotonic()
+    done = run_cli(
+        "merge",
+        str(install.models / "rndA.safetensors"),
+        str(install.models / "rndB.safetensors"),
+        "-o",
+        str(out),
+        "--dtype",
+        "fp32",
+        "--force",
+        *args,
+        cwd=out.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    record({"what": "offline merge fp32 (autombw merge)", "s": round(time.monotonic() - t0, 1)})
+    return out
+
+
+def weights_text(weights: dict[str, float]) -> str:
+    return ",".join(f"{k}:{v}" for k, v in weights.items())
+
+
+# --- the bridge loads and is guarded ----------------------------------------------------------
+def test_bridge_loads_in_a1111(webui: WebUI) -> None:
+    status = webui.status()
+    assert status["host"] == "a1111"
+    assert status["webui_version"] == "v1.10.1"
+    log = webui.log_text()
+    assert "Error executing callback" not in log, webui.log_tail()
+    assert "routes under /autombw/v1/ are ready" in log
+
+
+def test_api_auth_is_enforced_on_the_bridge_routes(webui: WebUI) -> None:
+    for method, path, body in [
+        ("GET", "/autombw/v1/status", None),
+        ("POST", "/autombw/v1/merge", {"model_a": "rndA", "model_b": "rndB", "weights": {}}),
+        ("POST", "/autombw/v1/restore", {}),
+        ("POST", "/autombw/v1/save", {"name": "x", "weights": {}}),
+    ]:
+        assert webui.call(method, path, body, auth=None).status_code == 401, path
+        assert webui.call(method, path, body, auth=("autombw", "wrong")).status_code == 401
+    assert webui.call("GET", "/autombw/v1/status").status_code == 200
+
+
+# --- merges are what they say -----------------------------------------------------------------
+def test_weight_zero_is_plain_a_and_restore_gives_plain_a(
+    webui: WebUI, plain_a: np.ndarray, install: Install
+) -> None:
+    t0 = time.monotonic()
+    webui.merge(0.0)
+    record({"what": "first bridge merge (fills caches)", "s": round(time.monotonic() - t0, 1),
+            "rss_mb": round(webui.rss_mb())})  # fmt: skip
+    assert np.array_equal(webui.txt2img(), plain_a)
+    t0 = time.monotonic()
+    webui.merge(1.0)
+    record({"what": "bridge merge (caches warm)", "s": round(time.monotonic() - t0, 1)})
+    assert not np.array_equal(webui.txt2img(), plain_a)
+    webui.restore()
+    assert np.array_equal(webui.txt2img(), plain_a)
+    live = webui.live_hashes()
+    ref = tensor_hashes(install.models / "rndA.safetensors")
+    differ = [k for k in ref if k in live and live[k] != ref[k]]
+    assert not differ, differ[:5]
+
+
+def test_bridge_merge_equals_offline_merge_tensors_and_pixels(
+    webui: WebUI, install: Install, scratch: Path
+) -> None:
+    out = offline_merge(install, scratch / "mix.safetensors", "-w", weights_text(MIX))
+    ref = tensor_hashes(out)
+    webui.merge(MIX)
+    live = webui.live_hashes()
+    missing = [k for k in ref if k not in live]
+    differ = [k for k in ref if k in live and live[k] != ref[k]]
+    assert not missing and not differ, (missing[:5], differ[:5])
+    bridge_pixels = webui.txt2img()
+    webui.refresh()
+    webui.load("autombw-it/mix.safetensors")
+    assert np.array_equal(webui.txt2img(), bridge_pixels)
+    assert webui.status()["merge_live"] is False  # a plain checkpoint load ends the merge
+    webui.load("rndA.safetensors")
+
+
+def test_text_encoder_merge_changes_the_render_of_an_already_rendered_prompt(
+    webui: WebUI, install: Install, scratch: Path, plain_a: np.ndarray
+) -> None:
+    out = offline_merge(
+        install, scratch / "te.safetensors", "-w", "0", "--text-encoder-weight", "1"
+    )
+    webui.refresh()
+    webui.load("autombw-it/te.safetensors")
+    plain_te = webui.txt2img()
+    assert not np.array_equal(plain_te, plain_a)
+    webui.load("rndA.safetensors")
+    assert np.array_equal(webui.txt2img(), plain_a)  # A's conds for this prompt now cached
+    webui.merge(0.0, text_encoder_weight=1.0)
+    live = webui.live_hashes("cond_stage_model.")
+    ref = {k: v for k, v in tensor_hashes(out).items() if k.startswith("cond_stage_model.")}
+    assert ref and all(live.get(k) == v for k, v in ref.items())
+    assert np.array_equal(webui.txt2img(), plain_te), "stale conds: A1111's cond cache was kept"
+    webui.restore()
+    assert np.array_equal(webui.txt2img(), plain_a), "restore must drop the merged conds too"
+
+
+def test_the_bridge_never_overwrites_the_pair_it_holds(webui: WebUI, install: Install) -> None:
+    a_file = install.models / "rndA.safetensors"
+    before = (a_file.stat().st_mtime_ns, a_file.stat().st_size)
+    webui.merge(0.5)
+    body = {"name": "rndA", "weights": dict.fromkeys(SLOTS, 0.5), "overwrite": True}
+    resp = webui.call("POST", "/autombw/v1/save", body)
+    assert resp.status_code >= 400, resp.text
+    assert (a_file.stat().st_mtime_ns, a_file.stat().st_size) == before
+    webui.restore()
+
+
+# --- the CLI against the real WebUI -----------------------------------------------------------
+def write_config(
+    path: Path, install: Install, url: str, *, output: str, auth: bool, evaluations: int,
+    final_merge: bool, run_dir: Path, text_encoder: bool = False,
+) -> Path:  # fmt: skip
+    ir = install.ir_tiny
+    auth_line = "    auth: {user_env: AMBW_IT_USER, password_env: AMBW_IT_PASS}\n" if auth else ""
+    initial = ""
+    if text_encoder:
+        held = ",".join(f"{s}:0" for s in SLOTS) + ",BASE:1"
+        initial = f'  initial: {{weights: "{held}"}}\n'
+    path.write_text(
+        f"""models: {{a: rndA.safetensors, b: rndB.safetensors, output: {output}, arch: sd1}}
+instances:
+  - url: {url}
+    label: cpu0
+    timeouts: {{stall: 600}}
+{auth_line}payloads: {{files: [payload.json]}}
+scorer:
+  name: imagereward
+  device: cpu
+  batch_size: 4
+  tally: arithmetic
+  paths:
+    checkpoint: {ir / "ImageReward.pt"}
+    med_config: {ir / "med_config.json"}
+    tokenizer: {ir / "vocab.txt"}
+search:
+  blocks: all
+  intervals: 10
+{initial}  passes: [{{optimizer: cmaes}}]
+  early_stopping: false
+  max_evaluations: {evaluations}
+  seed: 0
+outputs:
+  run_dir: {run_dir}
+  save_images: best
+  final_merge: {str(final_merge).lower()}
+  merge_via: bridge
+  format: safetensors
+  dtype: fp16
+""",
+        encoding="utf-8",
+    )
+    (path.parent / "payload.json").write_text(
+        '{"prompt": "a photo of a cat", "negative_prompt": "", "seed": 1234, '
+        '"sampler_name": "Euler", "steps": 2, "cfg_scale": 7, "width": 64, "height": 64, '
+        '"batch_size": 1, "n_iter": 1, "wildcard_type": "none"}',
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def auth_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMBW_IT_USER", AUTH[0])
+    monkeypatch.setenv("AMBW_IT_PASS", AUTH[1])
+
+
+def history_rows(run_dir: Path) -> list[dict[str, str]]:
+    (history,) = run_dir.glob("*/history.csv")
+    with history.open(encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_doctor_search_and_final_merge_leave_plain_a(
+    webui: WebUI, install: Install, plain_a: np.ndarray, tmp_path: Path, auth_env: None,
+    scratch: Path,
+) -> None:  # fmt: skip
+    output = f"autombw-it-{int(time.time())}"
+    cfg = write_config(tmp_path / "cfg.yaml", install, webui.url, output=output, auth=True,
+                       evaluations=6, final_merge=True, run_dir=tmp_path / "runs")  # fmt: skip
+    doctor = run_cli("doctor", str(cfg), cwd=tmp_path)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "v1.10.1" in doctor.stdout
+    t0 = time.monotonic()
+    search = run_cli("search", str(cfg), "--plain", cwd=tmp_path)
+    elapsed = time.monotonic() - t0
+    assert search.returncode == 0, search.stdout[-3000:] + search.stderr[-3000:]
+    rows = history_rows(tmp_path / "runs")
+    assert len(rows) == 6
+    record({"what": "search: 6 evaluations + final merge via the bridge", "s": round(elapsed, 1),
+            "rss_mb": round(webui.rss_mb())})  # fmt: skip
+    saved = install.models / f"{output}.safetensors"
+    try:
+        assert saved.is_file(), search.stdout[-3000:]
+        # the bridge's final merge is bit-identical to `autombw merge` of the recipe it wrote
+        (recipe,) = (tmp_path / "runs").glob("*/*.recipe.txt")
+        offline = scratch / "final-offline.safetensors"
+        a, b = install.models / "rndA.safetensors", install.models / "rndB.safetensors"
+        done = run_cli("merge", str(a), str(b), "-o", str(offline), "--recipe", str(recipe),
+                       "--dtype", "fp16", "--force", cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert tensor_hashes(saved) == tensor_hashes(offline)
+    finally:
+        for p in install.models.glob(f"{output}*"):
+            p.unlink()
+    # the WebUI is back to plain A, with the bridge's caches freed
+    status = webui.status()
+    assert status["merge_live"] is False
+    assert status["cache_bytes"] == 0
+    assert str(status["loaded_checkpoint"]).startswith("rndA")
+    assert np.array_equal(webui.txt2img(), plain_a)
+
+
+def test_search_with_text_encoder_weight_scores_merged_conds(
+    webui: WebUI, install: Install, plain_a: np.ndarray, tmp_path: Path, auth_env: None
+) -> None:
+    """With BASE: 1 held, the renders differ from plain A's (they used the merged text encoder)
+    even though A1111 had this prompt's conds cached from rendering A."""
+    webui.txt2img()  # cache A's conds for the payload prompt
+    cfg = write_config(tmp_path / "cfg.yaml", install, webui.url, output="unused", auth=True,
+                       evaluations=1, final_merge=False, run_dir=tmp_path / "runs",
+                       text_encoder=True)  # fmt: skip
+    text = cfg.read_text().replace("save_images: best", "save_images: all")
+    cfg.write_text(text)
+    search = run_cli("search", str(cfg), "--plain", cwd=tmp_path)
+    assert search.returncode == 0, search.stdout[-3000:] + search.stderr[-3000:]
+    images = sorted((tmp_path / "runs").glob("*/images/**/*.png"))
+    assert images, list((tmp_path / "runs").rglob("*"))
+    from PIL import Image
+
+    rendered = np.asarray(Image.open(images[0]).convert("RGB"))
+    assert not np.array_equal(rendered, plain_a), "the search scored A's cached conds"
+
+
+def test_config_check_refuses_an_output_naming_model_a(install: Install, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "cfg.yaml", install, "http://127.0.0.1:9", output="rndA",
+                       auth=False, evaluations=1, final_merge=True,
+                       run_dir=tmp_path / "runs")  # fmt: skip
+    done = run_cli("config", "check", str(cfg), cwd=tmp_path)
+    assert done.returncode != 0
+    assert "models.output" in done.stdout + done.stderr
+
+
+# --- API-only WebUI (--nowebui) ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def api_only(
+    install: Install, webui: WebUI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WebUI]:
+    webui.stop()  # one WebUI at a time: each holds ~5-12 GB on this machine
+    w = start_webui(install, tmp_path_factory.mktemp("nowebui"), "--nowebui")
+    record({"what": "start", "mode": "nowebui", "s": round(w.started_s, 1),
+            "rss_mb": round(w.rss_mb())})  # fmt: skip
+    yield w
+    w.stop()
+
+
+def test_nowebui_bridge_loads_and_warns_it_is_exposed(api_only: WebUI) -> None:
+    assert api_only.call("GET", "/internal/ping").status_code == 404  # UI mode only
+    assert api_only.status()["host"] == "a1111"
+    assert "listens beyond this machine without --api-auth" in api_only.log_text()
+
+
+def test_nowebui_doctor_and_search(api_only: WebUI, install: Install, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "cfg.yaml", install, api_only.url, output="unused",
+                       auth=False, evaluations=2, final_merge=False,
+                       run_dir=tmp_path / "runs")  # fmt: skip
+    doctor = run_cli("doctor", str(cfg), cwd=tmp_path)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    search = run_cli("search", str(cfg), "--plain", cwd=tmp_path)
+    assert search.returncode == 0, search.stdout[-3000:] + search.stderr[-3000:]
+    assert len(history_rows(tmp_path / "runs")) == 2
+    assert api_only.status()["merge_live"] is False
