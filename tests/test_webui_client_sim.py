@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fastapi.responses import JSONResponse
 
 from autombw_cli.blocks import Arch, Weights
 from autombw_cli.sim.faults import FaultPlan
@@ -159,6 +160,47 @@ async def test_missing_api_and_missing_bridge() -> None:
                 await c.get_options()
             with pytest.raises(BridgeMissing, match="install-extension"):
                 await c.bridge_status()
+    finally:
+        handle.stop()
+
+
+async def test_api_only_webui_is_reachable_without_internal_ping() -> None:
+    """A1111 with --nowebui serves no /internal/ping: its router's 404 still means "up", for
+    the client's ping, the preflight and (through ping) the scheduler's health probe."""
+    from autombw_cli.search.preflight import check_instance
+
+    handle = start_simulator_in_thread(arch="sd1", api=False, nowebui=True)
+    try:
+        async with connect(handle) as c:
+            with pytest.raises(WebUIHTTPError) as exc:  # the route really is missing
+                await c._request("GET", "/internal/ping")
+            assert exc.value.status_code == 404
+            assert (await c.ping()).elapsed_s >= 0
+            report = await check_instance(
+                c,
+                label="sim0",
+                url=handle.url,
+                model_a="simA",
+                model_b="simB",
+                samplers={"Euler"},
+                arch=Arch.SD1,
+            )
+            assert report.state == "ready", report.problems
+    finally:
+        handle.stop()
+
+
+async def test_ping_still_fails_on_a_routes_own_404() -> None:
+    handle = start_simulator_in_thread(arch="sd1", nowebui=True)
+    try:
+        handle.sim.app.add_api_route(  # a 404 of a route, not of the router: not "up"
+            "/internal/ping",
+            lambda: JSONResponse(status_code=404, content={"detail": "gone"}),
+            methods=["GET"],
+        )
+        async with connect(handle) as c:
+            with pytest.raises(WebUIHTTPError):
+                await c.ping()
     finally:
         handle.stop()
 

@@ -126,6 +126,7 @@ class SimulatedWebUI:
         model_dir: Path | str | None = None,
         api: bool = True,
         bridge: bool = True,
+        nowebui: bool = False,
     ) -> None:
         self.arch = Arch(arch)
         self.latency_per_image = float(latency_per_image)
@@ -152,7 +153,9 @@ class SimulatedWebUI:
         self.core = self._new_core()
         self.host.on_model_loaded(lambda reason: self.core.mark_lost(reason))
         self._load_default()
-        self.app = self._build_app(api=api, bridge=bridge)
+        # nowebui: like A1111's --nowebui (api_only()): the API without the UI, so no
+        # /internal/ping (A1111 adds it with the UI); the API is on with or without --api
+        self.app = self._build_app(api=api or nowebui, bridge=bridge, ping=not nowebui)
 
     # --- lifecycle & control --------------------------------------------------------------
     def _new_core(self) -> BridgeCore:
@@ -422,7 +425,7 @@ class SimulatedWebUI:
         return {}
 
     # --- the app --------------------------------------------------------------------------
-    def _build_app(self, *, api: bool, bridge: bool) -> FastAPI:
+    def _build_app(self, *, api: bool, bridge: bool, ping: bool = True) -> FastAPI:
         app = FastAPI(title="autombw simulated WebUI", version=__version__)
         sim = self
 
@@ -449,7 +452,8 @@ class SimulatedWebUI:
         async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
             return _a1111_error(exc)
 
-        app.add_api_route(ep.PING, lambda: {}, methods=["GET"])
+        if ping:
+            app.add_api_route(ep.PING, lambda: {}, methods=["GET"])
         if api:
             self._add_sdapi_routes(app)
         if bridge:

@@ -45,6 +45,7 @@ from autombw_cli.webui.errors import (
     CheckpointNotLoaded,
     MergeLost,
     WebUIError,
+    WebUIHTTPError,
     WebUITimeout,
     WebUIUnreachable,
 )
@@ -184,9 +185,17 @@ class WebUIClient:
 
     # --- A1111 API --------------------------------------------------------------------------
     async def ping(self) -> PingResult:
-        """``GET /internal/ping``: the server answers (needs neither --api nor credentials)."""
+        """``GET /internal/ping``: the server answers (needs neither --api nor credentials).
+
+        An API-only WebUI (``--nowebui``) has no ``/internal/ping`` (A1111 adds it with the UI):
+        its router's 404 ``{"detail": "Not Found"}`` proves the server is up just as well."""
         t0 = time.monotonic()
-        await self._request("GET", ep.PING, what="ping")
+        try:
+            await self._request("GET", ep.PING, what="ping")
+        except WebUIHTTPError as exc:
+            if exc.status_code != 404 or exc.detail != "Not Found":
+                raise
+            log.debug("%s: no %s (an API-only WebUI, --nowebui): it is up", self.label, ep.PING)
         return PingResult(elapsed_s=time.monotonic() - t0)
 
     async def get_options(self) -> Options:
