@@ -59,6 +59,7 @@ from autombw_cli.webui.bridge.files import DTYPE_NAMES, TensorFile
 from autombw_cli.webui.bridge.names import (
     CheckpointRef,
     NameError_,
+    checkpoint_stem,
     close_names,
     find_checkpoint,
     safe_output_path,
@@ -376,14 +377,17 @@ class BridgeCore:
                 target = safe_output_path(name, self.host.checkpoint_dir(), suffix=suffix)
             except NameError_ as exc:
                 raise BridgeError(str(exc), kind="BadName") from None
-            if target.exists() and not overwrite:
-                raise BridgeError(
-                    f"{target.name} already exists in the checkpoint folder",
-                    status=409,
-                    kind="OutputExists",
-                    hint="pass overwrite: true to replace it, or choose another name",
-                )
             stem = target.name[: -len(suffix)]
+            recipe_path = target.with_name(stem + ".recipe.txt")
+            self._refuse_own_files(target, stem)
+            for path in (target, recipe_path):  # the recipe follows its checkpoint's rule
+                if path.exists() and not overwrite:
+                    raise BridgeError(
+                        f"{path.name} already exists in the checkpoint folder",
+                        status=409,
+                        kind="OutputExists",
+                        hint="pass overwrite: true to replace it, or choose another name",
+                    )
             recipe = Recipe(
                 model_a=pair.a.filename,
                 model_b=pair.b.filename,
@@ -399,7 +403,6 @@ class BridgeCore:
                 metadata=recipe.safetensors_metadata(),
                 fmt=fmt,  # type: ignore[arg-type]  (checked against SUFFIXES above)
             )
-            recipe_path = target.with_name(stem + ".recipe.txt")
             atomic_write_text(recipe_path, recipe.to_text())
             self.host.refresh_checkpoints()
             return SaveOutcome(
@@ -410,6 +413,28 @@ class BridgeCore:
                 bytes=size,
                 elapsed_s=round(time.perf_counter() - t0, 6),
             )
+
+    def _refuse_own_files(self, target: Path, stem: str) -> None:
+        """Never write over a file the bridge reads from (A, B, the loaded checkpoint) nor
+        over their recipe files, whatever ``overwrite`` says: refuse a save whose name is one
+        of theirs (same file, or same stem in the same folder)."""
+        pair = self._pair
+        own = [("model A", pair.a), ("model B", pair.b)] if pair is not None else []
+        loaded = self.host.loaded_checkpoint()
+        if loaded is not None:
+            own.append(("the loaded checkpoint", loaded))
+        for role, ref in own:
+            same_stem = _same_or_linked(ref.path.parent, target.parent) and (
+                checkpoint_stem(ref.path.name) == stem.lower()
+            )
+            if same_stem or _same_or_linked(ref.path, target):
+                raise BridgeError(
+                    f"{target.name} would overwrite {role} ({ref.filename}) or its recipe, "
+                    "which the bridge is merging from",
+                    status=409,
+                    kind="OutputIsInput",
+                    hint="choose another name; the bridge never overwrites its own inputs",
+                )
 
     # --- internals ------------------------------------------------------------------------
     def _resolve(
@@ -868,6 +893,16 @@ def _same_file(a: Path, b: Path) -> bool:
         return True
     try:
         return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _same_or_linked(a: Path, b: Path) -> bool:
+    """`_same_file`, or one file under two names (hard link, case-insensitive file system)."""
+    if _same_file(a, b):
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
     except OSError:
         return False
 

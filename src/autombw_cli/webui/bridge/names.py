@@ -26,6 +26,9 @@ _WINDOWS_RESERVED = {
     *(f"LPT{c}" for c in "¹²³"),
 }
 _BAD_CHARS = re.compile(r'[<>:"|?*\x00-\x1f\x7f]')
+# Bidirectional controls (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069): invisible, and they
+# make a file name display as something else (``gnp.exe`` shown as ``exe.png``).
+_BIDI_CHARS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 MAX_NAME_LEN = 200
 
 
@@ -92,14 +95,32 @@ def close_names(requested: str, refs: Sequence[CheckpointRef], n: int = 5) -> li
     return [by_lower[h] for h in hits]
 
 
-def safe_output_path(name: object, folder: Path, *, suffix: str = ".safetensors") -> Path:
-    """The file ``name`` inside ``folder``, or `NameError_` if the name is not a plain file name.
+def checkpoint_stem(text: str) -> str:
+    """The lower-case file stem a checkpoint name, title, file name or path refers to
+    (``sub/Model.safetensors [abcd1234]`` -> ``model``)."""
+    return _stem(text)
 
-    Refused: empty names, path separators, ``..``, absolute or drive paths, control characters
-    and ``<>:"|?*``, Windows reserved device names (``CON``, ``NUL``, ``COM1``... with or without
-    an extension), names ending in a dot or space, hidden names and names over 200 characters.
-    ``suffix`` is appended unless the name already ends with it; other checkpoint extensions
-    are refused.
+
+def safe_output_path(name: object, folder: Path, *, suffix: str = ".safetensors") -> Path:
+    """The file ``name`` inside ``folder``, or `NameError_` if the name is not a plain file name
+    (the rule is `check_output_name`)."""
+    raw = check_output_name(name, suffix=suffix)
+    folder_resolved = folder.resolve()
+    target = (folder_resolved / raw).resolve()
+    if target.parent != folder_resolved:
+        raise NameError_(f"name {name!r} leaves the checkpoint folder")
+    return target
+
+
+def check_output_name(name: object, *, suffix: str = ".safetensors") -> str:
+    """The output file name for ``name`` (``suffix`` appended), or `NameError_` saying why not.
+
+    Refused: empty names, path separators, ``..``, absolute or drive paths, control characters,
+    bidirectional control characters (U+202E...) and ``<>:"|?*``, Windows reserved device names
+    (``CON``, ``NUL``, ``COM1``... with or without an extension), names starting or ending with
+    whitespace or ending in a dot, hidden names and names over 200 characters. ``suffix`` is
+    appended unless the name already ends with it; other checkpoint extensions are refused.
+    The search config checks ``models.output`` with this same function.
     """
     if not isinstance(name, str):
         raise NameError_("name must be a string")
@@ -120,6 +141,11 @@ def safe_output_path(name: object, folder: Path, *, suffix: str = ".safetensors"
         raise NameError_(f"name {raw!r} is not a file name")
     if _BAD_CHARS.search(raw):
         raise NameError_(f"name {raw!r} contains characters not allowed in file names")
+    if _BIDI_CHARS.search(raw):
+        raise NameError_(
+            f"name {raw!r} contains bidirectional control characters (e.g. U+202E) that "
+            "make a file name display as something else"
+        )
     if raw.startswith("."):
         raise NameError_(f"name {raw!r} would be a hidden file")
     if raw.endswith((".", " ")):
@@ -138,8 +164,4 @@ def safe_output_path(name: object, folder: Path, *, suffix: str = ".safetensors"
         raise NameError_(f"name {name!r} is a reserved device name on Windows")
     if len(raw) > MAX_NAME_LEN:
         raise NameError_(f"name is {len(raw)} characters long; the limit is {MAX_NAME_LEN}")
-    folder_resolved = folder.resolve()
-    target = (folder_resolved / raw).resolve()
-    if target.parent != folder_resolved:
-        raise NameError_(f"name {name!r} leaves the checkpoint folder")
-    return target
+    return raw
