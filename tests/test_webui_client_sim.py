@@ -205,6 +205,31 @@ async def test_ping_still_fails_on_a_routes_own_404() -> None:
         handle.stop()
 
 
+async def test_txt2img_sends_a_scheduler_so_a1111_does_not_autocorrect(
+    sim: SimulatorHandle,
+) -> None:
+    """A1111 1.9+ logs "Sampler Scheduler autocorrection" for a txt2img without scheduler."""
+    import httpx
+
+    assert httpx.post(sim.url + "/sdapi/v1/txt2img", json=BODY, timeout=30).status_code == 200
+    assert len(sim.sim.autocorrections) == 1  # the stand-in does what A1111 does
+    async with connect(sim) as c:
+        await c.txt2img(BODY)
+        await c.txt2img({**BODY, "sampler_name": "DPM++ 2M Karras"})  # A1111 splits it off
+        await c.txt2img({**BODY, "sampler_name": "Euler", "scheduler": "Karras"})
+    assert len(sim.sim.autocorrections) == 1, sim.sim.autocorrections
+
+
+def test_with_scheduler_keeps_the_payloads_and_the_legacy_sampler_suffix() -> None:
+    from autombw_cli.webui.client import with_scheduler
+
+    assert with_scheduler({"prompt": "x"})["scheduler"] == "Automatic"
+    assert with_scheduler({"scheduler": "Karras"})["scheduler"] == "Karras"
+    assert "scheduler" not in with_scheduler({"sampler_name": "DPM++ 2M Karras"})
+    assert "scheduler" not in with_scheduler({"sampler_index": "DPM++ 2M SDE sgm_uniform"})
+    assert with_scheduler({"sampler_name": "DDIM"})["scheduler"] == "Automatic"
+
+
 async def test_fault_oom(sim: SimulatorHandle) -> None:
     sim.sim.set_faults(oom_every=2)
     async with connect(sim) as c:

@@ -62,6 +62,22 @@ SAMPLERS = (
     "DDIM",
     "UniPC",
 )
+# A1111 1.10.1's schedulers (modules/sd_schedulers.py): name -> label (aliases as names too)
+SCHEDULERS: dict[str, str] = {
+    "automatic": "Automatic",
+    "uniform": "Uniform",
+    "karras": "Karras",
+    "exponential": "Exponential",
+    "polyexponential": "Polyexponential",
+    "sgm_uniform": "SGM Uniform",
+    "SGMUniform": "SGM Uniform",
+    "kl_optimal": "KL Optimal",
+    "align_your_steps": "Align Your Steps",
+    "simple": "Simple",
+    "normal": "Normal",
+    "ddim": "DDIM",
+    "beta": "Beta",
+}
 SIM_FAULTS = "/sim/faults"
 SIM_RESTART = "/sim/restart"
 
@@ -96,6 +112,7 @@ class Txt2ImgRequest(BaseModel):
     cfg_scale: float = 7.0
     sampler_name: str | None = None
     sampler_index: str = "Euler"
+    scheduler: str | None = None
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool = True
     send_images: bool = True
@@ -144,6 +161,7 @@ class SimulatedWebUI:
         self._progress = _Progress()
         self._count = 0
         self.renderer = Renderer(self.arch)
+        self.autocorrections: list[str] = []  # A1111's "Sampler Scheduler autocorrection" lines
         self.options: dict[str, Any] = {
             "samples_format": "png",
             "CLIP_stop_at_last_layers": 1,
@@ -227,6 +245,7 @@ class SimulatedWebUI:
             seed = req.seed if req.seed >= 0 else random.randrange(2**32)
             n_images = max(1, req.batch_size) * max(1, req.n_iter)
             sampler = req.sampler_name or req.sampler_index
+            self._check_scheduler(sampler, req.scheduler)
             if sampler not in SAMPLERS:
                 sampler = "Euler"  # A1111 falls back silently; check info
             self._begin(req.n_iter, req.steps)
@@ -287,6 +306,27 @@ class SimulatedWebUI:
             "parameters": req.model_dump(),
             "info": json.dumps(info),
         }
+
+    def _check_scheduler(self, sampler: str, scheduler: str | None) -> None:
+        """A1111 1.9+: the API splits a scheduler off the sampler name ("DPM++ 2M Karras") when
+        the request has none, then processing's fix_p_invalid_sampler_and_scheduler() corrects
+        a missing or unknown scheduler to a label and logs a warning (no scheduler at all, as
+        pre-1.9 clients send, becomes "Automatic" with that warning on every call)."""
+        if not scheduler:
+            for name, label in SCHEDULERS.items():
+                if label != "Automatic" and sampler.endswith((" " + label, " " + name)):
+                    scheduler = label
+        labels = set(SCHEDULERS.values())
+        label = SCHEDULERS.get(scheduler or "") or (scheduler if scheduler in labels else None)
+        label = label or "Automatic"
+        if label != scheduler:
+            line = (
+                f'Sampler Scheduler autocorrection: "{sampler}" -> "{sampler}", '
+                f'"{scheduler}" -> "{label}"'
+            )
+            log.warning(line)
+            with self._state_lock:
+                self.autocorrections.append(line)
 
     def _simulate_steps(self, job_no: int, steps: int) -> None:
         with self._state_lock:

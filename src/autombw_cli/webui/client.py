@@ -305,7 +305,7 @@ class WebUIClient:
             if expect_merge_id is not None:
                 await self.ensure_merge_live(expect_merge_id)
             t0 = time.monotonic()
-            resp = await self._watched_post(ep.TXT2IMG, dict(body), what="txt2img")
+            resp = await self._watched_post(ep.TXT2IMG, with_scheduler(body), what="txt2img")
             result = await asyncio.to_thread(self._decode_txt2img, resp, time.monotonic() - t0)
             if expect_merge_id is not None:
                 await self.ensure_merge_live(expect_merge_id)
@@ -585,6 +585,29 @@ class WebUIClient:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+# A1111 1.9+'s schedulers (modules/sd_schedulers.py: name, label, aliases); a sampler name may
+# still end with one ("DPM++ 2M Karras", the pre-1.9 form).
+_SCHEDULER_NAMES = (
+    *("uniform", "karras", "exponential", "polyexponential", "sgm_uniform", "kl_optimal"),
+    *("align_your_steps", "simple", "normal", "ddim", "beta"),
+    *("SGM Uniform", "SGMUniform", "KL Optimal", "Align Your Steps"),
+)
+
+
+def with_scheduler(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The txt2img body with a ``scheduler``: the payload's, else "Automatic" (what A1111 1.9+
+    uses anyway; without the field it logs "Sampler Scheduler autocorrection" on every call).
+    A sampler name that ends with a scheduler ("DPM++ 2M Karras") gets none: A1111 splits it
+    off itself, and an explicit "Automatic" would override that split."""
+    out = dict(body)
+    if out.get("scheduler"):
+        return out
+    sampler = str(out.get("sampler_name") or out.get("sampler_index") or "").lower()
+    if not any(sampler.endswith(" " + name.lower()) for name in _SCHEDULER_NAMES):
+        out["scheduler"] = "Automatic"
+    return out
+
+
 def _pick_checkpoint(name: str, models: list[SDModel], label: str) -> SDModel | None:
     exact = [m for m in models if name in (m.title, m.model_name)]
     if exact:
