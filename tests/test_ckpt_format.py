@@ -189,7 +189,9 @@ def _bridge(folder: Path) -> BridgeCore:
 def test_bridge_save_ckpt_equals_its_safetensors(tmp_path: Path) -> None:
     core = _bridge(tmp_path)
     st = core.save("mix", dtype="fp16")
-    ck = core.save("mix", dtype="fp16", fmt="ckpt")
+    with pytest.raises(BridgeError, match=r"mix\.recipe\.txt already exists"):
+        core.save("mix", dtype="fp16", fmt="ckpt")  # the recipe file beside mix.safetensors
+    ck = core.save("mix", dtype="fp16", fmt="ckpt", overwrite=True)
     assert Path(ck.path) == (tmp_path / "mix.ckpt").resolve()
     assert ck.bytes == Path(ck.path).stat().st_size and len(ck.sha256) == 64
     assert core.host.find("mix.ckpt") is not None  # listed after the refresh
