@@ -78,7 +78,13 @@ def merge_command(
         typer.Option(help="Output dtype of float tensors. Default: keep A's dtypes."),
     ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Overwrite OUT and its recipe files. Default: off.")
+        bool,
+        typer.Option(
+            "--overwrite",
+            "--force",
+            help="Replace an existing OUT and its recipe files (never model A or B). "
+            "Default: off (an existing OUT is an error, exit 7).",
+        ),
     ] = False,
     text_encoder_weight: Annotated[
         float | None,

@@ -31,6 +31,12 @@ from autombw_cli.config.fields import (
     validation_context,
 )
 from autombw_cli.errors import ConfigError
+from autombw_cli.webui.bridge.names import (
+    CHECKPOINT_SUFFIXES,
+    NameError_,
+    check_output_name,
+    checkpoint_stem,
+)
 from autombw_cli.webui.timeouts import ClientTimeouts, RetryPolicy
 from autombw_cli.yamlio import FieldError
 
@@ -45,7 +51,9 @@ class ModelsConfig(StrictModel):
     a: str = Field(min_length=1, description="Model A: checkpoint title, name or file name")
     b: str = Field(min_length=1, description="Model B: checkpoint title, name or file name")
     output: str = Field(
-        "autombw-merge", min_length=1, description="Name of the merged model (no extension)"
+        "autombw-merge",
+        min_length=1,
+        description="Name of the merged model (no extension); never A's or B's name",
     )
     arch: Arch = Field(Arch.SD1, description="Architecture of A and B: sd1, sd2 or sdxl")
     a_file: ExistingFile | None = Field(None, description="Local file of A (offline merge)")
@@ -56,12 +64,30 @@ class ModelsConfig(StrictModel):
     def _plain_name(cls, v: str) -> str:
         if re.search(r"[\\/]", v) or v in (".", ".."):
             raise ValueError(f"{v!r} must be a plain name, not a path")
+        if v.lower().endswith(CHECKPOINT_SUFFIXES):
+            raise ValueError(
+                f"{v!r}: give the name without extension (outputs.format picks .safetensors "
+                "or .ckpt)"
+            )
+        try:  # the bridge's own rule, so a name that passes here is one the bridge accepts
+            check_output_name(v)
+        except NameError_ as exc:
+            raise ValueError(f"{exc} (the WebUI bridge would refuse to save it)") from None
         return v
 
     @model_validator(mode="after")
     def _different(self) -> ModelsConfig:
         if self.a == self.b:
             raise FieldError(("b",), f"model B is the same as model A ({self.a!r})")
+        out = checkpoint_stem(self.output)
+        for role, name, file in (("A", self.a, self.a_file), ("B", self.b, self.b_file)):
+            stems = {checkpoint_stem(name)} | ({checkpoint_stem(file.name)} if file else set())
+            if out in stems:
+                raise FieldError(
+                    ("output",),
+                    f"{self.output!r} names model {role} ({name}): the final merge would "
+                    f"overwrite model {role}; choose another name, e.g. {self.output}-merge",
+                )
         return self
 
 
@@ -249,6 +275,11 @@ class OutputsConfig(StrictModel):
         description="The final checkpoint: safetensors, or ckpt (a torch pickle of a state_dict)",
     )
     dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
+    overwrite: bool = Field(
+        False,
+        description="Replace an existing checkpoint named models.output (and its recipe "
+        "files); off: the final merge takes the first free name, e.g. <output>-2",
+    )
 
     @field_validator("run_name")
     @classmethod

@@ -276,12 +276,21 @@ def _output_entry(reader: CheckpointReader, key: str, out_dtype: torch.dtype | N
 
 
 def _check_output(out: Path, inputs: Sequence[Path], *, force: bool) -> None:
-    for p, name in zip(inputs, ("A", "B"), strict=True):
-        if p.exists() and out.exists() and out.resolve() == p.resolve():
-            raise ConfigError(
-                f"{out}: the output is model {name} itself", hint="choose another -o path"
-            )
+    """Refuse an output that is A or B (or shares their recipe files), whatever ``force`` says,
+    and an existing output or recipe file unless ``force``."""
     stem = recipe_stem(out)
+    for p, name in zip(inputs, ("A", "B"), strict=True):
+        if _same_path(out, p):
+            raise ConfigError(
+                f"{out}: the output is model {name} itself",
+                hint="choose another -o path; models A and B are never overwritten",
+            )
+        if _same_path(out.parent, p.parent) and stem.name.lower() == p.stem.lower():
+            raise ConfigError(
+                f"{out}: the output shares model {name}'s name ({p.name}) and would replace "
+                "its recipe files",
+                hint="choose another -o path; models A and B are never overwritten",
+            )
     targets = [
         out,
         stem.with_name(stem.name + ".recipe.txt"),
@@ -294,6 +303,16 @@ def _check_output(out: Path, inputs: Sequence[Path], *, force: bool) -> None:
                     f"{target} already exists; not overwriting it",
                     hint="pass --force to overwrite, or choose another -o path",
                 )
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    """One file under both names (same path, symlink, hard link, case-insensitive folder)."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
 
 
 def _validated_recipe(

@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 import torch
 
-from autombw_cli.atomic import atomic_path
+from autombw_cli.atomic import atomic_path, clean_stale_temps
 from autombw_cli.merging.dtypes import DTYPE_TO_ST, element_size
 
 
@@ -178,6 +178,7 @@ def write_stream(
     ``wrap_file`` may wrap the open file (e.g. to hash what is written)."""
     if not callable(produce):
         produce = _from_iterable(entries, produce)
+    clean_stale_temps(Path(path).parent)  # what killed writers left beside earlier outputs
     with atomic_path(path, suffix=suffix) as tmp, open(tmp, "wb") as raw:
         fh = raw if wrap_file is None else wrap_file(raw)
         writer = make_writer(fh, entries)
