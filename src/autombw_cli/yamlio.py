@@ -88,9 +88,69 @@ def read_document(path: Path, *, error_cls: type[ConfigError] = ConfigError, wha
     return Document(path, data, lines)
 
 
+MAX_YAML_NODES = 100_000  # nodes of a document once its aliases are expanded
+
+
+class _AliasBomb(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many nodes ``root`` has once every alias is expanded, computed without expanding
+    (each node counted once, memoised); _AliasBomb past MAX_YAML_NODES or for an alias cycle
+    (``&a [*a]``). Billion-laughs files stay small for PyYAML, which shares aliased objects,
+    but not for whatever walks them afterwards (the line map, validation)."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        if children_done:
+            active.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > MAX_YAML_NODES:
+                raise _AliasBomb(f"its aliases (*name) expand to more than {MAX_YAML_NODES} values")
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise _AliasBomb("an alias (*name) refers to a value that contains it")
+        active.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in active:
+                raise _AliasBomb("an alias (*name) refers to a value that contains it")
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
 def _load_yaml(text: str, path: Path, error_cls: type[ConfigError]) -> Any:
+    loader = yaml.SafeLoader(text)
     try:
-        return yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node)
+        return loader.construct_document(node)
+    except _AliasBomb as exc:
+        raise error_cls(
+            f"{path}: refused: {exc.message}",
+            hint="write the values out, or use fewer nested anchors (&name) and aliases",
+        ) from None
+    except RecursionError:
+        raise error_cls(
+            f"{path}: refused: the YAML nests too deeply",
+            hint="flatten the nesting of lists and mappings",
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -101,6 +161,8 @@ def _load_yaml(text: str, path: Path, error_cls: type[ConfigError]) -> Any:
         ) from None
     except yaml.YAMLError as exc:
         raise error_cls(f"{path}: malformed YAML: {exc}") from None
+    finally:
+        loader.dispose()
 
 
 @dataclass(frozen=True)
