@@ -9,6 +9,7 @@ where the file format allows).
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -97,10 +98,22 @@ class TensorFile:
 
 
 def _load_torch_state_dict(path: Path) -> dict[str, Tensor]:
+    """``torch.load(weights_only=True)`` (torch >= 2.1, as in A1111's Python 3.10): a pickle
+    that needs anything beyond plain tensors is refused, never loaded fully (that could run
+    code stored in the file)."""
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # old (non-zip) serialization cannot be memory-mapped
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # old (non-zip) serialization cannot be memory-mapped
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        why = next((line for line in lines if "global" in line.lower()), type(exc).__name__)
+        raise ValueError(
+            f"{path}: refused to load this pickle: it needs more than plain tensors "
+            f"({why.rstrip('.')[:200]}); loading it fully could run code stored in the file. "
+            "Use a .safetensors release of the model, or convert it with a tool you trust"
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
