@@ -248,6 +248,36 @@ def payload_broken(d: Path, url: str) -> list[str]:
     return ["payload", "show", "p.json"]
 
 
+def payload_jinja_escape(d: Path, url: str) -> list[str]:
+    # would create "pwned" in the folder (the snapshot would see it) if the sandbox let it run
+    prompt = "{{ cycler.__init__.__globals__.os.system('touch pwned') }}"
+    (d / "p.json").write_text(json.dumps({"prompt": prompt, "wildcard_type": "jinja2"}))
+    return ["payload", "expand", "p.json"]
+
+
+def payload_jinja_bomb(d: Path, url: str) -> list[str]:
+    (d / "p.json").write_text(
+        json.dumps({"prompt": "{{ 'a' * 10**10 }}", "wildcard_type": "jinja2"})
+    )
+    return ["payload", "expand", "p.json"]
+
+
+def recursive_wildcard(d: Path, url: str) -> list[str]:
+    (d / "wildcards").mkdir()
+    (d / "wildcards" / "a.txt").write_text("__b__\n")
+    (d / "wildcards" / "b.txt").write_text("more __a__\n")
+    (d / "p.json").write_text(json.dumps({"prompt": "__a__", "wildcard_type": "random"}))
+    return ["payload", "expand", "p.json"]
+
+
+def yaml_alias_bomb(d: Path, url: str) -> list[str]:
+    path = _config(d)
+    lines = ["a0: &a0 [" + ", ".join(["lol"] * 10) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    path.write_text(path.read_text() + "\n".join(lines) + "\nx: *a8\n")
+    return ["config", "check", "search.yaml"]
+
+
 CASES = [
     Case("malformed-yaml", malformed_yaml, 2, ("bad.yaml:",)),
     Case("unknown-key", unknown_key, 2, ("search.yaml", "scorrer")),
@@ -279,6 +309,10 @@ CASES = [
     Case("weights-wrong-count", weights_wrong_count, 2, ("2 values",)),
     Case("weights-not-a-number", weights_not_a_number, 2, ("'x'",)),
     Case("payload-wrong-type", payload_broken, 2, ("p.json", "steps")),
+    Case("payload-jinja-escape", payload_jinja_escape, 2, ("p.json", "sandbox", "__globals__")),
+    Case("payload-jinja-bomb", payload_jinja_bomb, 2, ("p.json", "too large")),
+    Case("recursive-wildcard", recursive_wildcard, 2, ("p.json", "__a__ -> __b__ -> __a__")),
+    Case("yaml-alias-bomb", yaml_alias_bomb, 2, ("search.yaml", "aliases")),
 ]
 
 
@@ -324,7 +358,7 @@ def _main(
     args: list[str], cwd: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> tuple[int, str, str]:
     """Run the console-script entry point (``autombw_cli.cli.main``) in this process, as the
-    installed ``autombw`` runs it: (exit code, stdout, stderr). In-process keeps the 30 cases
+    installed ``autombw`` runs it: (exit code, stdout, stderr). In-process keeps the cases
     fast (no torch import per case); the kill and safety tests use real subprocesses."""
     from autombw_cli.cli import main
 
