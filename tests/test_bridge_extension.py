@@ -49,6 +49,16 @@ STUB_MODULES = {
             for fn in app_started:
                 fn(demo, app)
     """,
+    "processing.py": """
+        # modules/processing.py (A1111 1.10.1): conditionings cached in class attributes
+        class StableDiffusionProcessing:
+            cached_uc = [None, None]
+            cached_c = [None, None]
+
+        class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
+            cached_hr_uc = [None, None]
+            cached_hr_c = [None, None]
+    """,
     "shared.py": """
         import types
 
@@ -164,6 +174,12 @@ slots = ["IN%02d" % i for i in range(12)] + ["M00"] + ["OUT%02d" % i for i in ra
 weights = dict.fromkeys(slots + ["OUT", "TIME_EMBED"], 0.5)
 te_key = "cond_stage_model.wrapped.transformer.text_model.final_layer_norm.weight"
 te_before = shared.sd_model.state_dict()[te_key].clone()
+from modules import processing  # noqa: E402
+
+P, T = processing.StableDiffusionProcessing, processing.StableDiffusionProcessingTxt2Img
+CONDS = [(P, "cached_c"), (P, "cached_uc"), (T, "cached_hr_c"), (T, "cached_hr_uc")]
+for cls, attr in CONDS:
+    setattr(cls, attr, [("a cat", 20), "conditioning of A's text encoder"])
 out = {"status": client.get("/autombw/v1/status").json()}
 merged = client.post(
     "/autombw/v1/merge",
@@ -171,9 +187,10 @@ merged = client.post(
 )
 out["merge"] = [merged.status_code, merged.json()]
 out["te_changed"] = not bool((shared.sd_model.state_dict()[te_key] == te_before).all())
+out["conds_after_merge"] = [getattr(cls, attr) for cls, attr in CONDS]
 out["live"] = client.get("/autombw/v1/status").json()["merge_live"]
 out["save"] = client.post("/autombw/v1/save", json={"name": "bridged"}).json()
-as_ckpt = {"name": "bridged", "format": "ckpt"}
+as_ckpt = {"name": "bridged", "format": "ckpt", "overwrite": True}  # its recipe file exists
 out["save_ckpt"] = client.post("/autombw/v1/save", json=as_ckpt).json()
 sd_models.reload_model_weights(info=sd_models.checkpoints_list["simB.safetensors"])
 out["after_reload"] = client.get("/autombw/v1/status").json()
@@ -248,8 +265,9 @@ def test_installed_extension_runs_standalone_in_a_stand_in_webui(
     assert out["status"]["version"] == "9.9.9" and out["status"]["host"] == "a1111"
     assert out["merge"][0] == 200, out["merge"]
     assert "BASE" in out["merge"][1]["changed_blocks"] and out["te_changed"] is True
+    assert out["conds_after_merge"] == [[None, None]] * 4  # A1111's cond caches reset
     assert out["live"] is True
-    assert Path(out["save"]["path"]).parent == models.resolve()
+    assert Path(out["save"]["path"]).parent == models.resolve(), out["save"]
     assert out["status"]["webui_version"] == "v1.10.1"  # modules.launch_utils.git_tag()
     ckpt = torch.load(out["save_ckpt"]["path"], weights_only=True)["state_dict"]
     assert ckpt.keys() == load_file(out["save"]["path"]).keys()

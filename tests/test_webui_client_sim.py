@@ -96,6 +96,40 @@ async def test_merge_render_verify_restore(sim: SimulatorHandle) -> None:
         assert not (await c.bridge_status()).merge_live
 
 
+async def test_text_encoder_merge_changes_an_already_encoded_prompt(sim: SimulatorHandle) -> None:
+    """The WebUI caches a prompt's conditioning keyed on prompt, steps and checkpoint, not on
+    weights (A1111's StableDiffusionProcessing.cached_c/cached_uc; the simulator's host keeps
+    the same cache): a BASE merge, and its restore, must make the host drop it."""
+    te_only = Weights.uniform(Arch.SD1, 0.0, text_encoder=1.0)  # the UNet stays A's
+    async with connect(sim) as c:
+        plain = await c.txt2img(BODY)  # encodes and caches BODY's prompt with A's encoder
+        assert sim.sim.host.cached_c[0] is not None
+        merged = await c.bridge_merge("simA", "simB", te_only)
+        assert merged.changed_blocks == ["BASE"]
+        after = await c.txt2img(BODY, expect_merge_id=merged.merge_id)
+        assert after.raw_images != plain.raw_images
+        await c.bridge_restore()
+        restored = await c.txt2img(BODY)
+        assert restored.raw_images == plain.raw_images
+        # a UNet-only merge keeps the cache (the prompt encodes the same): no needless work
+        await c.bridge_merge("simA", "simB", Weights.uniform(Arch.SD1, 0.5))
+        cached = sim.sim.host.cached_c
+        await c.txt2img(BODY)
+        assert sim.sim.host.cached_c is cached
+
+
+async def test_reload_after_a_text_encoder_merge_drops_its_conditionings(
+    sim: SimulatorHandle,
+) -> None:
+    async with connect(sim) as c:
+        plain = await c.txt2img(BODY)
+        await c.bridge_merge("simA", "simB", Weights.uniform(Arch.SD1, 0.0, text_encoder=1.0))
+        await c.txt2img(BODY)
+        await c.set_checkpoint("simB")
+        await c.set_checkpoint("simA")  # same checkpoint, so the same cache key: plain A again
+        assert (await c.txt2img(BODY)).raw_images == plain.raw_images
+
+
 async def test_checkpoint_reload_loses_the_merge(sim: SimulatorHandle) -> None:
     async with connect(sim) as c:
         merge = await c.bridge_merge("simA", "simB", Weights.uniform(Arch.SD1, 0.5))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,6 +59,11 @@ class SimHost:
         self._loaded: CheckpointRef | None = None
         self._listeners: list[Callable[[str], None]] = []
         self._load_count = 0
+        # A1111's StableDiffusionProcessing.cached_c / cached_uc: [the parameters, the
+        # conditioning] of the last prompt encoded, keyed on prompt, steps and checkpoint,
+        # not on weights (modules/processing.py get_conds_with_caching)
+        self.cached_c: list[Any] = [None, None]
+        self.cached_uc: list[Any] = [None, None]
         self.refresh_checkpoints()
 
     # --- BridgeHost ---------------------------------------------------------------------
@@ -89,6 +95,11 @@ class SimHost:
     def webui_version(self) -> str:
         return SIM_WEBUI_VERSION
 
+    def invalidate_conditioning(self) -> None:
+        """Like the A1111 host: the cached conditionings back to ``[None, None]``."""
+        self.cached_c = [None, None]
+        self.cached_uc = [None, None]
+
     def refresh_checkpoints(self) -> None:
         refs = []
         for path in sorted(self.model_dir.rglob("*")):
@@ -105,6 +116,17 @@ class SimHost:
         self._refs = refs
 
     # --- simulator extras ---------------------------------------------------------------
+    def cached_conditioning(self, which: str, params: Hashable, compute: Callable[[], Any]) -> Any:
+        """A1111's get_conds_with_caching: the cached conditioning when ``params`` (prompt,
+        steps, checkpoint...) equal the last ones, else ``compute()`` (which then is cached).
+        ``which``: "c" (prompt) or "uc" (negative prompt)."""
+        cache = self.cached_c if which == "c" else self.cached_uc
+        if cache[0] is not None and cache[0] == params:
+            return cache[1]
+        cache[1] = compute()
+        cache[0] = params
+        return cache[1]
+
     def on_model_loaded(self, listener: Callable[[str], None]) -> None:
         self._listeners.append(listener)
 
@@ -115,6 +137,7 @@ class SimHost:
         """Forget the loaded model (a WebUI restart); listeners are told."""
         self._model = None
         self._loaded = None
+        self.invalidate_conditioning()  # a new process starts with empty caches
         for listener in list(self._listeners):
             listener("the WebUI restarted")
 

@@ -10,7 +10,9 @@
    perturbed by the seed, sharpened by the number of steps, drawn at up to 128 px a side and
    scaled to the requested size.
 
-Everything is deterministic in (tensors, prompt, negative prompt, seed, size, steps, cfg).
+Everything is deterministic in (tensors, prompt, negative prompt, seed, size, steps, cfg). The
+text encoder's tensors move the prompt's conditioning (`conditioning`), which the simulated
+WebUI caches the way A1111 does (`sim.host.SimHost.cached_conditioning`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from autombw_cli.blocks import UNET_PREFIX, Arch, layout
+from autombw_cli.blocks import UNET_PREFIX, Arch, is_text_encoder_key, layout
 
 FEATURES_PER_SLOT = 3
 HIDDEN = 24
@@ -98,9 +100,42 @@ class Renderer:
                 out[i] = dots[slot].numpy() / math.sqrt(norms[slot])
         return out
 
+    def text_encoder_features(self, state: Mapping[str, torch.Tensor]) -> np.ndarray:
+        """``(3,)`` features of the text-encoder tensors (projected like `unet_features`)."""
+        dots = torch.zeros(FEATURES_PER_SLOT, dtype=torch.float64)
+        norm = 0.0
+        with torch.no_grad():
+            for key, tensor in state.items():
+                if not tensor.is_floating_point() or not is_text_encoder_key(key, self.arch):
+                    continue
+                x = tensor.detach().reshape(-1).to("cpu", torch.float32)
+                dots += (self.direction(key, tuple(tensor.shape)) @ x).double()
+                norm += float((x.double() ** 2).sum())
+        return dots.numpy() / math.sqrt(norm) if norm > 0 else np.zeros(FEATURES_PER_SLOT)
+
+    def conditioning(self, text: str, text_encoder_shift: np.ndarray | None = None) -> np.ndarray:
+        """What the text encoder makes of ``text``: the text's fixed vector, moved by
+        ``text_encoder_shift`` (how far the live text encoder's features are from the loaded
+        checkpoint's; zero, no move, for an unmerged checkpoint)."""
+        n = WAVES * PARAMS_PER_WAVE
+        vector = _text_vector(text, n)
+        if not text or text_encoder_shift is None or not np.any(text_encoder_shift):
+            return vector
+        rng = np.random.default_rng(_stable_seed("text-encoder", text.strip()))
+        return vector + 0.5 * rng.normal(size=(n, text_encoder_shift.size)) @ text_encoder_shift
+
     # --- image ------------------------------------------------------------------------------
-    def render(self, features: np.ndarray, params: RenderParams) -> np.ndarray:
-        """An ``(height, width, 3)`` uint8 image (drawn at most 128 px a side, then scaled)."""
+    def render(
+        self,
+        features: np.ndarray,
+        params: RenderParams,
+        *,
+        cond: np.ndarray | None = None,
+        uncond: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """An ``(height, width, 3)`` uint8 image (drawn at most 128 px a side, then scaled).
+        ``cond``/``uncond``: the prompt's and negative prompt's `conditioning` (default: with
+        an unmerged text encoder)."""
         width = max(8, min(int(params.width), MAX_SIDE))
         height = max(8, min(int(params.height), MAX_SIDE))
         inner_w, inner_h = min(width, INNER_SIDE), min(height, INNER_SIDE)
@@ -110,8 +145,8 @@ class Renderer:
         half = HIDDEN // 2
         u = np.concatenate([h, h[:half] * h[half:]])  # pairwise products: blocks interact
         p = self._w2 @ u + self._b2
-        p = p + 0.4 * _text_vector(params.prompt, p.size)
-        p = p - 0.15 * _text_vector(params.negative_prompt, p.size)
+        p = p + 0.4 * (self.conditioning(params.prompt) if cond is None else cond)
+        p = p - 0.15 * (self.conditioning(params.negative_prompt) if uncond is None else uncond)
         waves = p.reshape(WAVES, PARAMS_PER_WAVE)
         # Where the waves run is fixed by the prompt; the merge sets their colours, phase
         # shifts and sharpness, so the image moves smoothly with every weight.

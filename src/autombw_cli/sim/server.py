@@ -170,6 +170,8 @@ class SimulatedWebUI:
         self.host = SimHost(self.model_dir, lock=self.queue_lock)
         self.core = self._new_core()
         self.host.on_model_loaded(lambda reason: self.core.mark_lost(reason))
+        self._te_reference: Any = None  # the loaded checkpoint's own text-encoder features
+        self.host.on_model_loaded(self._remember_text_encoder)
         self._load_default()
         # nowebui: like A1111's --nowebui (api_only()): the API without the UI, so no
         # /internal/ping (A1111 adds it with the UI); the API is on with or without --api
@@ -242,6 +244,7 @@ class SimulatedWebUI:
             if model is None:
                 raise RuntimeError("no checkpoint is loaded")
             features = self.renderer.unet_features(model.state_dict())
+            cond, uncond = self._conditionings(req, model)
             seed = req.seed if req.seed >= 0 else random.randrange(2**32)
             n_images = max(1, req.batch_size) * max(1, req.n_iter)
             sampler = req.sampler_name or req.sampler_index
@@ -268,9 +271,8 @@ class SimulatedWebUI:
                     )
                     text = self._infotext(params, sampler)
                     infotexts.append(text)
-                    images.append(
-                        self._encode(self.renderer.render(features, params), params, text)
-                    )
+                    pixels = self.renderer.render(features, params, cond=cond, uncond=uncond)
+                    images.append(self._encode(pixels, params, text))
             finally:
                 self._end()
         loaded = self.host.loaded_checkpoint()
@@ -306,6 +308,37 @@ class SimulatedWebUI:
             "parameters": req.model_dump(),
             "info": json.dumps(info),
         }
+
+    def _remember_text_encoder(self, _reason: str) -> None:
+        model = self.host.live_model()
+        self._te_reference = (
+            None if model is None else self.renderer.text_encoder_features(model.state_dict())
+        )
+
+    def _conditionings(self, req: Txt2ImgRequest, model: Any) -> tuple[Any, Any]:
+        """The prompt's and negative prompt's conditionings, through the host's cache (keyed,
+        as A1111's, on prompt, steps, size, clip skip and checkpoint: not on weights)."""
+        loaded = self.host.loaded_checkpoint()
+        key = (
+            req.steps,
+            req.width,
+            req.height,
+            self.options.get("CLIP_stop_at_last_layers"),
+            loaded.title if loaded else None,
+        )
+
+        def encode(text: str) -> Any:
+            shift = None
+            if self._te_reference is not None:
+                live = self.renderer.text_encoder_features(model.state_dict())
+                shift = live - self._te_reference
+            return self.renderer.conditioning(text, shift)
+
+        cond = self.host.cached_conditioning("c", (req.prompt, *key), lambda: encode(req.prompt))
+        uncond = self.host.cached_conditioning(
+            "uc", (req.negative_prompt, *key), lambda: encode(req.negative_prompt)
+        )
+        return cond, uncond
 
     def _check_scheduler(self, sampler: str, scheduler: str | None) -> None:
         """A1111 1.9+: the API splits a scheduler off the sampler name ("DPM++ 2M Karras") when

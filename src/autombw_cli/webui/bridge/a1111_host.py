@@ -35,6 +35,7 @@ class A1111Host:
     """`BridgeHost` over the running WebUI's modules."""
 
     name = "a1111"
+    _warned_conditioning = False
 
     def __init__(self) -> None:
         from modules import call_queue, sd_models, shared
@@ -88,6 +89,39 @@ class A1111Host:
         except Exception:  # A1111 before 1.3, or not a git checkout
             return None
         return tag if tag and tag not in ("<none>", "None") else None
+
+    def invalidate_conditioning(self) -> None:
+        """Reset A1111's prompt-conditioning caches to their initial ``[None, None]``.
+
+        ``modules/processing.py`` keeps the last conditionings in class attributes
+        (``StableDiffusionProcessing.cached_c``/``cached_uc``, and for the hires pass
+        ``StableDiffusionProcessingTxt2Img.cached_hr_c``/``cached_hr_uc``), keyed on the
+        prompts, steps, sizes and ``sd_checkpoint_info``, not on the weights: after a
+        text-encoder merge an already-seen prompt would reuse the old encoder's conditioning.
+        New processing objects copy the class attributes in ``__init__``, so replacing them
+        (under the queue lock, between generations) is enough."""
+        try:
+            from modules import processing
+        except Exception as exc:  # pragma: no cover - a WebUI without modules.processing
+            log.warning("autombw bridge: cannot reset the conditioning cache (%s)", exc)
+            return
+        caches = (
+            ("StableDiffusionProcessing", ("cached_c", "cached_uc")),
+            ("StableDiffusionProcessingTxt2Img", ("cached_hr_c", "cached_hr_uc")),
+        )
+        for class_name, attrs in caches:
+            cls = getattr(processing, class_name, None)
+            for attr in attrs:
+                if cls is not None and hasattr(cls, attr):
+                    setattr(cls, attr, [None, None])
+                elif not self._warned_conditioning:
+                    self._warned_conditioning = True
+                    log.warning(
+                        "autombw bridge: this WebUI has no %s.%s; text-encoder merges may "
+                        "reuse conditionings of prompts it has already encoded",
+                        class_name,
+                        attr,
+                    )
 
     # --- extras ---------------------------------------------------------------------------
     def credentials(self) -> dict[str, str] | None:

@@ -13,6 +13,8 @@ How a merge works:
    changing A drops both.
 3. Only the slots whose weight differs from what the live model holds are recomputed
    (``merging.kernels.lerp_tensor``) and written with ``load_state_dict(strict=False)``.
+   Whenever the text encoder's weights change (a merge, a restore, a reload of a merged
+   model), the host drops its cached prompt conditionings (`BridgeHost.invalidate_conditioning`).
 4. Every merge gets a new ``merge_id``. When the host reloads a checkpoint for any reason
    (`BridgeCore.mark_lost`), the merge is lost: status reports ``merge_live: false`` and the
    next merge starts from the reloaded weights.
@@ -116,6 +118,11 @@ class BridgeHost(Protocol):
         """The WebUI's own version (A1111: its ``git describe --tags``), None when unknown."""
         ...
 
+    def invalidate_conditioning(self) -> None:
+        """Forget cached prompt conditionings: the text encoder's weights changed. (A1111 caches
+        them keyed on prompt, steps and checkpoint, not on weights.)"""
+        ...
+
 
 @dataclass(frozen=True)
 class MergeOutcome:
@@ -192,6 +199,11 @@ class BridgeCore:
         with self._state_lock:
             if self._self_loading:
                 return
+            pair = self._pair
+            if pair is not None and pair.applied.get(BASE, 0.0) != 0.0:
+                # conditionings cached while the text encoder was merged are keyed on this
+                # checkpoint: the reloaded (plain) one would reuse them
+                self.host.invalidate_conditioning()
             self._live_known = False
             if self._merge_id is not None and self._merge_live:
                 self._merge_live = False
@@ -293,7 +305,10 @@ class BridgeCore:
             self._merge_id = None
             self._write_unet_slots(pair, unet, {s: targets[s] for s in changed})
             if te_changed:
-                self._write_text_encoder(pair, model, te)
+                try:
+                    self._write_text_encoder(pair, model, te)
+                finally:
+                    self.host.invalidate_conditioning()
 
             self._merge_id = uuid.uuid4().hex[:16]
             self._weights = w
@@ -322,7 +337,10 @@ class BridgeCore:
                 if dirty:
                     self._write_unet_slots(pair, model.get_submodule(UNET_MODULE), dirty)
                 if pair.applied.get(BASE, 0.0) != 0.0:
-                    self._write_text_encoder(pair, model, 0.0)
+                    try:
+                        self._write_text_encoder(pair, model, 0.0)
+                    finally:
+                        self.host.invalidate_conditioning()
                 restored = True
             self._merge_id = None
             self._weights = None
