@@ -53,7 +53,9 @@ def search_command(
 ) -> None:
     """Search the best block weights: merge, render, score, repeat; resumable.
 
-    Exit codes: 0 done, 2 config error, 3 every WebUI instance down, 130 interrupted.
+    Exit codes: 0 done, 2 config error, 3 every WebUI instance down, 130 interrupted; a search
+    that finishes but cannot write its final merge exits with its cause's code (3 no WebUI could
+    save it, 4 the offline merge cannot merge the files, 7 every free name is taken).
     """
     from autombw_cli.search.run import Run
 

@@ -45,6 +45,7 @@ async def write_outputs(
     cfg = config
     arch = cfg.models.arch
     outputs: dict[str, str] = {}
+    merge_error: AutombwError | None = None
     report = [r.as_report() for r in records.top()]
     trace = records.trace()
 
@@ -71,14 +72,14 @@ async def write_outputs(
             emit(RunWarning(message=f"could not draw the plots: {exc}"))
         finished = reason not in (StopReason.INTERRUPTED, StopReason.FAILED)
         if cfg.outputs.final_merge and finished:
-            path = await final_merge(cfg, recipe, endpoints, run_dir, emit)
+            path, merge_error = await final_merge(cfg, recipe, endpoints, run_dir, emit)
             if path:
                 wrote("checkpoint", Path(path))
     summary = sm.build_summary(
         name=run_dir.name,
         run_dir=run_dir,
         reason=reason.value,
-        exit_code=_EXIT.get(reason, 0),
+        exit_code=_EXIT.get(reason) or (merge_error.exit_code if merge_error else 0),
         records=report,
         trace=trace,
         budget=budget,
@@ -105,19 +106,47 @@ async def write_outputs(
         ],
     )
     wrote("summary", sm.write_summary(summary, run_dir))
+    if merge_error is not None and not _EXIT.get(reason):  # else the run fails already
+        raise _final_merge_failed(merge_error, outputs)
     return outputs
+
+
+def _final_merge_failed(cause: AutombwError, outputs: dict[str, str]) -> AutombwError:
+    """The run searched, but its checkpoint was not written: fail with the cause's exit code
+    (its family: 3 a WebUI refused or failed the save, 4 the checkpoints cannot be merged,
+    7 every name was taken...), pointing at the best recipe, which was written."""
+    where = outputs.get("recipe", "the run folder")
+    error = AutombwError(
+        f"the search finished but the final merge failed: {cause.message}",
+        hint=(f"{cause.hint}; " if cause.hint else "")
+        + f"the best recipe is in {where}: `autombw merge A B --recipe {where} -o OUT` "
+        "makes the checkpoint offline",
+    )
+    error.exit_code = cause.exit_code
+    error.__cause__ = cause
+    return error
 
 
 async def final_merge(
     cfg: Any, recipe: Any, endpoints: Sequence[Any], run_dir: Path, emit: EventSink
-) -> str | None:
+) -> tuple[str | None, AutombwError | None]:
     """The best merge as a checkpoint: through the bridge's save (the first instance that
-    manages), or the offline merge into the run folder. Failures are warnings."""
+    manages), or the offline merge into the run folder. Returns (where it went, None), or
+    (None, why not).
+
+    An existing checkpoint (or recipe) of that name is replaced only with
+    ``outputs.overwrite: true``; otherwise the merge takes the first free name of
+    ``<output>-2``, ``<output>-3``... and says so (a week of search is never lost to a name).
+    """
+    overwrite = bool(getattr(cfg.outputs, "overwrite", False))
+    base = recipe.output_name
     try:
         if cfg.outputs.merge_via == "offline":
             from autombw_cli.merging.offline import merge_checkpoints
 
-            out = run_dir / f"{recipe.output_name}.{cfg.outputs.format}"
+            name = base if overwrite else _free_offline_name(run_dir, base, cfg.outputs.format)
+            _announce_rename(emit, base, name, "the run folder")
+            out = run_dir / f"{name}.{cfg.outputs.format}"
             await asyncio.to_thread(
                 merge_checkpoints,
                 cfg.models.a_file,
@@ -125,28 +154,86 @@ async def final_merge(
                 recipe,
                 out,
                 dtype=cfg.outputs.dtype,
-                force=True,
+                force=True,  # checked above; the recipe files beside it are this run's own
             )
-            return str(out)
+            return str(out), None
+        last: AutombwError | None = None
         for e in endpoints:
             try:
-                saved = await e.client.bridge_save(
-                    recipe.output_name,
-                    recipe.weights,
-                    dtype=cfg.outputs.dtype,
-                    overwrite=True,
-                    fmt=cfg.outputs.format,
-                )
+                saved = await _bridge_save_free_name(e, cfg, recipe, overwrite=overwrite)
             except AutombwError as exc:
                 log.warning("%s: saving the merge failed: %s", e.label, exc)
+                last = exc
                 continue
+            _announce_rename(emit, base, Path(saved.path).name.rsplit(".", 1)[0], e.label)
             if e.simulated:  # the simulator's folder vanishes with it: keep a copy
-                return str(await asyncio.to_thread(_copy_into, Path(saved.path), run_dir))
-            return f"{e.label}:{saved.path}"
-        emit(RunWarning(message="no instance could save the final merge"))
+                return str(await asyncio.to_thread(_copy_into, Path(saved.path), run_dir)), None
+            return f"{e.label}:{saved.path}", None
+        if last is None:
+            last = AutombwError("no instance to save the final merge on")
+        emit(RunWarning(message=f"no instance could save the final merge: {last.message}"))
+        return None, last
     except AutombwError as exc:
         emit(RunWarning(message=f"the final merge failed: {exc.message}"))
-    return None
+        return None, exc
+
+
+MAX_NAME_TRIES = 100
+
+
+def _candidate_names(base: str) -> list[str]:
+    return [base, *(f"{base}-{n}" for n in range(2, MAX_NAME_TRIES + 1))]
+
+
+def _free_offline_name(run_dir: Path, base: str, fmt: str) -> str:
+    """The first of ``base``, ``base-2``... with no checkpoint (and, but for ``base``, whose
+    recipe files this run has just written, no recipe files) in the run folder."""
+    from autombw_cli.errors import OutputExistsError
+
+    for name in _candidate_names(base):
+        taken = [run_dir / f"{name}.{fmt}"]
+        if name != base:
+            taken += [run_dir / f"{name}.recipe.txt", run_dir / f"{name}.recipe.json"]
+        if not any(p.exists() for p in taken):
+            return name
+    raise OutputExistsError(
+        f"{run_dir}: {base}.{fmt} and {MAX_NAME_TRIES - 1} numbered names are taken",
+        hint="set outputs.overwrite: true, or choose another models.output",
+    )
+
+
+async def _bridge_save_free_name(e: Any, cfg: Any, recipe: Any, *, overwrite: bool) -> Any:
+    """Save through ``e``'s bridge under the first name it does not refuse as existing."""
+    from autombw_cli.errors import OutputExistsError
+
+    names = [recipe.output_name] if overwrite else _candidate_names(recipe.output_name)
+    for name in names:
+        try:
+            return await e.client.bridge_save(
+                name,
+                recipe.weights,
+                dtype=cfg.outputs.dtype,
+                overwrite=overwrite,
+                fmt=cfg.outputs.format,
+            )
+        except AutombwError as exc:
+            if getattr(exc, "kind", "") != "OutputExists":
+                raise
+    raise OutputExistsError(
+        f"{e.label}: {recipe.output_name} and {MAX_NAME_TRIES - 1} numbered names are taken "
+        "in the WebUI's checkpoint folder",
+        hint="set outputs.overwrite: true, or choose another models.output",
+    )
+
+
+def _announce_rename(emit: EventSink, base: str, name: str, where: str) -> None:
+    if name != base:
+        emit(
+            RunWarning(
+                message=f"a checkpoint named {base} already exists in {where}: the final "
+                f"merge is saved as {name} instead (outputs.overwrite: true replaces it)"
+            )
+        )
 
 
 def _copy_into(path: Path, folder: Path) -> Path:

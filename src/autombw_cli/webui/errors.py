@@ -91,7 +91,8 @@ class WebUITimeout(WebUIError):
 
 
 class WebUIHTTPError(WebUIError):
-    """The instance answered ``status_code`` to ``method path``; ``detail`` is its error text."""
+    """The instance answered ``status_code`` to ``method path``; ``detail`` is its error text,
+    ``kind`` the error's ``error`` field (the bridge's refusal kind, e.g. ``OutputExists``)."""
 
     def __init__(
         self,
@@ -103,11 +104,13 @@ class WebUIHTTPError(WebUIError):
         method: str = "",
         path: str = "",
         detail: str = "",
+        kind: str = "",
     ) -> None:
         super().__init__(message, hint=hint, instance=instance, status_code=status_code)
         self.method = method
         self.path = path
         self.detail = detail
+        self.kind = kind
 
 
 class WebUIAuthError(WebUIHTTPError):

@@ -141,10 +141,12 @@ def raise_for_status(
             **common,
         )
     server_hint = body.get("hint") if isinstance(body, dict) else None
+    kind = body.get("error") if isinstance(body, dict) else None
     raise WebUIHTTPError(
         f"{what} refused ({status}): {detail or resp.reason_phrase}",
         hint=server_hint if isinstance(server_hint, str) and server_hint else None,
         status_code=status,
+        kind=kind if isinstance(kind, str) else "",
         **common,
     )
 
