@@ -275,6 +275,11 @@ class OutputsConfig(StrictModel):
         description="The final checkpoint: safetensors, or ckpt (a torch pickle of a state_dict)",
     )
     dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
+    keep_merge_loaded: bool = Field(
+        False,
+        description="Leave the last merge and the bridge's caches in the WebUIs after the "
+        "search (default: every instance gets plain model A back and the caches are freed)",
+    )
     overwrite: bool = Field(
         False,
         description="Replace an existing checkpoint named models.output (and its recipe "

@@ -73,6 +73,49 @@ def _start_simulator(config: Any, index: int, run_dir: Path | None) -> Any:
     )
 
 
+RESTORE_TIMEOUT_S = 60.0  # per instance (they restore at once); waits behind a running job
+
+
+async def restore_instances(endpoints: Sequence[Endpoint], emit: Any = None) -> None:
+    """Give every instance plain model A back and free the bridge's caches (a search leaves
+    its last candidate merged under A's name, and several GB of caches, otherwise).
+
+    Runs however the run ends (the run registers it on its exit stack); never raises: an
+    instance that cannot be restored is a warning naming what to do."""
+    await asyncio.gather(*(_restore(e, emit) for e in endpoints))
+
+
+async def _restore(e: Endpoint, emit: Any) -> None:
+    from autombw_cli.errors import AutombwError
+    from autombw_cli.search.events import RunWarning
+
+    try:
+        done = await asyncio.wait_for(e.client.bridge_restore(free_caches=True), RESTORE_TIMEOUT_S)
+    except (AutombwError, TimeoutError) as exc:
+        why = (
+            exc.message
+            if isinstance(exc, AutombwError)
+            else f"no answer in {RESTORE_TIMEOUT_S:g} s"
+        )
+        message = (
+            f"{e.label}: could not give the WebUI plain model A back ({why}); it may still "
+            "hold a merge under A's name: reload the checkpoint there (or POST "
+            "/autombw/v1/restore)"
+        )
+        log.warning("%s", message)
+        if emit is not None:
+            emit(RunWarning(message=message))
+        return
+    except Exception:  # a bug here must not hide how the run ended
+        log.exception("%s: restoring model A failed", e.label)
+        return
+    log.info(
+        "%s: model A restored, %.1f MB of bridge caches freed",
+        e.label,
+        done.freed_bytes / 1e6,
+    )
+
+
 async def load_scorer(config: Any) -> Any:
     from autombw_cli.scoring.registry import create_scorer
 
@@ -111,5 +154,7 @@ async def doctor(config: Any, prompts: Sequence[PromptSpec]) -> PreflightReport:
     """The preflight alone (``autombw doctor``)."""
     async with contextlib.AsyncExitStack() as stack:
         endpoints = await open_instances(config, stack)
+        if not config.outputs.keep_merge_loaded:  # the preflight merges A and B at weight 0
+            stack.push_async_callback(restore_instances, endpoints)
         report, _ = await preflight(config, endpoints, prompts)
         return report

@@ -193,9 +193,16 @@ class Run:
 
         cfg = self.config
         async with contextlib.AsyncExitStack() as stack:
+            if handle_signals:  # SIGTERM aborts like a second Ctrl-C (the stack still unwinds)
+                self._install_sigterm(emit)
+                stack.callback(self._remove_sigterm)
             if cfg.simulated:
                 emit(Notice(message=f"starting {cfg.instances.simulate} simulated WebUI(s)"))
             endpoints = await inst_mod.open_instances(cfg, stack, run_dir=self.run_dir)
+            if not cfg.outputs.keep_merge_loaded:
+                # however the run ends (budget, Ctrl-C, SIGTERM, an error), after the final
+                # merge: plain model A back in every WebUI, the bridge's caches freed
+                stack.push_async_callback(inst_mod.restore_instances, endpoints, emit)
             emit(
                 Notice(
                     message=f"preflight: checking {len(endpoints)} instance(s), loading the "
@@ -405,6 +412,21 @@ class Run:
     def _remove_sigint(self) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+
+    def _install_sigterm(self, emit: EventSink) -> None:
+        task = asyncio.current_task()
+
+        def on_sigterm() -> None:
+            emit(RunWarning(message="SIGTERM: aborting; the journal is intact"))
+            if task is not None:
+                task.cancel()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+
+    def _remove_sigterm(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
 
     # --- wrap-up ------------------------------------------------------------------------
     async def _wrap_up(
