@@ -184,6 +184,15 @@ def recover_binary(d: Path, url: str) -> list[str]:
     return ["recover", "history.csv"]
 
 
+def recover_dev_zero(d: Path, url: str) -> list[str]:
+    return ["recover", "/dev/zero"]  # endless: must be refused, not read into memory
+
+
+def recover_endless_line(d: Path, url: str) -> list[str]:
+    (d / "console.log").write_bytes(b"testweights: " + b"0.5," * 600_000)  # 2.4 MB, no newline
+    return ["recover", "console.log"]
+
+
 @functools.cache
 def _tiny_original(arch: str, seed: int) -> Path:
     """One tiny synthetic checkpoint per (arch, seed) for the whole session, copied per case."""
@@ -300,6 +309,8 @@ CASES = [
     Case("recover-corrupt-mbwrt-csv", recover_corrupt_mbwrt_csv, 6, ("history.csv", "oops")),
     Case("recover-log-without-evaluation", recover_log_without_evaluation, 6, ("console.log",)),
     Case("recover-binary-garbage", recover_binary, 6, ("history.csv",)),
+    Case("recover-dev-zero", recover_dev_zero, 6, ("/dev/zero", "binary")),
+    Case("recover-endless-line", recover_endless_line, 6, ("console.log", "line 1", "longer")),
     Case("merge-mismatched", merge_mismatched, 4, ("b.safetensors",)),
     Case("merge-not-a-checkpoint", merge_not_a_checkpoint, 4, ("b.safetensors",)),
     Case("merge-missing-file", merge_missing_file, 2, ("nothere.safetensors",)),

@@ -61,9 +61,14 @@ class WebUIError(AutombwError):
         instance: str | None = None,
         status_code: int | None = None,
     ) -> None:
+        from autombw_cli.redact import redact_urls
+
+        # an instance's URL may carry credentials or a token: never in a message or log line
+        if instance:
+            instance = redact_urls(instance)
         if instance and not message.startswith(instance):
             message = f"{instance}: {message}"
-        super().__init__(message, hint=hint)
+        super().__init__(redact_urls(message), hint=hint if hint is None else redact_urls(hint))
         self.instance = instance
         self.status_code = status_code
 

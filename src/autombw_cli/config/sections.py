@@ -129,8 +129,11 @@ class BasicAuthConfig(StrictModel):
 def _check_url(v: str) -> str:
     from urllib.parse import urlsplit
 
+    from autombw_cli.redact import redact_url
+
     text = v.strip()
     parts = urlsplit(text)
+    v = redact_url(v)  # messages never show credentials or a query (a token)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"{v!r} needs a scheme and host, e.g. http://127.0.0.1:7860")
     if parts.username or parts.password:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from autombw_cli.atomic import atomic_write_text
-from autombw_cli.errors import AutombwError, ConfigError
+from autombw_cli.errors import AutombwError, ConfigError, JournalError
+from autombw_cli.folderlock import FolderLock
 from autombw_cli.search import records as rec
 from autombw_cli.search.campaign import Campaign, PassPlan, Scored
 from autombw_cli.search.events import (
@@ -87,6 +88,24 @@ class Run:
         max_evaluations: int | None = None,
         warm_start: Path | None = None,
         resumed: bool = False,
+        lock: FolderLock | None = None,
+    ) -> None:
+        # one process per run folder: a second --resume would journal every number twice
+        self._lock = lock if lock is not None else FolderLock.acquire(run_dir)
+        try:
+            self._open(config, run_dir, prompts, max_evaluations, warm_start, resumed)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(
+        self,
+        config: Any,
+        run_dir: Path,
+        prompts: Sequence[PromptSpec],
+        max_evaluations: int | None,
+        warm_start: Path | None,
+        resumed: bool,
     ) -> None:
         self.config = config
         self.run_dir = run_dir
@@ -125,19 +144,26 @@ class Run:
         name = config.outputs.run_name or config.models.output
         stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
         root = Path(config.outputs.run_dir)
-        run_dir = root / f"{name}-{stamp}"
-        n = 1
-        while run_dir.exists():
-            n += 1
-            run_dir = root / f"{name}-{stamp}-{n}"
         prompts = expand_prompts(config)
-        created_root = run_dir
-        while not created_root.parent.exists():
-            created_root = created_root.parent
-        run_dir.mkdir(parents=True)
-        atomic_write_text(run_dir / CONFIG_FILE, config.redacted_yaml())
-        atomic_write_text(run_dir / PROMPTS_FILE, prompts_json(prompts))
-        run = cls(config, run_dir, prompts, max_evaluations=max_evaluations, warm_start=warm_start)
+        run_dir, created_root = _new_run_folder(root, f"{name}-{stamp}")
+        lock = FolderLock.acquire(run_dir)
+        try:
+            atomic_write_text(run_dir / CONFIG_FILE, config.redacted_yaml())
+            atomic_write_text(run_dir / PROMPTS_FILE, prompts_json(prompts))
+            run = cls(
+                config,
+                run_dir,
+                prompts,
+                max_evaluations=max_evaluations,
+                warm_start=warm_start,
+                lock=lock,
+            )
+        except BaseException as exc:  # e.g. a full disk: leave nothing behind
+            lock.release()
+            _remove_new_folder(run_dir, created_root)
+            if isinstance(exc, OSError):
+                raise _io_error(exc, f"cannot start the run in {run_dir}") from exc
+            raise
         run._created_root = created_root
         return run
 
@@ -162,16 +188,26 @@ class Run:
 
     # --- the search -------------------------------------------------------------------------
     async def execute(self, emit: EventSink, *, handle_signals: bool = True) -> RunResult:
-        self._attach_log()
         try:
-            return await self._execute(emit, handle_signals)
+            self._attach_log()
+            try:
+                return await self._execute(emit, handle_signals)
+            except OSError as exc:
+                from autombw_cli.search.journal import is_file_system_error
+
+                if not is_file_system_error(exc):
+                    raise
+                # the run folder cannot be written (disk full, read-only): exit 6, no traceback
+                raise _io_error(exc, f"cannot write the run folder {self.run_dir}") from exc
         except AutombwError:
             if not self.resumed and not self.records and self._scheduler is None:
                 self._detach_log()
+                self._lock.release()
                 self._discard_empty_run()  # failed before the first evaluation (preflight)
             raise
         finally:
             self._detach_log()
+            self._lock.release()
 
     def _discard_empty_run(self) -> None:
         import shutil
@@ -179,14 +215,7 @@ class Run:
         if (self.run_dir / "history.csv").exists():
             return
         shutil.rmtree(self.run_dir, ignore_errors=True)
-        # also the (now empty) parent folders this run created, e.g. a new runs/
-        folder = self.run_dir
-        while self._created_root is not None and folder != self._created_root:
-            folder = folder.parent
-            try:
-                folder.rmdir()
-            except OSError:  # not empty (another run) or already gone
-                break
+        _remove_new_folder(self.run_dir, self._created_root)
 
     async def _execute(self, emit: EventSink, handle_signals: bool) -> RunResult:
         from autombw_cli.search import instances as inst_mod
@@ -449,7 +478,12 @@ class Run:
 
     # --- logging ------------------------------------------------------------------------
     def _attach_log(self) -> None:
-        handler = logging.FileHandler(self.run_dir / LOG_FILE, encoding="utf-8")
+        from autombw_cli.search.journal import RunLogHandler
+
+        try:
+            handler: logging.Handler = RunLogHandler(self.run_dir / LOG_FILE)
+        except OSError as exc:
+            raise _io_error(exc, f"cannot open {self.run_dir / LOG_FILE}") from exc
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.INFO)
         root = logging.getLogger()
@@ -462,12 +496,64 @@ class Run:
         pkg.addHandler(handler)
         self._log_handler = handler
         log.info("run %s (%s)", self.run_dir.name, "resumed" if self.resumed else "new")
+        self.journal.replay_warnings(handler)  # found while opening the journal, before the log
 
     def _detach_log(self) -> None:
         if self._log_handler is not None:
             logging.getLogger("autombw_cli").removeHandler(self._log_handler)
-            self._log_handler.close()
+            with contextlib.suppress(OSError):  # a full disk must not mask the run's own error
+                self._log_handler.close()
             self._log_handler = None
+
+
+def _new_run_folder(root: Path, base: str) -> tuple[Path, Path]:
+    """Make a fresh ``root/base`` (``base-2``... when taken, also by a run started in the same
+    second): (the folder, the outermost folder made for it, for the clean-up)."""
+    outer: Path | None = None  # the outermost missing folder above the run folder
+    folder = root
+    while not folder.exists():
+        outer, folder = folder, folder.parent
+    run_dir = root / base
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while True:
+            try:
+                run_dir.mkdir()  # exclusive: never two runs in one folder
+                break
+            except FileExistsError:
+                n += 1
+                run_dir = root / f"{base}-{n}"
+    except OSError as exc:
+        if outer is not None:
+            _remove_new_folder(root, outer)
+        raise _io_error(exc, f"cannot create the run folder {run_dir}") from exc
+    return run_dir, (outer if outer is not None else run_dir)
+
+
+def _remove_new_folder(run_dir: Path, created_root: Path | None) -> None:
+    """Remove ``run_dir`` and the (now empty) parents made for it, up to ``created_root``."""
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    folder = run_dir
+    while created_root is not None and folder != created_root:
+        folder = folder.parent
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another run) or already gone
+            break
+
+
+def _io_error(exc: OSError, what: str) -> JournalError:
+    """A file-system failure as the user reads it: which file, why, what to do (exit 6)."""
+    from autombw_cli.search.journal import describe_os_error
+
+    return JournalError(
+        f"{what}: {describe_os_error(exc)}",
+        hint="free disk space or fix the folder's permissions; the journal is fsynced row by "
+        "row, so `autombw search --resume RUN_DIR` continues a started run",
+    )
 
 
 def settings_from_config(config: Any) -> SchedulerSettings:

@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from autombw_cli.sim.checkpoints import random_state_dict, write_checkpoint
 from autombw_cli.sim.faults import OOM_MESSAGE, FaultPlan
 from autombw_cli.sim.host import SIM_WEBUI_VERSION, SimHost
 from autombw_cli.sim.render import Renderer, RenderParams
+from autombw_cli.sim.workdir import SimFolder
 from autombw_cli.webui import endpoints as ep
 from autombw_cli.webui.bridge.core import BridgeCore
 from autombw_cli.webui.bridge.routes import check_basic_auth, error_response, register_routes
@@ -149,9 +149,9 @@ class SimulatedWebUI:
         self.latency_per_image = float(latency_per_image)
         self.auth = auth
         self._faults = faults or FaultPlan()
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if model_dir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="autombw-sim-")
+        self._tmp: SimFolder | None = None
+        if model_dir is None:  # removed on close/exit; a killed process's, by the next sim
+            self._tmp = SimFolder()
             model_dir = self._tmp.name
         self.model_dir = Path(model_dir)
         write_builtin_models(self.model_dir, self.arch)

@@ -40,6 +40,7 @@ from pydantic import TypeAdapter
 
 from autombw_cli.blocks import Weights
 from autombw_cli.errors import ConfigError
+from autombw_cli.redact import redact_url, redact_urls
 from autombw_cli.webui import endpoints as ep
 from autombw_cli.webui.errors import (
     CheckpointNotLoaded,
@@ -99,10 +100,12 @@ def split_url(url: str) -> tuple[str, tuple[str, str] | None]:
     try:
         parsed = httpx.URL(text)
     except httpx.InvalidURL as e:
-        raise ConfigError(f"WebUI URL {url!r} is not a valid URL ({e})") from None
+        raise ConfigError(
+            f"WebUI URL {redact_url(url)!r} is not a valid URL ({redact_urls(str(e))})"
+        ) from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ConfigError(
-            f"WebUI URL {parsed.copy_with(username=None, password=None)} is not an http(s) URL",
+            f"WebUI URL {redact_url(url)} is not an http(s) URL",
             hint="write it like http://127.0.0.1:7860",
         )
     auth = None

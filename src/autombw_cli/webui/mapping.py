@@ -222,7 +222,9 @@ def describe_transport_error(e: BaseException | None) -> str:
         return "connection reset"
     if "disconnected" in low or "incomplete" in low:
         return "the server closed the connection"
-    return clip(text, 200)
+    from autombw_cli.redact import redact_urls
+
+    return clip(redact_urls(text), 200)
 
 
 def timeout_text(e: httpx.TimeoutException, timeout: httpx.Timeout) -> str:
