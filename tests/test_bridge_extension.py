@@ -119,6 +119,8 @@ STUB_MODULES = {
     """,
 }
 
+FORGE_VERSION = "version = '2.0.1v1.10.1'\n"  # modules_forge/forge_version.py of Forge 2
+
 # How A1111 1.10.1 loads an extension's script: modules/scripts.py load_scripts() swaps in a
 # new sys.path with the extension's folder first, runs modules/script_loading.py load_module(),
 # then puts the old sys.path object back (whatever the script added to sys.path is gone).
@@ -222,6 +224,39 @@ print("RESULT " + json.dumps(out))
 )
 
 
+FORGE_DRIVER = (
+    LOAD_LIKE_A1111
+    + """
+import json
+from pathlib import Path
+
+ext = Path(sys.argv[1])
+from modules import script_callbacks, sd_models  # noqa: E402
+
+sd_models.forge_model_reload = lambda: None  # Forge 2's lazy loader (modules/sd_models.py)
+sd_models.list_models()
+load_script_like_a1111(ext, str(ext / "scripts" / "autombw_bridge.py"))
+
+from fastapi import FastAPI  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+app = FastAPI()
+script_callbacks.app_started_callback(None, app)
+client = TestClient(app)
+weights = {"IN00": 0.5}
+calls = {
+    "status": client.get("/autombw/v1/status"),
+    "merge": client.post("/autombw/v1/merge", json={"model_a": "simA", "model_b": "simB",
+                                                     "weights": weights}),
+    "restore": client.post("/autombw/v1/restore", json={}),
+    "save": client.post("/autombw/v1/save", json={"name": "x", "weights": weights}),
+}
+out = {name: [r.status_code, r.json()] for name, r in calls.items()}
+print("RESULT " + json.dumps(out))
+"""
+)
+
+
 @pytest.fixture
 def webui(tmp_path: Path) -> Path:
     root = tmp_path / "stable-diffusion-webui"
@@ -276,8 +311,13 @@ def test_installed_extension_runs_standalone_in_a_stand_in_webui(
     assert "without --api-auth" in proc.stdout  # listening beyond loopback: a warning
 
 
-def run_driver(driver_text: str, ext: Path, tmp_path: Path) -> dict:
+def run_driver(
+    driver_text: str, ext: Path, tmp_path: Path, *, extra_modules: dict[str, str] | None = None
+) -> dict:
     stub, models = write_stub(tmp_path)
+    for name, text in (extra_modules or {}).items():
+        (stub / name).parent.mkdir(parents=True, exist_ok=True)
+        (stub / name).write_text(text)
     driver = tmp_path / "driver.py"
     driver.write_text(driver_text)
     proc = subprocess.run(
@@ -290,7 +330,7 @@ def run_driver(driver_text: str, ext: Path, tmp_path: Path) -> dict:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT ") :])
+    return {**json.loads(line[len("RESULT ") :]), "stdout": proc.stdout}
 
 
 def test_routes_register_when_a1111_restored_sys_path_before_app_started(
@@ -303,6 +343,48 @@ def test_routes_register_when_a1111_restored_sys_path_before_app_started(
     assert out["ext_on_path"] is False
     for route in ("status", "merge", "restore", "save"):
         assert f"/autombw/v1/{route}" in out["paths"]
+
+
+def test_forge_gets_routes_that_refuse_with_the_reason(webui: Path, tmp_path: Path) -> None:
+    """Forge keeps its model outside an A1111 LatentDiffusion: the bridge must say so on every
+    route (501 UnsupportedWebUI) and in the console, not merge into nothing or vanish (404
+    would read as "not installed")."""
+    ext = install_extension(webui, version="9.9.9")
+    forge = {"modules_forge/__init__.py": "", "modules_forge/forge_version.py": FORGE_VERSION}
+    out = run_driver(FORGE_DRIVER, ext, tmp_path, extra_modules=forge)
+    for route in ("status", "merge", "restore", "save"):
+        status, body = out[route]
+        assert status == 501, (route, body)
+        assert body["error"] == "UnsupportedWebUI"
+        assert "Forge 2.0.1v1.10.1" in body["detail"] and "not supported" in body["detail"]
+        assert "autombw merge" in body["hint"]
+    assert "autombw bridge 9.9.9: Stable Diffusion WebUI Forge" in out["stdout"]
+
+
+def test_the_client_reads_the_forge_refusal_as_a_setup_problem(webui: Path, tmp_path: Path) -> None:
+    """The bridge's real 501 answer becomes `UnsupportedWebUI` (not a retryable server error),
+    with the bridge's reason and hint."""
+    import httpx
+
+    from autombw_cli.webui.errors import UnsupportedWebUI, WebUIServerError
+    from autombw_cli.webui.mapping import raise_for_status
+
+    ext = install_extension(webui, version="9.9.9")
+    forge = {"modules_forge/__init__.py": "", "modules_forge/forge_version.py": FORGE_VERSION}
+    status, body = run_driver(FORGE_DRIVER, ext, tmp_path, extra_modules=forge)["merge"]
+    resp = httpx.Response(status, json=body)
+    with pytest.raises(UnsupportedWebUI) as caught:
+        raise_for_status(
+            resp,
+            method="POST",
+            path="/autombw/v1/merge",
+            what="merge",
+            instance="forge-box",
+            url="http://127.0.0.1:7860",
+            user=None,
+        )
+    assert not isinstance(caught.value, WebUIServerError)
+    assert "Forge" in caught.value.message and "autombw merge" in (caught.value.hint or "")
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o755), (0o027, 0o750)])

@@ -350,7 +350,8 @@ async def test_txt2img_decodes_png_jpeg_webp_and_skips_the_grid() -> None:
 
     async with client(handler) as c:
         r = await c.txt2img({"prompt": "cat", "seed": 5, "batch_size": 3})
-    assert bodies == [{"prompt": "cat", "seed": 5, "batch_size": 3}]
+    # "scheduler" is filled in: A1111 1.9+ logs an autocorrection for every image without it
+    assert bodies == [{"prompt": "cat", "seed": 5, "batch_size": 3, "scheduler": "Automatic"}]
     assert r.formats == ["png", "jpeg", "webp"]
     assert [im.getpixel((4, 4))[1] > 200 for im in r.images] == [False, True, False]
     assert r.images[0].getpixel((4, 4))[0] > 200 and r.images[2].getpixel((4, 4))[2] > 200

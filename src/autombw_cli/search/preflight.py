@@ -113,6 +113,7 @@ async def check_instance(
     from autombw_cli.webui.errors import (
         ApiNotEnabled,
         BridgeMissing,
+        UnsupportedWebUI,
         WebUIAuthError,
     )
 
@@ -150,6 +151,8 @@ async def check_instance(
             "the autombw bridge is not installed: run `autombw webui install-extension "
             "WEBUI_DIR` and restart the WebUI"
         )
+    except UnsupportedWebUI as exc:
+        problems.append(exc.detail + (f"; {exc.hint}" if exc.hint else ""))
     except WebUIError as exc:
         problems.append(f"bridge status: {exc.message}")
     if api_ok:

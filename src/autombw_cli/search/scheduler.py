@@ -362,14 +362,20 @@ class Scheduler:
         )
 
     def _record_failure(self, inst: Instance, exc: WebUIError) -> None:
-        from autombw_cli.webui.errors import WebUIHTTPError, WebUITimeout, WebUIUnreachable
+        from autombw_cli.webui.errors import (
+            UnsupportedWebUI,
+            WebUIHTTPError,
+            WebUITimeout,
+            WebUIUnreachable,
+        )
 
         inst.failures += 1
         inst.consecutive_failures += 1
         inst.last_error = exc.message
         log.warning("%s: evaluation failed: %s", inst.label, exc.message)
         status = exc.status_code if isinstance(exc, WebUIHTTPError) else None
-        if status is not None and 400 <= status < 500 and status not in (408, 429):
+        setup_problem = status is not None and 400 <= status < 500 and status not in (408, 429)
+        if setup_problem or isinstance(exc, UnsupportedWebUI):
             # a setup problem (auth, no --api, no bridge, a refused request) repeats on every
             # try: take the instance out for good instead of probing it
             inst.disabled = True

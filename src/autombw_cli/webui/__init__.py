@@ -32,6 +32,7 @@ _EXPORTS = {
     "WebUIAuthError": "errors",
     "ApiNotEnabled": "errors",
     "BridgeMissing": "errors",
+    "UnsupportedWebUI": "errors",
     "WebUIValidationError": "errors",
     "WebUIServerError": "errors",
     "WebUIBadResponse": "errors",

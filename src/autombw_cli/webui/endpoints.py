@@ -28,6 +28,9 @@ BRIDGE_MERGE = f"{BRIDGE_PREFIX}/merge"  # POST
 BRIDGE_RESTORE = f"{BRIDGE_PREFIX}/restore"  # POST
 BRIDGE_SAVE = f"{BRIDGE_PREFIX}/save"  # POST
 
+# The ``error`` of every bridge answer in a WebUI the bridge cannot merge in (Forge): 501.
+UNSUPPORTED_WEBUI = "UnsupportedWebUI"
+
 
 def is_sdapi(path: str) -> bool:
     """True for a route of A1111's own API (present only when the WebUI runs with ``--api``)."""

@@ -125,6 +125,11 @@ class BridgeMissing(WebUIHTTPError):
     """404 on an /autombw route: the bridge extension is not installed or not loaded."""
 
 
+class UnsupportedWebUI(WebUIHTTPError):
+    """The bridge is installed in a WebUI it cannot merge in (Stable Diffusion WebUI Forge):
+    every bridge route answers 501 with ``error: UnsupportedWebUI``. Retrying cannot help."""
+
+
 @dataclass(frozen=True)
 class FieldError:
     """One offending field of a 422 answer: ``field`` is a dotted path (``steps``,

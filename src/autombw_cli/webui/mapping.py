@@ -20,6 +20,7 @@ from autombw_cli.webui.errors import (
     ApiNotEnabled,
     BridgeMissing,
     FieldError,
+    UnsupportedWebUI,
     WebUIAuthError,
     WebUIBadResponse,
     WebUIHTTPError,
@@ -126,6 +127,15 @@ def raise_for_status(
             f"{what} rejected (422): {listed}",
             hint="fix these fields" + (" in the payload file" if path == ep.TXT2IMG else ""),
             fields=fields,
+            **common,
+        )
+    if isinstance(body, dict) and body.get("error") == ep.UNSUPPORTED_WEBUI:
+        server_hint = body.get("hint")
+        raise UnsupportedWebUI(
+            f"{what} refused ({status}): {detail}",
+            hint=server_hint if isinstance(server_hint, str) and server_hint else None,
+            status_code=status,
+            kind=ep.UNSUPPORTED_WEBUI,
             **common,
         )
     if status >= 500:

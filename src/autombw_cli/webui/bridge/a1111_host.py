@@ -1,4 +1,4 @@
-"""The bridge's host inside AUTOMATIC1111 WebUI (and Forge): only imported inside a WebUI.
+"""The bridge's host inside AUTOMATIC1111 WebUI: only imported inside a WebUI.
 
 `install(app)` is what the extension's ``scripts/autombw_bridge.py`` calls from
 ``script_callbacks.on_app_started``: it builds one `BridgeCore` over an `A1111Host`, marks the
@@ -12,6 +12,12 @@ loads; ``sd_models.reload_model_weights(info=...)`` loads a checkpoint (we call 
 not through ``opts.set``, whose onchange handler would wait for the queue lock we hold). The
 WebUI's version is ``modules.launch_utils.git_tag()`` (``git describe --tags``, cached; A1111
 1.3+ and Forge): what the WebUI prints as ``Version:`` at start and ``/internal/sysinfo`` reports.
+
+Stable Diffusion WebUI Forge is refused (`forge_label`, `RefusingCore`): its model lives in its
+own backend (``sd_model.forge_objects``, possibly quantized or offloaded), so there is no
+``model.diffusion_model`` to merge into, and ``reload_model_weights`` does nothing there. The
+routes still register and answer 501 ``UnsupportedWebUI`` with the reason, so the CLI can say
+"Forge is not supported" rather than "the bridge is not installed".
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from typing import Any
 
 import torch
 
-from autombw_cli.webui.bridge.core import BridgeCore
+from autombw_cli.webui.bridge.core import BridgeCore, BridgeError
 from autombw_cli.webui.bridge.names import CheckpointRef
 from autombw_cli.webui.bridge.routes import register_routes
+from autombw_cli.webui.endpoints import UNSUPPORTED_WEBUI
 
 log = logging.getLogger("autombw.bridge")
 
@@ -173,11 +180,80 @@ def _ref(info: Any) -> CheckpointRef:
     )
 
 
+FORGE_REFUSAL = (
+    "Stable Diffusion WebUI Forge ({label}) is not supported: Forge keeps its model in its own "
+    "backend (sd_model.forge_objects, possibly quantized or offloaded), not in an AUTOMATIC1111 "
+    "LatentDiffusion, and loads checkpoints lazily, so the bridge cannot merge weights in its "
+    "memory; /autombw/v1/status, merge, restore and save answer 501"
+)
+FORGE_HINT = (
+    "run the search against AUTOMATIC1111 WebUI 1.x (1.10.1 is tested); for a one-off merge "
+    "use `autombw merge A B --weights W -o OUT` and load the result in Forge"
+)
+
+
+def forge_label() -> str | None:
+    """The Forge version when this WebUI is Forge, else None.
+
+    Forge 2 (``f2.x``, 2024-08 on) is recognised by ``sd_models.forge_model_reload`` (its lazy
+    loader: ``reload_model_weights`` there does nothing); older Forge (``f0.0.x``) and builds
+    without it by the ``modules_forge`` package."""
+    import importlib
+    import importlib.util
+
+    from modules import sd_models
+
+    if not hasattr(sd_models, "forge_model_reload") and (
+        importlib.util.find_spec("modules_forge") is None
+    ):
+        return None
+    try:
+        # by name: the extension builder allows no static import outside the WebUI's modules
+        forge_version = importlib.import_module("modules_forge.forge_version")
+        return f"Forge {forge_version.version}"
+    except Exception:  # the package layout differs between Forge versions
+        try:
+            from modules import launch_utils
+
+            return f"Forge {launch_utils.git_tag()}"
+        except Exception:
+            return "Forge"
+
+
+class RefusingCore(BridgeCore):
+    """The engine on a WebUI the bridge cannot work in: every route answers 501
+    ``UnsupportedWebUI`` with the reason, so the CLI says why instead of "not installed"."""
+
+    def __init__(self, host: Any, *, version: str, message: str, hint: str) -> None:
+        super().__init__(host, version=version)
+        self._refusal = BridgeError(message, status=501, kind=UNSUPPORTED_WEBUI, hint=hint)
+
+    def status(self) -> dict[str, Any]:
+        raise self._refusal
+
+    def merge(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise self._refusal
+
+    def restore(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise self._refusal
+
+    def save(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise self._refusal
+
+
 def install(app: Any, *, version: str) -> BridgeCore:
     """Register the bridge on the WebUI's FastAPI ``app`` (called from on_app_started)."""
     from modules import script_callbacks
 
     host = A1111Host()
+    forge = forge_label()
+    if forge is not None:
+        message = FORGE_REFUSAL.format(label=forge)
+        refusing = RefusingCore(host, version=version, message=message, hint=FORGE_HINT)
+        register_routes(app, refusing, credentials=host.credentials)
+        log.warning("autombw bridge: %s", message)
+        print(f"*** autombw bridge {version}: {message} (hint: {FORGE_HINT})")
+        return refusing
     core = BridgeCore(host, version=version)
     script_callbacks.on_model_loaded(lambda _model: core.mark_lost())
     register_routes(app, core, credentials=host.credentials)
