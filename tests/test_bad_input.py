@@ -287,6 +287,24 @@ def yaml_alias_bomb(d: Path, url: str) -> list[str]:
     return ["config", "check", "search.yaml"]
 
 
+def simulate_port_out_of_range(d: Path, url: str) -> list[str]:
+    return ["webui", "simulate", "--port", "99999"]
+
+
+def simulate_models_dir_is_a_file(d: Path, url: str) -> list[str]:
+    (d / "models.txt").write_text("not a folder")
+    return ["webui", "simulate", "--models-dir", "models.txt"]
+
+
+def simulate_infinite_latency(d: Path, url: str) -> list[str]:
+    return ["webui", "simulate", "--latency-per-image", "inf"]
+
+
+def config_infinite_latency(d: Path, url: str) -> list[str]:
+    _config(d, instances="{simulate: 1, latency: .inf}")
+    return ["config", "check", "search.yaml"]
+
+
 CASES = [
     Case("malformed-yaml", malformed_yaml, 2, ("bad.yaml:",)),
     Case("unknown-key", unknown_key, 2, ("search.yaml", "scorrer")),
@@ -324,6 +342,12 @@ CASES = [
     Case("payload-jinja-bomb", payload_jinja_bomb, 2, ("p.json", "too large")),
     Case("recursive-wildcard", recursive_wildcard, 2, ("p.json", "__a__ -> __b__ -> __a__")),
     Case("yaml-alias-bomb", yaml_alias_bomb, 2, ("search.yaml", "aliases")),
+    Case(
+        "simulate-port-out-of-range", simulate_port_out_of_range, 2, ("--port",), error_line=False
+    ),
+    Case("simulate-models-dir-is-a-file", simulate_models_dir_is_a_file, 2, ("models.txt",)),
+    Case("simulate-infinite-latency", simulate_infinite_latency, 2, ("--latency-per-image",)),
+    Case("config-infinite-latency", config_infinite_latency, 2, ("search.yaml", "latency")),
 ]
 
 

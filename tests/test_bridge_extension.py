@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -408,6 +409,26 @@ def test_reinstall_upgrades_in_place(webui: Path) -> None:
     assert again == ext and (ext / "VERSION").read_text().strip() == "1.1.0"
     assert not (ext / "stale.txt").exists()
     assert [p.name for p in (webui / "extensions").iterdir()] == [EXTENSION_NAME]
+
+
+def test_install_removes_what_an_interrupted_install_left(webui: Path) -> None:
+    """A killed install leaves hidden staging folders in extensions/; A1111 1.10.1 loads hidden
+    folders too (a second copy of the bridge), so the next install removes old ones."""
+    extensions = webui / "extensions"
+    stale_new = extensions / f".{EXTENSION_NAME}.new-0badf00d"
+    stale_old = extensions / f".{EXTENSION_NAME}.old-0badf00d"
+    fresh = extensions / f".{EXTENSION_NAME}.new-5ec0d5ec"  # an install running right now
+    for folder in (stale_new, stale_old, fresh):
+        (folder / "scripts").mkdir(parents=True)
+        (folder / "scripts" / "autombw_bridge.py").write_text("# a half-written copy\n")
+    other = extensions / "sd-webui-other"
+    other.mkdir()
+    hour_ago = time.time() - 3600
+    for path in (stale_new, stale_old, other):
+        os.utime(path, (hour_ago, hour_ago))
+    install_extension(webui, version="1.0.0")
+    names = sorted(p.name for p in extensions.iterdir())
+    assert names == sorted([EXTENSION_NAME, fresh.name, other.name])
 
 
 def test_refuses_a_folder_it_did_not_write_and_a_non_webui(webui: Path, tmp_path: Path) -> None:

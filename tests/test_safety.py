@@ -102,6 +102,7 @@ def test_credentials_never_reach_any_output(tmp_path: Path) -> None:
         bad_doctor = _autombw("doctor", "search.yaml", cwd=tmp_path, password=WRONG)
 
     assert bad.returncode == 3 and bad_doctor.returncode == 3, bad.stderr.decode()
+    assert bad_debug.returncode == 3 and b"Traceback" in bad_debug.stderr  # --debug: same code
     assert b"locked" in bad.stderr and (b"401" in bad.stderr or b"credential" in bad.stderr)
     files = {
         str(p.relative_to(tmp_path)): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()

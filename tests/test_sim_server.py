@@ -192,6 +192,22 @@ def test_faults_oom_drop_restart_and_refused_auth(sim: SimulatorHandle, http: ht
     assert http.post("/sim/faults", json={"nonsense": 1}).status_code == 422
 
 
+def test_control_routes_need_the_credentials_too(tmp_path: Path) -> None:
+    """/sim/faults and /sim/restart can stop or break the simulator: with --auth they are
+    guarded like /sdapi (the refuse-auth fault leaves them alone, so a test can lift it)."""
+    with start_simulator_in_thread(model_dir=tmp_path, auth=("u", "p")) as handle:
+        url = handle.url
+        assert httpx.get(url + "/sim/faults").status_code == 401
+        assert httpx.post(url + "/sim/faults", json={"oom_every": 1}).status_code == 401
+        assert httpx.post(url + "/sim/restart").status_code == 401
+        assert httpx.get(url + "/sim/faults", auth=("u", "wrong")).status_code == 401
+        assert handle.sim.faults.oom_every == 0
+        lifted = {"refuse_auth": False}
+        handle.sim.set_faults(refuse_auth=True)
+        assert httpx.post(url + "/sim/faults", json=lifted, auth=("u", "p")).status_code == 200
+        assert httpx.get(url + "/sdapi/v1/options", auth=("u", "p")).status_code == 200
+
+
 def test_stall_freezes_progress(tmp_path: Path) -> None:
     faults = FaultPlan(stall_every=1, stall_seconds=60)
     with start_simulator_in_thread(model_dir=tmp_path, faults=faults) as handle:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from typing import Annotated
 
 import typer
@@ -67,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except AutombwError as exc:
-        if state.debug:
-            raise
+        if state.debug:  # the traceback too, but the same exit code (scripts branch on it)
+            traceback.print_exc()
         _print_error(exc)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +21,10 @@ app.add_typer(webui_app, name="webui")
 
 @webui_app.command("simulate")
 def simulate_command(
-    port: Annotated[int, typer.Option(help="Port to listen on. Default: 7860.")] = 7860,
+    port: Annotated[
+        int,
+        typer.Option(min=0, max=65535, help="Port to listen on (0: any free one). Default: 7860."),
+    ] = 7860,
     host: Annotated[
         str, typer.Option(help="Address to listen on. Default: 127.0.0.1 (this machine only).")
     ] = "127.0.0.1",
@@ -61,6 +65,15 @@ def simulate_command(
         if not sep or not user:
             raise ConfigError(f"--auth {auth!r}: expected USER:PASS")
         credentials = (user, password)
+    if not math.isfinite(latency_per_image) or not 0 <= latency_per_image <= 3600:
+        raise ConfigError(
+            f"--latency-per-image {latency_per_image}: expected seconds from 0 to 3600"
+        )
+    if models_dir is not None and models_dir.exists() and not models_dir.is_dir():
+        raise ConfigError(
+            f"--models-dir {models_dir}: not a folder",
+            hint="pass a folder for the simulated checkpoints (it is created if missing)",
+        )
     plan = parse_faults(fault or [])
     typer.echo(
         f"simulated WebUI ({arch.value}) on http://{host}:{port}  "

@@ -187,7 +187,9 @@ class SimulatedInstances(StrictModel):
 
     simulate: int = Field(ge=1, le=64, description="Number of simulated WebUI instances")
     arch: Arch | None = Field(None, description="Architecture simulated (default: models.arch)")
-    latency: float = Field(0.0, ge=0, description="Seconds each simulated image takes")
+    latency: float = Field(
+        0.0, ge=0, le=3600, allow_inf_nan=False, description="Seconds each simulated image takes"
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Extra keyword options passed to the simulator"
     )

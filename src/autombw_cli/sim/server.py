@@ -6,7 +6,9 @@ routes served by the very same `BridgeCore` the A1111 extension runs, over tiny 
 checkpoints with real LDM key names. Images come from `sim.render` (deterministic in the
 merged tensors, prompt, seed, size and steps). Faults (`sim.faults`) are injected on demand.
 
-Extra control routes for tests (no auth): ``GET/POST /sim/faults``, ``POST /sim/restart``.
+Extra control routes for tests: ``GET/POST /sim/faults``, ``POST /sim/restart`` (behind the
+same Basic auth as ``/sdapi`` when the simulator has credentials; the ``refuse_auth`` fault
+leaves them alone, so a test can always lift it).
 
     handle = start_simulator_in_thread(port=0, arch="sd1")
     ... httpx.get(handle.url + "/sdapi/v1/sd-models") ...
@@ -78,6 +80,7 @@ SCHEDULERS: dict[str, str] = {
     "ddim": "DDIM",
     "beta": "Beta",
 }
+SIM_PREFIX = "/sim/"
 SIM_FAULTS = "/sim/faults"
 SIM_RESTART = "/sim/restart"
 
@@ -505,7 +508,11 @@ class SimulatedWebUI:
         @app.middleware("http")
         async def a1111_errors_and_auth(request: Request, call_next: Callable[..., Any]) -> Any:
             path = request.url.path
-            if ep.is_sdapi(path):
+            if path.startswith(SIM_PREFIX):
+                refused = check_basic_auth(request, sim._credentials())
+                if refused is not None:
+                    return refused
+            elif ep.is_sdapi(path):
                 if sim.faults.refuse_auth:
                     return JSONResponse(
                         status_code=401,

@@ -24,6 +24,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +246,7 @@ def install_extension(webui_dir: Path | str, *, version: str = __version__) -> P
             hint="move it away, then run install-extension again",
         )
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(target.parent)
     staging = _new_dir(target.parent, f".{EXTENSION_NAME}.new-")
     try:
         build_extension(staging, version=version)
@@ -260,6 +262,30 @@ def install_extension(webui_dir: Path | str, *, version: str = __version__) -> P
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+LEFTOVER_AGE_S = 60.0  # younger staging folders may belong to an install running right now
+
+
+def remove_leftovers(extensions: Path, *, now: float | None = None) -> list[Path]:
+    """Remove the staging folders an interrupted install left in ``extensions`` (killed between
+    building and renaming): ``.autombw-bridge.new-*`` and ``.autombw-bridge.old-*`` older than a
+    minute. A1111 loads every folder there, hidden ones too, so a leftover holding a copy of the
+    bridge would otherwise load as a second extension. Returns what was removed."""
+    now = time.time() if now is None else now
+    removed = []
+    for prefix in (f".{EXTENSION_NAME}.new-", f".{EXTENSION_NAME}.old-"):
+        for path in extensions.glob(f"{prefix}*"):
+            try:
+                if path.is_symlink() or not path.is_dir():
+                    continue
+                if now - path.stat().st_mtime < LEFTOVER_AGE_S:
+                    continue
+            except OSError:
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _new_dir(parent: Path, prefix: str) -> Path:
