@@ -209,3 +209,97 @@ def test_merge_waits_for_the_running_generation(tmp_path: Path) -> None:
         assert r.status_code == 200
         assert done.is_set()  # the generation had finished before the merge answered
         worker.join()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (
+            {"model_a": "x" * 30_000, "model_b": "simB", "weights": uniform(0.5)},
+            422,
+            "model_a is 30000 characters long",
+        ),
+        (
+            {"model_a": "simA", "model_b": "simB", "weights": {**uniform(0.5), "in00": 0.2}},
+            422,
+            "IN00 given twice (IN00 and in00)",
+        ),
+        (
+            {
+                "model_a": "simA",
+                "model_b": "simB",
+                "weights": {**uniform(0.5), "BASE": 0.5},
+                "text_encoder_weight": 0.3,
+            },
+            422,
+            "BASE given twice (text_encoder_weight and BASE)",
+        ),
+        (
+            {"model_a": "simA", "model_b": "simB", "weights": {**uniform(0.5), "M00": 10**400}},
+            422,
+            "M00=inf is outside 0..1",
+        ),
+        (
+            {"model_a": "simA", "model_b": "simB", "weights": {f"k{i}": 0.5 for i in range(65)}},
+            422,
+            "weights has 65 entries",
+        ),
+        (
+            {"model_a": "simA", "model_b": "simB", "weights": {"IN00" * 20: 0.5}},
+            422,
+            "no block name",
+        ),
+        (
+            {"model_a": "simA", "model_b": "simB", "weights": uniform(0.5), "pad": "x" * 2**21},
+            413,
+            "at most 1048576",
+        ),
+    ],
+)
+def test_oversized_and_ambiguous_requests_are_refused(
+    http: httpx.Client, body: dict[str, Any], status: int, words: str
+) -> None:
+    """Bounded before the queue lock (a 30 MB name once held it for 13 s); a weight named twice
+    in two spellings, or too large for a float (a 500 before), is a clear 422."""
+    r = http.post("/autombw/v1/merge", json=body)
+    assert r.status_code == status, r.text[:500]
+    data = r.json()
+    assert set(data) >= ERROR_KEYS and words in data["detail"]
+    assert len(r.content) < 4000  # the refused value is not echoed back
+
+
+def test_not_json_is_a_422(http: httpx.Client) -> None:
+    r = http.post(
+        "/autombw/v1/merge", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422 and "not valid JSON" in r.json()["detail"]
+    chunked = http.post("/autombw/v1/merge", content=iter([b"[" * 600_000, b"]" * 600_000]))
+    assert chunked.status_code == 413  # no content-length: counted while reading
+
+
+def test_a_bad_request_does_not_wait_for_the_queue_lock(tmp_path: Path) -> None:
+    """Validation happens before the lock: a refused request answers while an image renders."""
+    with start_simulator_in_thread(model_dir=tmp_path, latency_per_image=3.0) as handle:
+        done = threading.Event()
+
+        def generate() -> None:
+            httpx.post(
+                handle.url + "/sdapi/v1/txt2img",
+                json={"steps": 5, "width": 16, "height": 16},
+                timeout=30,
+            )
+            done.set()
+
+        worker = threading.Thread(target=generate)
+        worker.start()
+        while httpx.get(handle.url + "/sdapi/v1/progress").json()["state"]["job_count"] == 0:
+            assert worker.is_alive()
+            time.sleep(0.01)
+        r = httpx.post(
+            handle.url + "/autombw/v1/merge",
+            json={"model_a": "x" * 5_000_000, "model_b": "simB", "weights": uniform(0.5)},
+            timeout=30,
+        )
+        assert r.status_code == 413
+        assert not done.is_set()  # answered while the generation still held the lock
+        worker.join()

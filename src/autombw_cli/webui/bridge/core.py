@@ -789,11 +789,22 @@ def _parse_weights(
     values: dict[str, float] = {}
     te = text_encoder_weight
     slots = layout(arch).slots
+    given: dict[str, str] = {}  # slot -> the key that named it (IN00 and in00 are one slot)
+    if te is not None:
+        given[BASE] = "text_encoder_weight"
     for name, v in weights.items():
         try:
             slot = canonical_slot(str(name), arch)
         except AutombwError as exc:
             raise BridgeError(exc.message, status=422, kind="ValidationError") from None
+        if slot in given:
+            raise BridgeError(
+                f"weights: {slot} given twice ({given[slot]} and {name})",
+                status=422,
+                kind="ValidationError",
+                hint="give each block once",
+            )
+        given[slot] = str(name)
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise BridgeError(
                 f"weights.{name} must be a number, not {v!r}", status=422, kind="ValidationError"
@@ -801,7 +812,7 @@ def _parse_weights(
         if slot == BASE:
             te = v
         else:
-            values[slot] = float(v)
+            values[slot] = _as_float(v)
     missing = [s for s in slots if s not in values]
     if missing:
         raise BridgeError(
@@ -815,7 +826,7 @@ def _parse_weights(
             f"text_encoder_weight must be a number, not {te!r}", status=422, kind="ValidationError"
         )
     lo, hi = EXTRAPOLATION_RANGE if extrapolation else WEIGHT_RANGE
-    checks = list(values.items()) + ([(BASE, float(te))] if te is not None else [])
+    checks = list(values.items()) + ([(BASE, _as_float(te))] if te is not None else [])
     for slot, v in checks:
         if not math.isfinite(v) or not lo <= v <= hi:
             raise BridgeError(
@@ -825,7 +836,16 @@ def _parse_weights(
                 kind="ValidationError",
                 hint=None if extrapolation else "set extrapolation: true to allow -1..2",
             )
-    return Weights(arch, values, None if te is None else float(te))
+    return Weights(arch, values, None if te is None else _as_float(te))
+
+
+def _as_float(value: float) -> float:
+    """``float(value)``; an integer too large for a float (400 digits) becomes inf, which the
+    range check then refuses (``float()`` would raise OverflowError: a 500)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _slot_module(arch: Arch, slot: str) -> str:

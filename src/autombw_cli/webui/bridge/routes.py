@@ -1,9 +1,11 @@
 """The bridge's HTTP routes (``/autombw/v1/...``) on a FastAPI app.
 
-Plain ``def`` handlers (FastAPI runs them in a worker thread), each holding the host's queue
-lock so a merge never runs while the WebUI generates or loads a model. Request bodies are plain
-dicts validated by hand: A1111 1.x ships pydantic 1, Forge a newer one. Errors answer in
-A1111's shape ``{"error", "detail", "body", "errors"}`` (plus ``hint``) with a real status.
+The handlers read and check the request first (size, JSON, fields: `register_routes`), then run
+the engine's call in a worker thread holding the host's queue lock, so a merge never runs while
+the WebUI generates or loads a model, and a bad request never waits for (or holds) that lock.
+Request bodies are plain dicts validated by hand: A1111 1.x ships pydantic 1, newer WebUIs
+pydantic 2. Errors answer in A1111's shape ``{"error", "detail", "body", "errors"}`` (plus
+``hint``) with a real status.
 
 Only fastapi, torch, safetensors and the standard library (copied into the WebUI extension).
 """
@@ -12,13 +14,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import secrets
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Body, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from autombw_cli.webui.bridge.core import BridgeCore, BridgeError
 from autombw_cli.webui.endpoints import BRIDGE_MERGE, BRIDGE_RESTORE, BRIDGE_SAVE, BRIDGE_STATUS
@@ -73,40 +77,47 @@ def register_routes(
     ``core`` is the engine, or a function returning the current one (the simulator replaces
     its engine on a simulated restart); ``credentials`` gives the --api-auth pairs (None: no
     auth, as A1111 without --api-auth).
+
+    Each request is checked in this order, and only the last step waits for the WebUI: the
+    credentials; the body (at most `MAX_BODY_BYTES`, JSON, known fields, strings of at most
+    `MAX_STRING` characters, at most `MAX_WEIGHTS` weights); then, in a worker thread under
+    the queue lock, the engine's call. A huge or malformed request never holds the lock.
     """
     current: Callable[[], BridgeCore] = core if callable(core) else (lambda: core)
 
-    def run(request: Request, action: Callable[[BridgeCore], Any]) -> Any:
+    async def run(
+        request: Request,
+        known: set[str] | None,
+        action: Callable[[BridgeCore, dict[str, Any]], Any],
+    ) -> Any:
         refused = check_basic_auth(request, credentials() if credentials else None)
         if refused is not None:
             return refused
+        try:
+            data = await _read_object(request) if known is not None else {}
+            _check_fields(data, known or set())
+        except BridgeError as exc:
+            return error_response(exc.status, exc.kind, exc.message, hint=exc.hint)
+        return await run_in_threadpool(locked, request, data, action)
+
+    def locked(
+        request: Request, data: dict[str, Any], action: Callable[[BridgeCore, dict[str, Any]], Any]
+    ) -> Any:
         engine = current()
         try:
             with engine.host.queue_lock:
-                return action(engine)
+                return action(engine, data)
         except BridgeError as exc:
             return error_response(exc.status, exc.kind, exc.message, hint=exc.hint)
         except Exception as exc:  # the WebUI's own errors (e.g. CUDA OOM)
             log.exception("autombw bridge: %s %s failed", request.method, request.url.path)
             return error_response(500, type(exc).__name__, str(exc))
 
-    def status(request: Request) -> Any:
-        return run(request, lambda engine: engine.status())
+    async def status(request: Request) -> Any:
+        return await run(request, None, lambda engine, _data: engine.status())
 
-    def merge(request: Request, body: Any = Body(default=None)) -> Any:
-        def action(engine: BridgeCore) -> Any:
-            data = _require_object(body)
-            _reject_unknown(
-                data,
-                {
-                    "model_a",
-                    "model_b",
-                    "weights",
-                    "cache_device",
-                    "text_encoder_weight",
-                    "extrapolation",
-                },
-            )
+    async def merge(request: Request) -> Any:
+        def action(engine: BridgeCore, data: dict[str, Any]) -> Any:
             outcome = engine.merge(
                 _require(data, "model_a"),
                 _require(data, "model_b"),
@@ -117,31 +128,16 @@ def register_routes(
             )
             return outcome.to_json()
 
-        return run(request, action)
+        return await run(request, MERGE_FIELDS, action)
 
-    def restore(request: Request, body: Any = Body(default=None)) -> Any:
-        def action(engine: BridgeCore) -> Any:
-            data = {} if body is None else _require_object(body)
-            _reject_unknown(data, {"free_caches"})
+    async def restore(request: Request) -> Any:
+        def action(engine: BridgeCore, data: dict[str, Any]) -> Any:
             return engine.restore(free_caches=_get_bool(data, "free_caches", False))
 
-        return run(request, action)
+        return await run(request, RESTORE_FIELDS, action)
 
-    def save(request: Request, body: Any = Body(default=None)) -> Any:
-        def action(engine: BridgeCore) -> Any:
-            data = _require_object(body)
-            _reject_unknown(
-                data,
-                {
-                    "name",
-                    "weights",
-                    "dtype",
-                    "format",
-                    "overwrite",
-                    "text_encoder_weight",
-                    "extrapolation",
-                },
-            )
+    async def save(request: Request) -> Any:
+        def action(engine: BridgeCore, data: dict[str, Any]) -> Any:
             outcome = engine.save(
                 _require(data, "name"),
                 data.get("weights"),
@@ -153,7 +149,7 @@ def register_routes(
             )
             return outcome.to_json()
 
-        return run(request, action)
+        return await run(request, SAVE_FIELDS, action)
 
     app.add_api_route(BRIDGE_STATUS, status, methods=["GET"])
     app.add_api_route(BRIDGE_MERGE, merge, methods=["POST"])
@@ -161,7 +157,79 @@ def register_routes(
     app.add_api_route(BRIDGE_SAVE, save, methods=["POST"])
 
 
-# --- hand validation (no pydantic: A1111 1.x has v1, Forge v2) ------------------------------
+MERGE_FIELDS = {
+    "model_a",
+    "model_b",
+    "weights",
+    "cache_device",
+    "text_encoder_weight",
+    "extrapolation",
+}
+RESTORE_FIELDS = {"free_caches"}
+SAVE_FIELDS = {
+    "name",
+    "weights",
+    "dtype",
+    "format",
+    "overwrite",
+    "text_encoder_weight",
+    "extrapolation",
+}
+MAX_BODY_BYTES = 1 << 20  # a merge request is ~1 KB
+MAX_STRING = 1024  # characters of a checkpoint name or any other string field
+MAX_WEIGHTS = 64  # entries of ``weights`` (SDXL has 20 slots, SD1 27 with aliases)
+MAX_SLOT_NAME = 32  # characters of a weights key (``TIME_EMBED``, ``OUT11``)
+
+
+async def _read_object(request: Request) -> dict[str, Any]:
+    """The JSON object of the body, read up to `MAX_BODY_BYTES` (413 beyond, before parsing);
+    an empty body is ``{}``."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large(int(declared))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large(size)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, an int of 4300+ digits
+        raise _invalid("the request body is not valid JSON") from None
+    return _require_object(body)
+
+
+def _too_large(size: int) -> BridgeError:
+    return BridgeError(
+        f"the request body is {size} bytes; the bridge takes at most {MAX_BODY_BYTES}",
+        status=413,
+        kind="RequestTooLarge",
+    )
+
+
+def _check_fields(data: dict[str, Any], known: set[str]) -> None:
+    """Refuse unknown fields, over-long strings and oversized weight maps (no lock held)."""
+    _reject_unknown(data, known)
+    for name, value in data.items():
+        if isinstance(value, str) and len(value) > MAX_STRING:
+            raise _invalid(f"field {name} is {len(value)} characters long; at most {MAX_STRING}")
+    weights = data.get("weights")
+    if isinstance(weights, dict):
+        if len(weights) > MAX_WEIGHTS:
+            raise _invalid(f"weights has {len(weights)} entries; at most {MAX_WEIGHTS}")
+        for key in weights:
+            if len(key) > MAX_SLOT_NAME:
+                raise _invalid(
+                    f"weights: a key of {len(key)} characters is no block name "
+                    f"(at most {MAX_SLOT_NAME})"
+                )
+
+
+# --- hand validation (no pydantic: A1111 1.x has v1, others v2) ------------------------------
 def _invalid(message: str) -> BridgeError:
     return BridgeError(message, status=422, kind="ValidationError")
 
