@@ -14,6 +14,7 @@ render, restore, save, caches), with pixels and tensors compared exactly.
 from __future__ import annotations
 
 import csv
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,6 +211,41 @@ def test_the_bridge_never_overwrites_the_pair_it_holds(webui: WebUI, install: In
     assert resp.status_code >= 400, resp.text
     assert (a_file.stat().st_mtime_ns, a_file.stat().st_size) == before
     webui.restore()
+
+
+class _Evil:
+    """A pickle payload: unpickling it calls os.makedirs(marker)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.makedirs, (self.marker,))
+
+
+def test_a_ckpt_that_runs_code_is_refused_inside_a1111(
+    webui: WebUI, install: Install, tmp_path: Path
+) -> None:
+    """The bridge's own reader inside the real WebUI (torch 2.1.2): a .ckpt whose pickle would
+    run code is refused with a message naming the file, and the code never runs."""
+    import torch
+
+    marker = tmp_path / "pwned"
+    evil = install.models / "zzEvil.ckpt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": _Evil(str(marker))}, evil)
+    try:
+        webui.refresh()
+        resp = webui.call(
+            "POST",
+            "/autombw/v1/merge",
+            {"model_a": "rndA", "model_b": "zzEvil", "weights": dict.fromkeys(SLOTS, 0.5)},
+        )
+        assert 400 <= resp.status_code < 500, resp.text
+        assert "zzEvil.ckpt" in resp.json()["detail"], resp.text
+        assert not marker.exists()
+    finally:
+        evil.unlink()
+        webui.refresh()
 
 
 # --- the CLI against the real WebUI -----------------------------------------------------------
