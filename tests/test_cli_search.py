@@ -128,6 +128,27 @@ def test_doctor_on_healthy_instances(tmp_path: Path, capsys) -> None:  # type: i
     assert out.count("ready") == 2 and "A+B" in out and "loads" in out
 
 
+def test_doctor_offline_without_imagereward_files_says_it_once(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The default scorer on a box that cannot reach the hub: one message (not the hub
+    client's retry warnings), listed once, naming the file and where to put it."""
+    cfg = write_search_config(tmp_path, instances="{simulate: 1}")
+    text = cfg.read_text().replace(
+        "scorer: {name: sim, device: cpu, tally: arithmetic, sigmoid: false}",
+        f"scorer: {{name: imagereward, device: cpu, paths: {{download_root: {tmp_path / 'ir'}}}}}",
+    )
+    cfg.write_text(text)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.autombw-test.invalid")
+    code, out, err = _main("doctor", str(cfg), capsys=capsys)
+    assert code == 3, out + err
+    assert (out + err).count("ImageReward.pt is not in") == 1, out + err
+    assert "cannot be reached" in out and "Retrying" not in out + err
+
+
 def test_killed_search_resumes_without_losing_or_repeating(tmp_path: Path) -> None:
     cfg = write_search_config(
         tmp_path,

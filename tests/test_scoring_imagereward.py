@@ -28,6 +28,7 @@ from autombw_cli.scoring.imagereward_model import (
     ImageRewardFiles,
     build_model,
     load_tokenizer,
+    require_extra,
     resolve_files,
 )
 from autombw_cli.scoring.testing import (
@@ -136,6 +137,34 @@ def test_offline_without_files_says_what_to_download(
     files = resolve_files(download_root=tmp_path)
     assert files.checkpoint == tmp_path / "ImageReward.pt"
     assert files.tokenizer is None
+
+
+def test_an_unreachable_hub_is_one_quick_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No network (a name that cannot resolve): one error naming the file, the host and where to
+    put the file, instead of the hub client's retries (~30 s of warnings, printed twice)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.autombw-test.invalid")
+    with pytest.raises(ScorerError, match=r"ImageReward\.pt is not in .*cannot be reached") as err:
+        resolve_files(download_root=tmp_path)
+    assert "hub.autombw-test.invalid" in err.value.message
+    assert "scorer.paths.checkpoint" in (err.value.hint or "")
+
+
+def test_a_missing_extra_is_named_with_the_install_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from autombw_cli.scoring import imagereward_model
+
+    require_extra()  # this environment has the extra
+    missing = {**imagereward_model.EXTRA_MODULES, "autombw_no_such_module": "some-package"}
+    monkeypatch.setattr(imagereward_model, "EXTRA_MODULES", missing)
+    with pytest.raises(ScorerError, match="not installed: some-package") as err:
+        require_extra()
+    assert 'pip install "autombw[imagereward]"' in (err.value.hint or "")
 
 
 def test_wrong_checkpoint_is_refused(tiny_files: ImageRewardFiles, tmp_path: Path) -> None:

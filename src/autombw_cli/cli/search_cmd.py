@@ -137,9 +137,7 @@ def doctor_command(
         )
     out = Console()
     out.print(table)
-    if report.scorer_problem:
-        out.print(f"[red]scorer {report.scorer_name}: {report.scorer_problem}[/]")
-    else:
+    if not report.scorer_problem:  # a problem is listed with the others below
         out.print(f"scorer {report.scorer_name}: [green]loads[/]")
     for p in report.problems():
         out.print(f"[red]-[/] {p}")

@@ -36,6 +36,7 @@ from autombw_cli.scoring.imagereward_model import (
     IMAGEREWARD_STD,
     build_model,
     load_tokenizer,
+    require_extra,
     resolve_files,
 )
 from autombw_cli.scoring.preprocess import Preprocessor, normalize
@@ -159,6 +160,7 @@ class ImageRewardScorer:
         **kwargs: Any,
     ) -> ImageRewardScorer:
         """Load from local files; anything unset is fetched from the hub (and cached)."""
+        require_extra()
         files = resolve_files(checkpoint, med_config, tokenizer, download_root)
         return cls(build_model(files), load_tokenizer(files.tokenizer), **kwargs)
 

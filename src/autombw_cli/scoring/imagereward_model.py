@@ -23,11 +23,15 @@ import logging
 import math
 import os
 import re
+import socket
 import sys
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from autombw_cli.errors import ScorerError
 
@@ -43,6 +47,7 @@ __all__ = [
     "build_model",
     "import_upstream",
     "load_tokenizer",
+    "require_extra",
     "resolve_files",
 ]
 
@@ -92,6 +97,31 @@ def import_upstream() -> types.SimpleNamespace:
         ) from exc
 
 
+# The modules the imagereward extra brings (pyproject's [imagereward]), by import name.
+EXTRA_MODULES = {
+    "ImageReward": "image-reward",
+    "transformers": "transformers<4.56",
+    "huggingface_hub": "huggingface-hub<1.0",
+    "timm": "timm",
+    "fairscale": "fairscale",
+    "clip": "openai-clip",
+}
+INSTALL_EXTRA = (
+    'pip install "autombw[imagereward]"  (from a clone: pip install -e ".[imagereward]")'
+)
+
+
+def require_extra() -> None:
+    """Refuse early, naming the extra, when the ImageReward dependencies are not installed
+    (otherwise the first missing one surfaces as a puzzling download or import error)."""
+    missing = [pkg for mod, pkg in EXTRA_MODULES.items() if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise ScorerError(
+            f"the imagereward scorer needs packages that are not installed: {', '.join(missing)}",
+            hint=f"install the imagereward extra: {INSTALL_EXTRA}",
+        )
+
+
 @dataclass(frozen=True)
 class ImageRewardFiles:
     """The three things ImageReward needs, as local paths (tokenizer: folder or vocab file)."""
@@ -111,12 +141,22 @@ def _hub_file(filename: str, root: Path, field: str) -> Path:
             hint=f"download {filename} from https://huggingface.co/{HUB_REPO} and set "
             f"scorer.paths.{field} to it (or put it in {root})",
         )
+    unreachable = hub_unreachable()
+    if unreachable:
+        raise ScorerError(
+            f"{filename} is not in {root} and the Hugging Face hub cannot be reached to "
+            f"download it ({unreachable})",
+            hint=f"on a machine with internet, download {filename} from "
+            f"https://huggingface.co/{HUB_REPO}; then set scorer.paths.{field} to it "
+            f"(or put it in {root})",
+        )
     try:
         from huggingface_hub import hf_hub_download
 
         log.info("downloading %s from the Hugging Face hub (%s) to %s", filename, HUB_REPO, root)
         root.mkdir(parents=True, exist_ok=True)
-        return Path(hf_hub_download(repo_id=HUB_REPO, filename=filename, local_dir=root))
+        with _quiet_hub_retries():
+            return Path(hf_hub_download(repo_id=HUB_REPO, filename=filename, local_dir=root))
     except Exception as exc:  # network, offline mode, auth: all mean "give me a local path"
         raise ScorerError(
             f"{filename} is not in {root} and could not be downloaded from "
@@ -124,6 +164,33 @@ def _hub_file(filename: str, root: Path, field: str) -> Path:
             hint=f"download {filename} from https://huggingface.co/{HUB_REPO} and set "
             f"scorer.paths.{field} to it (or put it in {root})",
         ) from exc
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the hub cannot be reached (a DNS failure, a refused or timed-out connection), or
+    None when a TCP connection to it opens. Behind an HTTP(S) proxy the check is skipped (the
+    download goes through the proxy). It turns the hub client's ~30 s of retry warnings on an
+    offline machine into one message."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    host = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    try:
+        socket.create_connection((host or "huggingface.co", 443), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host}: {exc.strerror or type(exc).__name__}"
+    return None
+
+
+@contextmanager
+def _quiet_hub_retries() -> Iterator[None]:
+    """The hub client logs a warning per retry; the error we raise after them says it all."""
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_log.setLevel(level)
 
 
 def _local(path: Path, field: str, what: str, source: str) -> Path:
@@ -178,8 +245,12 @@ def load_tokenizer(path: Path | None) -> Any:
     from transformers import BertTokenizer
 
     try:
-        if path is None:
-            tokenizer = BertTokenizer.from_pretrained(TOKENIZER_HUB_NAME)
+        if path is None:  # the hub cache; asking an unreachable hub only adds retries
+            offline = os.environ.get("HF_HUB_OFFLINE") or hub_unreachable() is not None
+            with _quiet_hub_retries():
+                tokenizer = BertTokenizer.from_pretrained(
+                    TOKENIZER_HUB_NAME, local_files_only=bool(offline)
+                )
         elif path.is_dir():
             tokenizer = BertTokenizer.from_pretrained(str(path))
         else:
