@@ -304,6 +304,34 @@ def test_fixed_seed_is_kept_for_every_variant(wild: Path) -> None:
     assert [(e.seed, e.seed_derived) for e in expand_payload(p, wild, 0)] == [(99, False)] * 3
 
 
+def test_random_variants_are_distinct_while_the_wildcards_allow(wild: Path) -> None:
+    """n_iter 3 over 6 possible prompts once drew the same prompt twice (with a fixed seed: the
+    same image rendered twice and counted twice)."""
+    for run_seed in range(30):
+        p = payload(prompt="__color__", wildcard_type="random", n_iter=6, seed=7)
+        got = [(e.prompt, e.seed) for e in expand_payload(p, wild, run_seed)]
+        assert len(got) == 6 and len(set(got)) == 6, (run_seed, got)
+        three = payload(prompt="a {x|y|z} __sub/animal__", wildcard_type="random", n_iter=3)
+        prompts = [e.prompt for e in expand_payload(three, wild, run_seed)]
+        assert len(set(prompts)) == 3, (run_seed, prompts)
+
+
+def test_random_asks_for_more_variants_than_the_wildcards_have(
+    wild: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fixed = payload(name="few", prompt="__sub/animal__", wildcard_type="random", n_iter=4, seed=3)
+    with caplog.at_level("WARNING"):
+        got = expand_payload(fixed, wild, 0)
+    assert sorted(e.prompt for e in got) == ["cat", "dog"]  # no image rendered twice
+    assert "payload few: n_iter is 4 but its wildcards gave only 2 distinct" in caplog.text
+    caplog.clear()
+    derived = fixed.model_copy(update={"seed": -1})
+    with caplog.at_level("WARNING"):
+        got = expand_payload(derived, wild, 0)
+    assert len(got) == 4 and {e.prompt for e in got} == {"cat", "dog"}
+    assert len({(e.prompt, e.seed) for e in got}) == 4 and caplog.text == ""
+
+
 def test_missing_wildcard_names_the_wildcard_and_folder(wild: Path) -> None:
     p = payload(name="girl", prompt="a __flavour__ cake", wildcard_type="random")
     with pytest.raises(PayloadError) as info:

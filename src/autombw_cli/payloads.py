@@ -8,9 +8,9 @@ Known fields are type-checked; any other field is passed to txt2img untouched.
 same prompts and seeds (a low-noise objective):
 
 - ``wildcard_type: none``: one prompt, the payload as written (``n_iter`` images per call).
-- ``random`` / ``jinja2``: ``n_iter`` prompt variants, each rendered with ``n_iter: 1``; the
-  generators are seeded from the run seed and the payload name, so the same run seed gives the
-  same prompts.
+- ``random`` / ``jinja2``: ``n_iter`` prompt variants, each rendered with ``n_iter: 1`` (random
+  ones distinct while the wildcards allow it: `_distinct_pairs`); the generators are seeded from
+  the run seed and the payload name, so the same run seed gives the same prompts.
 - ``combinatorial``: up to ``n_iter`` combinations, each with ``n_iter: 1``.
 
 Prompt and negative-prompt variants are zipped as auto-MBW-rt does; when the negative prompt
@@ -30,6 +30,7 @@ import copy
 import difflib
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -46,6 +47,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from autombw_cli.errors import OutputExistsError, PayloadError
 from autombw_cli.yamlio import raise_validation_error, read_document
+
+log = logging.getLogger(__name__)
 
 WildcardType = Literal["none", "random", "combinatorial", "jinja2"]
 WILDCARD_TYPES: tuple[str, ...] = ("none", "random", "combinatorial", "jinja2")
@@ -677,8 +680,43 @@ def _variants(payload: Payload, text: str, which: str, folder: Path | None, seed
     n = payload.n_iter
     gen_seed = derive_seed(seed, payload.name, which)
     if payload.wildcard_type == "random":
-        return RandomPromptGenerator(wildcard_manager=wm, seed=gen_seed).generate(text, n)
+        draws = n * DRAWS_PER_VARIANT  # more than needed: `_distinct_pairs` picks n distinct
+        return RandomPromptGenerator(wildcard_manager=wm, seed=gen_seed).generate(text, draws)
     return CombinatorialPromptGenerator(wildcard_manager=wm).generate(text, n)
+
+
+DRAWS_PER_VARIANT = 8  # random draws per wanted variant, to find distinct ones
+
+
+def _distinct_pairs(
+    draws: list[tuple[str, str]], payload: Payload, where: str
+) -> list[tuple[str, str]]:
+    """``n_iter`` (prompt, negative) pairs from the random draws, distinct while the wildcards
+    allow it (a repeated pair with a fixed seed renders the same image twice: wasted time and a
+    double weight in the tally). When they allow fewer: with ``seed: -1`` repeats are kept (each
+    variant gets its own seed, so the images differ); with a fixed seed they are dropped, and a
+    warning says so."""
+    want = payload.n_iter
+    picked: list[tuple[str, str]] = []
+    for pair in draws:
+        if pair not in picked:
+            picked.append(pair)
+            if len(picked) == want:
+                return picked
+    if payload.seed == -1:
+        repeats = [pair for i, pair in enumerate(draws) if pair in draws[:i]]
+        return picked + repeats[: want - len(picked)]
+    log.warning(
+        "%s: n_iter is %d but its wildcards gave only %d distinct prompt(s) in %d draws; "
+        "rendering %d (with a fixed seed a repeat would render the same image twice; "
+        "use seed: -1 for more images of the same prompts)",
+        where,
+        want,
+        len(picked),
+        len(draws),
+        len(picked),
+    )
+    return picked
 
 
 def _short_text(text: str, limit: int = 80) -> str:
@@ -764,6 +802,8 @@ def expand_payload(payload: Payload, wildcard_dir: Path | None, seed: int) -> li
             raise PayloadError(f"{where}: wildcard expansion gave no prompt")
         negatives = negatives or [payload.negative_prompt]
         pairs = [(p, negatives[i % len(negatives)]) for i, p in enumerate(prompts)]
+        if payload.wildcard_type == "random":  # jinja2 templates say their prompts themselves
+            pairs = _distinct_pairs(pairs, payload, where)
     n_iter = payload.n_iter if payload.wildcard_type == "none" else 1
     out: list[ExpandedPrompt] = []
     for i, (prompt, negative) in enumerate(pairs):
