@@ -217,6 +217,26 @@ def test_warnings_for_misspelt_fields_and_unexpanded_wildcards() -> None:
     assert payload(prompt="plain").warnings() == []
 
 
+def test_a_full_a1111_export_has_no_typo_warnings(tmp_path: Path) -> None:
+    """Every field of A1111 1.10.1's txt2img request is a real field, not a typo of ours
+    (hr_sampler_name once read as a misspelt hr_upscaler...); a real typo still warns."""
+    from typer.testing import CliRunner
+
+    from autombw_cli.cli import app
+    from autombw_cli.payloads import A1111_TXT2IMG_FIELDS
+
+    untyped = A1111_TXT2IMG_FIELDS - set(Payload.model_fields)  # kept as extras, unchecked
+    export = dict.fromkeys(untyped, None)
+    export.update(prompt="a cat", hr_prompt="", hr_negative_prompt="", hr_scheduler="Automatic")
+    export["hr_sampler_name"] = "Euler"
+    assert payload(**export).warnings() == []
+    assert "did you mean 'hr_upscaler'" in " ".join(payload(hr_upscalr="x").warnings())
+    path = write_json(tmp_path / "export.json", {"prompt": "x", "hr_sampler_name": "Euler"})
+    result = CliRunner().invoke(app, ["payload", "show", str(path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "checked by the WebUI" in result.stdout
+    assert "warning" not in result.output
+
+
 # --- expansion --------------------------------------------------------------------------
 def test_none_keeps_the_payload_as_written() -> None:
     [e] = expand_payload(payload(prompt="a {cat|dog}", n_iter=4, batch_size=2, seed=7), None, 0)

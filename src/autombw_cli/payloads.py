@@ -53,6 +53,69 @@ log = logging.getLogger(__name__)
 WildcardType = Literal["none", "random", "combinatorial", "jinja2"]
 WILDCARD_TYPES: tuple[str, ...] = ("none", "random", "combinatorial", "jinja2")
 OWN_FIELDS = frozenset({"name", "score_weight", "reverse_scoring", "wildcard_type"})
+# Every field of AUTOMATIC1111 1.10.1's txt2img request (StableDiffusionProcessing and
+# StableDiffusionProcessingTxt2Img init fields, plus what modules/api/models.py adds): a payload
+# exported from A1111 carries them; only a name outside this set can be a typo.
+A1111_TXT2IMG_FIELDS = frozenset(
+    [
+        "prompt",
+        "negative_prompt",
+        "styles",
+        "seed",
+        "subseed",
+        "subseed_strength",
+        "seed_resize_from_h",
+        "seed_resize_from_w",
+        "seed_enable_extras",
+        "sampler_name",
+        "scheduler",
+        "batch_size",
+        "n_iter",
+        "steps",
+        "cfg_scale",
+        "width",
+        "height",
+        "restore_faces",
+        "tiling",
+        "do_not_save_samples",
+        "do_not_save_grid",
+        "eta",
+        "denoising_strength",
+        "s_min_uncond",
+        "s_churn",
+        "s_tmax",
+        "s_tmin",
+        "s_noise",
+        "override_settings",
+        "override_settings_restore_afterwards",
+        "sampler_index",
+        "refiner_checkpoint",
+        "refiner_switch_at",
+        "disable_extra_networks",
+        "firstpass_image",
+        "comments",
+        "enable_hr",
+        "firstphase_width",
+        "firstphase_height",
+        "hr_scale",
+        "hr_upscaler",
+        "hr_second_pass_steps",
+        "hr_resize_x",
+        "hr_resize_y",
+        "hr_checkpoint_name",
+        "hr_sampler_name",
+        "hr_scheduler",
+        "hr_prompt",
+        "hr_negative_prompt",
+        "force_task_id",
+        "script_name",
+        "script_args",
+        "send_images",
+        "save_images",
+        "alwayson_scripts",
+        "infotext",
+    ]
+)
 DEFAULT_SEED = 1  # auto-MBW-rt's default; A1111's own default (-1) would make scores noisy
 MAX_SEED = 2**31 - 1
 _WILDCARD_SYNTAX = re.compile(r"__[^_\s][^\s]*?__|\{[^{}]*\|[^{}]*\}")
@@ -121,6 +184,8 @@ class Payload(BaseModel):
         out: list[str] = []
         known = [k for k in type(self).model_fields if k != "name"]
         for key in self.model_extra or {}:
+            if key in A1111_TXT2IMG_FIELDS:
+                continue
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
             if close:
                 out.append(f"field {key!r} is not one autombw knows; did you mean {close[0]!r}?")

@@ -71,7 +71,7 @@ def show_command(
     file: Annotated[Path, typer.Argument(help="Payload file (.json or .yaml).")],
 ) -> None:
     """Show a payload's fields: autombw's own, txt2img's known ones, and passed-through ones."""
-    from autombw_cli.payloads import OWN_FIELDS, load_payload
+    from autombw_cli.payloads import A1111_TXT2IMG_FIELDS, OWN_FIELDS, load_payload
 
     payload = load_payload(file)
     table = Table(title=f"payload {escape(payload.name)} ({escape(str(file))})")
@@ -84,7 +84,12 @@ def show_command(
     extra = payload.model_extra or {}
     for key, value in payload.txt2img_fields().items():
         if key not in OWN_FIELDS:
-            kind = "txt2img, passed through" if key in extra else "txt2img"
+            if key not in extra:
+                kind = "txt2img"
+            elif key in A1111_TXT2IMG_FIELDS:
+                kind = "txt2img (checked by the WebUI)"
+            else:
+                kind = "passed through (not an A1111 txt2img field)"
             table.add_row(key, escape(json.dumps(value, ensure_ascii=False)), kind)
     console = Console()
     console.print(table)
