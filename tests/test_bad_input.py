@@ -287,6 +287,25 @@ def yaml_alias_bomb(d: Path, url: str) -> list[str]:
     return ["config", "check", "search.yaml"]
 
 
+def payload_trailing_comma(d: Path, url: str) -> list[str]:
+    (d / "p.json").write_text('{"prompt": "x",\n "steps": 4,\n}\n')
+    return ["payload", "show", "p.json"]
+
+
+def windows_path_in_double_quotes(d: Path, url: str) -> list[str]:
+    path = _config(d)
+    _replace(
+        path, "payloads: {files: [apple.json]}", 'payloads: {files: ["C:\\Users\\me\\p.json"]}'
+    )
+    return ["config", "check", "search.yaml"]
+
+
+def windows_relative_path(d: Path, url: str) -> list[str]:
+    path = _config(d)
+    _replace(path, "payloads: {files: [apple.json]}", "payloads: {files: [.\\apple.json]}")
+    return ["config", "check", "search.yaml"]
+
+
 def simulate_port_out_of_range(d: Path, url: str) -> list[str]:
     return ["webui", "simulate", "--port", "99999"]
 
@@ -342,6 +361,17 @@ CASES = [
     Case("payload-jinja-bomb", payload_jinja_bomb, 2, ("p.json", "too large")),
     Case("recursive-wildcard", recursive_wildcard, 2, ("p.json", "__a__ -> __b__ -> __a__")),
     Case("yaml-alias-bomb", yaml_alias_bomb, 2, ("search.yaml", "aliases")),
+    Case(
+        "payload-trailing-comma", payload_trailing_comma, 2, ("p.json:3:1", "extra comma"), lines=2
+    ),
+    Case(
+        "windows-path-in-double-quotes",
+        windows_path_in_double_quotes,
+        2,
+        ("single quotes",),
+        lines=2,
+    ),
+    Case("windows-relative-path", windows_relative_path, 2, ("apple.json", "forward slashes")),
     Case(
         "simulate-port-out-of-range", simulate_port_out_of_range, 2, ("--port",), error_line=False
     ),

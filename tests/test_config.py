@@ -661,3 +661,18 @@ def test_every_slot_is_searched_or_frozen_exactly_once(arch: Arch, data: st.Data
         yaml.safe_load(cfg.redacted_yaml()), context={"check_paths": False}
     )
     assert again.search == cfg.search
+
+
+def test_a_config_and_payload_saved_on_windows_load(tmp_path: Path) -> None:
+    """Notepad writes CRLF line ends and often a UTF-8 BOM; both files must load as written."""
+    from autombw_cli.config import load_config
+    from autombw_cli.payloads import load_payload
+    from search_helpers import write_search_config
+
+    path = write_search_config(tmp_path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    payload = tmp_path / "apple.json"
+    payload.write_bytes(b"\xef\xbb\xbf" + payload.read_bytes().replace(b",", b",\r\n"))
+    cfg = load_config(path)
+    assert cfg.search.max_evaluations == 12
+    assert load_payload(payload).prompt == "a photo of an apple"

@@ -71,7 +71,7 @@ def read_document(path: Path, *, error_cls: type[ConfigError] = ConfigError, wha
         except json.JSONDecodeError as exc:
             raise error_cls(
                 f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}",
-                hint="check for a missing comma, quote or bracket near that line",
+                hint=_json_hint(exc),
             ) from None
     else:
         data = _load_yaml(text, path, error_cls)
@@ -86,6 +86,15 @@ def read_document(path: Path, *, error_cls: type[ConfigError] = ConfigError, wha
             f"{lines.first_line})"
         )
     return Document(path, data, lines)
+
+
+def _json_hint(exc: json.JSONDecodeError) -> str:
+    """A trailing comma (``"steps": 4,}``) reads as "expecting a property name": say so."""
+    before = exc.doc[: exc.pos].rstrip()
+    after = exc.doc[exc.pos :].lstrip()
+    if before.endswith(",") and after[:1] in ("}", "]"):
+        return f"remove the extra comma before '{after[0]}' (JSON allows none after the last item)"
+    return "check for a missing comma, quote or bracket near that line"
 
 
 MAX_YAML_NODES = 100_000  # nodes of a document once its aliases are expanded
@@ -155,10 +164,14 @@ def _load_yaml(text: str, path: Path, error_cls: type[ConfigError]) -> Any:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = " ".join(p for p in (exc.context, exc.problem) if p)
-        raise error_cls(
-            f"{where}: malformed YAML: {problem}",
-            hint="check indentation and quoting near that line (tabs are not allowed)",
-        ) from None
+        hint = "check indentation and quoting near that line (tabs are not allowed)"
+        if "escape" in problem and "double-quoted" in problem:
+            hint = (
+                "a backslash in double quotes starts an escape (\\U, \\n...): write a Windows "
+                "path in single quotes ('C:\\Users\\me\\p.json') or with forward slashes "
+                "(C:/Users/me/p.json)"
+            )
+        raise error_cls(f"{where}: malformed YAML: {problem}", hint=hint) from None
     except yaml.YAMLError as exc:
         raise error_cls(f"{path}: malformed YAML: {exc}") from None
     finally:

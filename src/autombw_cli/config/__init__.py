@@ -25,7 +25,13 @@ import yaml
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
 
 from autombw_cli.blocks import Weights
-from autombw_cli.config.fields import StrictModel, parse_duration, resolve_path, validation_context
+from autombw_cli.config.fields import (
+    StrictModel,
+    not_found,
+    parse_duration,
+    resolve_path,
+    validation_context,
+)
 from autombw_cli.config.passes import EarlyStoppingConfig, PassConfig
 from autombw_cli.config.search_section import InitialConfig, SchedulerConfig, SearchSettings
 from autombw_cli.config.sections import (
@@ -169,9 +175,9 @@ def _resolve_paths(paths: ScorerPaths, info: ValidationInfo, where: tuple) -> Sc
             continue
         resolved = resolve_path(value, info)
         if check and key in _SCORER_FILES and not resolved.is_file():
-            raise FieldError((*where, key), f"file not found: {resolved}")
+            raise FieldError((*where, key), not_found("file", resolved))
         if check and key == "tokenizer" and not resolved.exists():
-            raise FieldError((*where, key), f"tokenizer folder or vocab.txt not found: {resolved}")
+            raise FieldError((*where, key), not_found("tokenizer folder or vocab.txt", resolved))
         update[key] = resolved
     return paths.model_copy(update=update)
 

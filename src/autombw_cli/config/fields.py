@@ -34,15 +34,27 @@ def resolve_path(value: Path, info: ValidationInfo) -> Path:
     return Path(os.path.normpath(value))
 
 
+def not_found(what: str, path: Path | str) -> str:
+    """``"<what> not found: <path>"``, plus a word on backslashes where they are no separator
+    (a Windows path such as ``.\\p.json`` in a config used on Linux or macOS)."""
+    text = f"{what} not found: {path}"
+    if "\\" in str(path) and os.sep == "/":
+        text += (
+            " (a backslash is not a folder separator on this system: write the path with "
+            "forward slashes, e.g. ./p.json or payloads/p.json)"
+        )
+    return text
+
+
 def _must_be_file(value: Path, info: ValidationInfo) -> Path:
     if validation_context(info).get("check_paths", True) and not value.is_file():
-        raise ValueError(f"file not found: {value}")
+        raise ValueError(not_found("file", value))
     return value
 
 
 def _must_be_dir(value: Path, info: ValidationInfo) -> Path:
     if validation_context(info).get("check_paths", True) and not value.is_dir():
-        raise ValueError(f"folder not found: {value}")
+        raise ValueError(not_found("folder", value))
     return value
 
 

@@ -28,6 +28,7 @@ from autombw_cli.config.fields import (
     ExistingFile,
     ResolvedPath,
     StrictModel,
+    not_found,
     validation_context,
 )
 from autombw_cli.errors import ConfigError
@@ -245,7 +246,7 @@ class PayloadsConfig(StrictModel):
                     raise FieldError((i,), f"folder {p} holds no .json/.yaml payload files")
                 out.extend(found)
             elif check and not p.is_file():
-                raise FieldError((i,), f"payload file not found: {p}")
+                raise FieldError((i,), not_found("payload file", p))
             else:
                 out.append(p)
         return out
