@@ -149,6 +149,11 @@ def doctor_not_a_webui(d: Path, url: str) -> list[str]:
     return ["doctor", "search.yaml"]
 
 
+def doctor_wrong_port(d: Path, url: str) -> list[str]:
+    _config(d, instances="[{url: 'http://127.0.0.1:9', label: gpu0}]")
+    return ["doctor", "search.yaml"]
+
+
 def recover_missing(d: Path, url: str) -> list[str]:
     return ["recover", "history.csv"]
 
@@ -338,9 +343,22 @@ CASES = [
     Case("missing-wildcard", missing_wildcard, 2, ("nosuchcard",)),
     Case("url-without-scheme", url_without_scheme, 2, ("search.yaml", "url")),
     Case("url-bad-port", url_bad_port, 2, ("search.yaml", "port")),
-    Case("not-a-webui-404", not_a_webui_404, 3, ("plain", "404"), lines=2),
+    Case(
+        "not-a-webui-404",
+        not_a_webui_404,
+        3,
+        ("plain", "404", "not an AUTOMATIC1111 WebUI", "scheme://host:port"),
+        lines=4,
+    ),
     Case("not-a-webui-html", not_a_webui_html, 3, ("plain",), lines=2),
     Case("doctor-not-a-webui", doctor_not_a_webui, 3, ("plain",), error_line=False),
+    Case(
+        "doctor-wrong-port",
+        doctor_wrong_port,
+        3,
+        ("unreachable", "is the WebUI running on that port"),
+        error_line=False,
+    ),
     Case("recover-missing", recover_missing, 6, ("history.csv",)),
     Case("recover-truncated-history", recover_truncated_history, 6, ("history.csv", "row")),
     Case("recover-corrupt-mbwrt-csv", recover_corrupt_mbwrt_csv, 6, ("history.csv", "oops")),

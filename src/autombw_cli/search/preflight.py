@@ -115,6 +115,8 @@ async def check_instance(
         BridgeMissing,
         UnsupportedWebUI,
         WebUIAuthError,
+        WebUITimeout,
+        WebUIUnreachable,
     )
 
     problems: list[str] = []
@@ -122,7 +124,10 @@ async def check_instance(
     try:
         await client.ping()
     except WebUIError as exc:
-        return InstanceReport(**info, problems=(f"unreachable: {exc.message}",))
+        gone = isinstance(exc, WebUIUnreachable | WebUITimeout)  # else: answers, not as a WebUI
+        hint = f" ({exc.hint})" if exc.hint else ""
+        problem = f"unreachable: {exc.message}{hint}" if gone else f"{exc.message}{hint}"
+        return InstanceReport(**info, problems=(problem,))
     info["reachable"] = True
     api_ok = True
     try:

@@ -196,10 +196,31 @@ class WebUIClient:
         try:
             await self._request("GET", ep.PING, what="ping")
         except WebUIHTTPError as exc:
-            if exc.status_code != 404 or exc.detail != "Not Found":
-                raise
-            log.debug("%s: no %s (an API-only WebUI, --nowebui): it is up", self.label, ep.PING)
+            if exc.status_code == 404 and exc.detail == "Not Found" and exc.json_answer:
+                log.debug("%s: no %s (an API-only WebUI, --nowebui): up", self.label, ep.PING)
+            elif exc.status_code in (401, 403) or (exc.status_code or 0) >= 500:
+                raise  # a WebUI behind auth, or one in trouble: its own message says it
+            else:
+                raise WebUIHTTPError(
+                    f"{redact_url(self.url)} answers HTTP but is not an AUTOMATIC1111 WebUI "
+                    f"(GET {ep.PING} answered {exc.status_code})",
+                    hint=self._not_a_webui_hint(),
+                    instance=self.label,
+                    status_code=exc.status_code,
+                    method=exc.method,
+                    path=exc.path,
+                    detail=exc.detail,
+                ) from exc
         return PingResult(elapsed_s=time.monotonic() - t0)
+
+    def _not_a_webui_hint(self) -> str:
+        path = httpx.URL(self.url).path.rstrip("/")
+        if path:
+            return (
+                f"give only scheme://host:port, without {path!r} (unless the WebUI runs with "
+                f"--subpath {path})"
+            )
+        return "check the port: another program answers there"
 
     async def get_options(self) -> Options:
         resp = await self._request("GET", ep.OPTIONS, what="reading the options")
@@ -499,8 +520,8 @@ class WebUIClient:
         raise WebUIUnreachable(
             f"cannot reach {self.url} for {what}: {describe_transport_error(last)}"
             + (f" ({tries} attempts)" if tries > 1 else ""),
-            hint="start the WebUI (with --api) and check the URL and port; for a remote "
-            "machine the WebUI needs --listen",
+            hint="is the WebUI running on that port (started with --api)? a WebUI on another "
+            "machine needs --listen",
             instance=self.label,
         ) from last
 

@@ -92,7 +92,8 @@ class WebUITimeout(WebUIError):
 
 class WebUIHTTPError(WebUIError):
     """The instance answered ``status_code`` to ``method path``; ``detail`` is its error text,
-    ``kind`` the error's ``error`` field (the bridge's refusal kind, e.g. ``OutputExists``)."""
+    ``kind`` the error's ``error`` field (the bridge's refusal kind, e.g. ``OutputExists``),
+    ``json_answer`` whether the answer was a JSON object (as FastAPI's and A1111's are)."""
 
     def __init__(
         self,
@@ -105,12 +106,14 @@ class WebUIHTTPError(WebUIError):
         path: str = "",
         detail: str = "",
         kind: str = "",
+        json_answer: bool = False,
     ) -> None:
         super().__init__(message, hint=hint, instance=instance, status_code=status_code)
         self.method = method
         self.path = path
         self.detail = detail
         self.kind = kind
+        self.json_answer = json_answer  # the error came as a JSON object (FastAPI, A1111)
 
 
 class WebUIAuthError(WebUIHTTPError):
@@ -155,6 +158,7 @@ class WebUIValidationError(WebUIHTTPError):
         method: str = "",
         path: str = "",
         detail: str = "",
+        json_answer: bool = False,
     ) -> None:
         super().__init__(
             message,
@@ -164,6 +168,7 @@ class WebUIValidationError(WebUIHTTPError):
             method=method,
             path=path,
             detail=detail,
+            json_answer=json_answer,
         )
         self.fields = fields
 
@@ -183,6 +188,7 @@ class WebUIServerError(WebUIHTTPError):
         method: str = "",
         path: str = "",
         detail: str = "",
+        json_answer: bool = False,
     ) -> None:
         super().__init__(
             message,
@@ -192,6 +198,7 @@ class WebUIServerError(WebUIHTTPError):
             method=method,
             path=path,
             detail=detail,
+            json_answer=json_answer,
         )
         self.error_type = error_type
 

@@ -84,7 +84,13 @@ def raise_for_status(
     except ValueError:
         body = None
     detail = error_text(body, resp.text)
-    common = {"instance": instance, "method": method, "path": path, "detail": detail}
+    common = {
+        "instance": instance,
+        "method": method,
+        "path": path,
+        "detail": detail,
+        "json_answer": isinstance(body, dict),
+    }
     if status == 401:
         who = (
             f"the credentials of user {user!r} were rejected"
