@@ -310,3 +310,25 @@ def test_recover_recipe_json_and_upstream_order(
     code, out, _ = run(["recover", str(upstream), "--upstream", "--json"], capsys)
     weights = json.loads(out)["best"]["weights"]
     assert code == 0 and (weights["TIME_EMBED"], weights["OUT"]) == (0.25, 0.75)
+
+
+def test_a_recipe_with_a_pasted_console_log_points_at_kind_log(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = str(MBWRT / "15b-AstolfoMix-08b09b.recipe-with-console-log.txt")
+    code, out, err = run(["recover", source], capsys)
+    assert code == 0 and "(recipe)" in out
+    assert "also holds an auto-MBW-rt console log" in err and "--kind log" in err
+    code, out, err = run(["recover", source, "--kind", "log"], capsys)
+    assert code == 0 and "(log)" in out and "0.6132534303822829" in out
+    assert "console log" not in err
+
+
+def test_out_without_model_names_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = str(MBWRT / "console-log-2023-11-05.txt")
+    code, _, err = run(["recover", log, "--out", str(tmp_path / "best")], capsys)
+    assert code == 0 and "models A and B are empty" in err and "--model-a" in err
+    named = ["--model-a", "a.safetensors", "--model-b", "b.safetensors", "--force"]
+    code, _, err = run(["recover", log, "--out", str(tmp_path / "best"), *named], capsys)
+    assert code == 0 and "empty" not in err
+    assert read_recipe_file(tmp_path / "best.recipe.txt").model_a == "a.safetensors"

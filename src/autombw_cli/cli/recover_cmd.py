@@ -105,6 +105,8 @@ def recover_command(
         model_a=model_a, model_b=model_b, name=name,
     )  # fmt: skip
     err = Console(stderr=True, highlight=False)
+    for warning in plan.warnings():
+        err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     for warning in result.warnings[:MAX_WARNINGS_SHOWN]:
         err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     if len(result.warnings) > MAX_WARNINGS_SHOWN:

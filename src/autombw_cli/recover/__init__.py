@@ -47,7 +47,7 @@ from autombw_cli.recover.outputs import (
     write_outputs,
     write_recovered_recipe,
 )
-from autombw_cli.recover.text import detect_kind, read_source_text
+from autombw_cli.recover.text import LOG_MARKERS, detect_kind, read_source_text
 from autombw_cli.recover.values import (
     RecoveredEvaluation,
     RecoveredSource,
@@ -98,6 +98,12 @@ def recover(
     chosen = SourceKind(kind) if kind is not None else detect_kind(text, source=source)
     arch_ = Arch(arch) if arch is not None else None
     result = parse_source(text, chosen, source=source, arch=arch_, upstream=upstream)
+    if kind is None and chosen is SourceKind.RECIPE and LOG_MARKERS.search(text):
+        warnings = [
+            *warnings,
+            f"{source} also holds an auto-MBW-rt console log; this read its recipe lines. "
+            "--kind log reads the logged evaluations and their scores instead",
+        ]
     if warnings:
         result = RecoveredSource(
             result.source,

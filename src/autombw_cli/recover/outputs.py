@@ -78,6 +78,22 @@ class OutputPlan:
     dtype: str | None = None
     force: bool = False
 
+    def warnings(self) -> list[str]:
+        """What the user may not expect of the files it writes."""
+        empty = [
+            role for role, name in (("A", self.recipe.model_a), ("B", self.recipe.model_b))
+            if not name
+        ]  # fmt: skip
+        if self.recipe_stem is None or not empty:
+            return []
+        flags = " and ".join(f"--model-{role.lower()}" for role in empty)
+        return [
+            f"the recipe's model{'s' if len(empty) > 1 else ''} {' and '.join(empty)} "
+            f"{'are' if len(empty) > 1 else 'is'} empty (the source does not name "
+            f"{'them' if len(empty) > 1 else 'it'}): pass {flags} FILE.safetensors, or fill in "
+            "the model lines before merging with the recipe"
+        ]
+
 
 def check_merge_options(
     merge: tuple[Path, Path] | None, output: Path | None, dtype: str | None

@@ -106,6 +106,9 @@ def csv_cells(line: str) -> list[str]:
         return line.split(",")
 
 
+LOG_MARKERS = re.compile(r"testweights:|test score:|Best parameter set")  # auto-MBW-rt's log
+
+
 def detect_kind(text: str, *, source: str = "source") -> SourceKind:
     """Tell a history CSV, an auto-MBW-rt CSV, a console log and a recipe apart by content."""
     stripped = text.lstrip()
@@ -121,7 +124,7 @@ def detect_kind(text: str, *, source: str = "source") -> SourceKind:
             return SourceKind.MBWRT_CSV
         if any(slot_or_none(c, Arch.SD1) == "IN00" for c in cells):
             return SourceKind.HISTORY
-    if re.search(r"testweights:|test score:|Best parameter set", text):
+    if LOG_MARKERS.search(text):
         return SourceKind.LOG
     raise JournalError(
         f"{source}: cannot tell what kind of file this is (first line {first[:60]!r})",
