@@ -232,3 +232,36 @@ def test_quickstart_runs_from_the_readme(tmp_path: Path) -> None:
         "checkpoint",
     ):
         assert key in summary["outputs"] or key == "summary", key
+
+
+def _with_stdout_closed(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with its stdout a pipe whose reader is already gone (`... | head -0`)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autombw_cli", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=200)
+    return subprocess.CompletedProcess(args, proc.returncode, "", err)
+
+
+def test_a_closed_stdout_ends_a_command_quietly_and_not_a_search(tmp_path: Path) -> None:
+    """`autombw recover X | head -1` ends like a Unix tool (141, no traceback); a search whose
+    reader went away keeps searching and finishes its budget."""
+    from conftest import FIXTURES
+
+    log = FIXTURES / "auto-mbw-rt" / "console-log-2023-11-05.txt"
+    recover = _with_stdout_closed("recover", str(log), cwd=tmp_path)
+    assert recover.returncode == 141 and "Traceback" not in recover.stderr, recover.stderr
+    cfg = write_search_config(tmp_path, instances="{simulate: 1}", evaluations=8)
+    search = _with_stdout_closed("search", str(cfg), "--plain", cwd=tmp_path)
+    assert search.returncode == 0, search.stderr
+    assert "Traceback" not in search.stderr and "goes on without printing" in search.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert history_numbers(run_dir) == list(range(1, 9))
+    assert "Traceback" not in (run_dir / "run.log").read_text()

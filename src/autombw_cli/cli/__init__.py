@@ -6,10 +6,12 @@ command parses options, calls one function of the package that owns the work, an
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import traceback
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -83,6 +85,24 @@ def main(argv: list[str] | None = None) -> None:
     except _click_exceptions() as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        _stdout_closed()
+    except SystemExit as exc:  # rich ends a closed stdout with SystemExit(1): make it quiet
+        if isinstance(exc.__context__, BrokenPipeError):
+            _stdout_closed()
+        raise
+
+
+EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for `tool | head` tools
+
+
+def _stdout_closed() -> NoReturn:
+    """The reader of our output went away (``autombw recover X | head -1``): end quietly, as
+    Unix tools do, without a traceback or the interpreter's failed flush at exit."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(EXIT_STDOUT_CLOSED)
 
 
 def _click_exceptions() -> tuple[type[BaseException], ...]:

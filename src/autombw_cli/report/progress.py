@@ -6,7 +6,10 @@ this module; the CLI builds the sinks it wants and hands them to the run.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import threading
 import time
 from collections import deque
@@ -36,6 +39,8 @@ from autombw_cli.search.events import (
     ScorerQueue,
     WorkerState,
 )
+
+log = logging.getLogger(__name__)
 
 MAX_WARNINGS_KEPT = 50  # RunView keeps the latest warnings only (a long run may have thousands)
 
@@ -218,14 +223,26 @@ class PlainPrinter:
     """One line per evaluation (and per notable event), for logs and non-terminals."""
 
     def __init__(self, out: IO[str]) -> None:
-        self.out = out
+        self.out: IO[str] | None = out
         self.view = RunView()
 
     def __call__(self, event: Event) -> None:
         self.view.update(event)
         line = self._line(event)
-        if line:
-            print(line, file=self.out, flush=True)
+        if line and self.out is not None:
+            try:
+                print(line, file=self.out, flush=True)
+            except BrokenPipeError:  # `autombw search ... --plain | head`: the reader left
+                self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        """Stop printing, keep searching: a closed pipe must not end a week-long run (the
+        journal and run.log have everything)."""
+        log.warning("standard output was closed; the search goes on without printing")
+        with contextlib.suppress(OSError, ValueError):  # no failed flush at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.out.fileno() if self.out is not None else 1)
+        self.out = None
 
     def _line(self, event: Event) -> str | None:
         v = self.view
