@@ -137,9 +137,9 @@ outputs: {{run_dir: runs, save_images: none, final_merge: false}}
 def run_search(
     instances: int | list[str], latency: float, evaluations: int, **kw: object
 ) -> RunStats:
+    from autombw_cli.app.run import Run
     from autombw_cli.config import load_config
     from autombw_cli.search.events import EvaluationDone, null_sink
-    from autombw_cli.search.run import Run
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(

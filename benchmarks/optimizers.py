@@ -1,6 +1,6 @@
 """Optimizer quality on synthetic block-weight landscapes with interactions between blocks.
 
-For each landscape (``autombw_cli.search.landscapes``: optimum 1.0, a random point ~0) and
+For each landscape (``autombw_cli.testing.landscapes``: optimum 1.0, a random point ~0) and
 each optimizer, runs one sequential search of ``--budget`` evaluations per seed (the seed also
 draws the landscape's hidden optimum) and reports the median over seeds of the best score after
 50, 100 and 270 evaluations, and of the evaluations needed to reach 95% of the optimum (runs
@@ -84,9 +84,9 @@ def run_one(args: tuple[Candidate, str, int, int, int]) -> RunResult:
     """One search of ``budget`` evaluations (the baseline: iterations)."""
     cand, landscape_name, seed, budget, workers = args
     warnings.filterwarnings("ignore")
-    from autombw_cli.search.landscapes import LANDSCAPES
-    from autombw_cli.search.passes import PassSpec, run_passes
     from autombw_cli.search.space import SearchSpace
+    from autombw_cli.testing.landscapes import LANDSCAPES
+    from autombw_cli.testing.passes import PassSpec, run_passes
 
     land = LANDSCAPES[landscape_name](seed)
     space = SearchSpace.build("sd1", intervals=cand.intervals)

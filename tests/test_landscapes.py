@@ -13,10 +13,10 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from autombw_cli.blocks import Arch
-from autombw_cli.search.landscapes import SIM_PROMPTS, SIM_SIDE, _slot_dots, sim
 from autombw_cli.sim.checkpoints import random_state_dict
 from autombw_cli.sim.render import Renderer, RenderParams
 from autombw_cli.sim.scorer import SimScorer, merge_state
+from autombw_cli.testing.landscapes import SIM_PROMPTS, SIM_SIDE, _slot_dots, sim
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from autombw_cli.app import records as rec
+from autombw_cli.app.run import Run
 from autombw_cli.blocks import Arch, Weights
 from autombw_cli.config import load_config
 from autombw_cli.report import summary as sm
-from autombw_cli.search import records as rec
 from autombw_cli.search import work
 from autombw_cli.search.events import EvaluationDone
-from autombw_cli.search.run import Run
 from search_helpers import write_search_config
 
 pytestmark = pytest.mark.timeout(120)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from autombw_cli.app.run import Run
 from autombw_cli.blocks import Arch
 from autombw_cli.cli import main
 from autombw_cli.config import load_config
 from autombw_cli.search.events import RunWarning
-from autombw_cli.search.run import Run
 from autombw_cli.sim.checkpoints import random_state_dict, write_checkpoint
 from autombw_cli.sim.server import SimulatorHandle, start_simulator_in_thread, write_builtin_models
 from search_helpers import write_search_config

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
+from autombw_cli.app.run import Run
 from autombw_cli.config import load_config
 from autombw_cli.errors import WebUIError
-from autombw_cli.search.run import Run
 from autombw_cli.sim.faults import FaultPlan
 from autombw_cli.sim.server import SimulatorHandle, start_simulator_in_thread
 from search_helpers import write_search_config

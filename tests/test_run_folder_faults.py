@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
+from autombw_cli.app.run import Run
 from autombw_cli.config import load_config
 from autombw_cli.errors import JournalError
 from autombw_cli.search.events import RunStarted
-from autombw_cli.search.run import Run
 from search_helpers import write_search_config
 
 pytestmark = pytest.mark.timeout(180)
@@ -275,7 +275,7 @@ def test_read_only_run_folder_in_the_wrap_up(run_dir: Path, capsys: Any, monkeyp
     """The run folder turns read-only (``chattr +i``: even root cannot create files in it)
     after the search started: the journal still appends, the wrap-up cannot write its
     outputs: exit 6 with the folder and the reason, no traceback."""
-    import autombw_cli.search.run as run_mod
+    import autombw_cli.app.run as run_mod
 
     original = run_mod.Run._wrap_up
     holder: dict[str, Any] = {}

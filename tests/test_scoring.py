@@ -25,6 +25,7 @@ from autombw_cli.scoring import (
     sigmoid,
 )
 from autombw_cli.scoring.ensemble import RunningStats
+from autombw_cli.scoring.protocol import MemberScorer
 from autombw_cli.scoring.testing import synthetic_images
 
 
@@ -45,6 +46,9 @@ class BrightnessScorer:
             float(np.asarray(im.convert("L"), dtype=np.float64).mean() / 127.5 - 1 + self.offset)
             for im in images
         ]
+
+    def close(self) -> None:
+        """Holds nothing."""
 
 
 def solid(value: int) -> Image.Image:
@@ -67,6 +71,8 @@ class TestScorerContract:
     def test_is_a_scorer(self, scorer: Scorer) -> None:
         assert isinstance(scorer, Scorer)
         assert isinstance(scorer.name, str) and scorer.name
+        # the optional capability is declared by the ensemble only
+        assert isinstance(scorer, MemberScorer) == isinstance(scorer, EnsembleScorer)
 
     def test_batch_equals_per_image(self, scorer: Scorer) -> None:
         images = synthetic_images(5, size=64, seed=3)
@@ -180,6 +186,9 @@ def test_entry_point_scorers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert offset.score([solid(1), solid(2)], ["a", "b"]) == [-2.5, -3.5]
     with_spec = create_scorer(ScorerConfig(name="WithSpec", batch_size=7))
     assert with_spec.score([solid(1)], ["a"]) == [7.0]
+    # a plugin without close() still is a full Scorer: the registry adds a no-op one
+    assert isinstance(offset, Scorer) and not isinstance(offset, MemberScorer)
+    offset.close()
     with pytest.raises(ScorerError, match=r"'broken' \(entry point .*\) cannot be loaded"):
         create_scorer(ScorerConfig(name="broken"))
     with pytest.raises(ScorerError, match="lacks name / score"):

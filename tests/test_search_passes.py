@@ -8,10 +8,11 @@ import math
 import pytest
 
 from autombw_cli.blocks import Arch, Weights
-from autombw_cli.search.landscapes import LANDSCAPES, coupled
-from autombw_cli.search.passes import PassSpec, run_passes
+from autombw_cli.config import EarlyStoppingConfig
 from autombw_cli.search.space import SearchSpace
-from autombw_cli.search.stopping import EarlyStopping, Limits
+from autombw_cli.search.stopping import EarlyStopping
+from autombw_cli.testing.landscapes import LANDSCAPES, coupled
+from autombw_cli.testing.passes import Limits, PassSpec, run_passes
 
 SEARCHED = ["IN00", "IN05", "M00", "OUT03", "OUT11", "TIME_EMBED"]
 
@@ -146,15 +147,11 @@ class TestEarlyStopping:
         assert not r.improves(-1.85) and r.improves(-1.7)
         assert EarlyStopping(patience=None).update(-math.inf) is False
 
-    def test_from_config(self) -> None:
-        class Cfg:
-            patience = 4
-            min_delta_abs = 0.5
-            min_delta_rel = 0.0
-
-        s = EarlyStopping.from_config(Cfg())
+    def test_from_rule(self) -> None:
+        s = EarlyStopping.from_rule(EarlyStoppingConfig(patience=4, min_delta_abs=0.5))
         assert s is not None and s.patience == 4 and s.min_delta_abs == 0.5
-        assert EarlyStopping.from_config(None) is None
+        assert EarlyStopping.from_rule(EarlyStoppingConfig(patience=None)) is None
+        assert EarlyStopping.from_rule(None) is None
 
 
 @pytest.mark.parametrize("name", sorted(LANDSCAPES))

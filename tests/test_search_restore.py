@@ -18,9 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from autombw_cli.app.run import Run
 from autombw_cli.config import load_config
 from autombw_cli.search.events import EvaluationDone, RunFinished, StopReason
-from autombw_cli.search.run import Run
 from autombw_cli.sim.server import SimulatorHandle, start_simulator_in_thread
 from search_helpers import history_numbers, write_search_config
 
@@ -135,8 +135,8 @@ def test_failed_search_restores_every_instance(
 ) -> None:
     import numpy as np
 
+    from autombw_cli.app import instances
     from autombw_cli.errors import ScorerError
-    from autombw_cli.search import instances
 
     class BreaksLater:
         name = "breaks-later"
@@ -147,6 +147,9 @@ def test_failed_search_restores_every_instance(
             if BreaksLater.calls > 3:
                 raise ScorerError("the scorer's GPU fell off the bus")
             return [float(np.asarray(im).mean()) for im in images]
+
+        def close(self) -> None:
+            """Holds nothing."""
 
     async def load(config):  # type: ignore[no-untyped-def]
         return BreaksLater()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from autombw_cli.app.run import Run
 from autombw_cli.config import load_config
 from autombw_cli.errors import WebUIError
 from autombw_cli.search.events import EvaluationDone, RunFinished, StopReason
-from autombw_cli.search.run import Run
 from autombw_cli.search.scheduler import SchedulerSettings
 from autombw_cli.sim.server import start_simulator_in_thread
 from search_helpers import write_search_config
@@ -204,8 +204,8 @@ def test_a_failing_scorer_stops_the_run_but_keeps_what_was_found(
     """A real Scorer that breaks after a few batches (injected at the run's scorer seam)."""
     import numpy as np
 
+    from autombw_cli.app import instances
     from autombw_cli.errors import ScorerError
-    from autombw_cli.search import instances
 
     class BreaksLater:
         name = "breaks-later"
@@ -216,6 +216,9 @@ def test_a_failing_scorer_stops_the_run_but_keeps_what_was_found(
             if BreaksLater.calls > 3:
                 raise ScorerError("the scorer's GPU fell off the bus")
             return [float(np.asarray(im).mean()) for im in images]
+
+        def close(self) -> None:
+            """Holds nothing."""
 
     async def load(config):  # type: ignore[no-untyped-def]
         return BreaksLater()

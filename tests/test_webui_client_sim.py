@@ -201,7 +201,7 @@ async def test_missing_api_and_missing_bridge() -> None:
 async def test_api_only_webui_is_reachable_without_internal_ping() -> None:
     """A1111 with --nowebui serves no /internal/ping: its router's 404 still means "up", for
     the client's ping, the preflight and (through ping) the scheduler's health probe."""
-    from autombw_cli.search.preflight import check_instance
+    from autombw_cli.app.preflight import check_instance
 
     handle = start_simulator_in_thread(arch="sd1", api=False, nowebui=True)
     try:

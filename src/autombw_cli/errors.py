@@ -2,7 +2,7 @@
 
 Every message says what went wrong, where (file, field, instance, tensor key) and, through
 ``hint``, what to do next. The CLI prints ``message`` and ``hint`` and exits with the family's
-code; bugs (``TypeError``, failed asserts...) are never wrapped in these.
+code (``exit_codes.py``); bugs (``TypeError``, failed asserts...) are never wrapped in these.
 
     AutombwError                 exit 1
     ├── ConfigError              exit 2  bad config, CLI option, weights string, recipe, payload
@@ -17,11 +17,14 @@ code; bugs (``TypeError``, failed asserts...) are never wrapped in these.
 
 from __future__ import annotations
 
+from autombw_cli import exit_codes
+from autombw_cli.redact import redact_urls
+
 
 class AutombwError(Exception):
     """Base class: ``message`` is what the user reads, ``hint`` what to do about it."""
 
-    exit_code = 1
+    exit_code = exit_codes.FAILED
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -37,7 +40,7 @@ class AutombwError(Exception):
 class ConfigError(AutombwError):
     """Invalid configuration, option, weights or recipe text."""
 
-    exit_code = 2
+    exit_code = exit_codes.CONFIG
 
 
 class WeightsError(ConfigError):
@@ -51,7 +54,7 @@ class PayloadError(ConfigError):
 class WebUIError(AutombwError):
     """A WebUI instance is unreachable, timed out, or answered with an error."""
 
-    exit_code = 3
+    exit_code = exit_codes.WEBUI
 
     def __init__(
         self,
@@ -61,8 +64,6 @@ class WebUIError(AutombwError):
         instance: str | None = None,
         status_code: int | None = None,
     ) -> None:
-        from autombw_cli.redact import redact_urls
-
         # an instance's URL may carry credentials or a token: never in a message or log line
         if instance:
             instance = redact_urls(instance)
@@ -72,26 +73,36 @@ class WebUIError(AutombwError):
         self.instance = instance
         self.status_code = status_code
 
+    #: the instance itself did not answer (unreachable, timed out): a scheduler parks it
+    instance_down: bool = False
+
+    @property
+    def needs_attention(self) -> bool:
+        """A refusal that repeats on every try (credentials, no ``--api``, no bridge, a request
+        the WebUI rejects, a WebUI the bridge cannot merge in): retrying cannot help."""
+        s = self.status_code
+        return s is not None and 400 <= s < 500 and s not in (408, 429)
+
 
 class ModelMismatchError(AutombwError):
     """Two checkpoints that cannot be merged, or a file that is not a checkpoint."""
 
-    exit_code = 4
+    exit_code = exit_codes.MODEL
 
 
 class ScorerError(AutombwError):
     """The scorer cannot be loaded or cannot score."""
 
-    exit_code = 5
+    exit_code = exit_codes.SCORER
 
 
 class JournalError(AutombwError):
     """A history CSV, log or recipe file that cannot be read or written."""
 
-    exit_code = 6
+    exit_code = exit_codes.JOURNAL
 
 
 class OutputExistsError(AutombwError):
     """An output file exists and overwriting was not allowed."""
 
-    exit_code = 7
+    exit_code = exit_codes.OUTPUT_EXISTS

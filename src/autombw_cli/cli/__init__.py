@@ -15,7 +15,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from autombw_cli import __version__
+from autombw_cli import __version__, exit_codes
 from autombw_cli.cli._app import app, state
 from autombw_cli.errors import AutombwError
 
@@ -28,8 +28,6 @@ from autombw_cli.cli import merge_cmd as _merge_cmd  # noqa: F401  isort: skip
 from autombw_cli.cli import recover_cmd as _recover_cmd  # noqa: F401  isort: skip
 from autombw_cli.cli import weights_cmd as _weights_cmd  # noqa: F401  isort: skip
 from autombw_cli.cli import search_cmd as _search_cmd  # noqa: F401  isort: skip
-
-EXIT_INTERRUPTED = 130
 
 
 def _version(value: bool) -> None:
@@ -76,12 +74,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(exit_codes.INTERRUPTED)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         print("aborted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(exit_codes.INTERRUPTED)
     except _click_exceptions() as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -5,16 +5,22 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from autombw_cli import exit_codes
 from autombw_cli.cli._app import app
 from autombw_cli.errors import ConfigError
 
-EXIT_INTERRUPTED = 130
+if TYPE_CHECKING:
+    from autombw_cli.app.run import Run
+
+# The application layer (config, WebUI client, scorer registry, the search) is imported inside
+# the commands: every command module loads when `autombw` starts, and `autombw --help` should
+# not pay for pydantic models, httpx and numpy.
 
 
 @app.command("search")
@@ -57,7 +63,8 @@ def search_command(
     that finishes but cannot write its final merge exits with its cause's code (3 no WebUI could
     save it, 4 the offline merge cannot merge the files, 7 every free name is taken).
     """
-    from autombw_cli.search.run import Run
+    from autombw_cli.app.run import Run
+    from autombw_cli.config import load_config
 
     if (config is None) == (resume is None):
         raise ConfigError(
@@ -69,8 +76,6 @@ def search_command(
             raise ConfigError("--warm-start only applies to a new run, not to --resume")
         run = Run.resume(resume, max_evaluations=max_evaluations)
     else:
-        from autombw_cli.config import load_config
-
         assert config is not None
         cfg = load_config(config)
         run = Run.create(cfg, max_evaluations=max_evaluations, warm_start=warm_start)
@@ -78,7 +83,7 @@ def search_command(
     raise typer.Exit(code)
 
 
-def _execute(run: object, *, plain: bool, json_log: Path | None) -> int:
+def _execute(run: Run, *, plain: bool, json_log: Path | None) -> int:
     from autombw_cli.report.progress import JsonLog, LiveDisplay, PlainPrinter
     from autombw_cli.search.events import fan_out
 
@@ -91,13 +96,13 @@ def _execute(run: object, *, plain: bool, json_log: Path | None) -> int:
     if jlog is not None:
         sinks.append(jlog)
     try:
-        result = asyncio.run(run.execute(fan_out(sinks)))  # type: ignore[attr-defined]
+        result = asyncio.run(run.execute(fan_out(sinks)))
     except asyncio.CancelledError:
         err.print(
             f"[bold red]aborted.[/] The journal is intact; continue with "
-            f"`autombw search --resume {run.run_dir}`"  # type: ignore[attr-defined]
+            f"`autombw search --resume {run.run_dir}`"
         )
-        return EXIT_INTERRUPTED
+        return exit_codes.INTERRUPTED
     finally:
         if display is not None:
             display.close()
@@ -115,9 +120,9 @@ def doctor_command(
     config: Annotated[Path, typer.Argument(help="The search config (YAML).")],
 ) -> None:
     """Check every WebUI instance of a config (and the scorer) without searching."""
+    from autombw_cli.app.instances import doctor
+    from autombw_cli.app.prompts import expand_prompts
     from autombw_cli.config import load_config
-    from autombw_cli.search.instances import doctor
-    from autombw_cli.search.prompts import expand_prompts
 
     cfg = load_config(config)
     report = asyncio.run(doctor(cfg, expand_prompts(cfg)))
@@ -141,4 +146,4 @@ def doctor_command(
         out.print(f"scorer {report.scorer_name}: [green]loads[/]")
     for p in report.problems():
         out.print(f"[red]-[/] {p}")
-    raise typer.Exit(0 if report.ok else 3)
+    raise typer.Exit(exit_codes.OK if report.ok else exit_codes.WEBUI)

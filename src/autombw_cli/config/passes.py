@@ -1,85 +1,31 @@
 """Search passes: optimizer names and settings, and early stopping.
 
-Optimizer names and settings are checked by the search package's registry
-(`autombw_cli.search.optimizers.registry`) when it is installed; otherwise the names users know
-from auto-MBW-rt (DOMAIN.md §4) and Optuna's samplers are accepted and settings kept as given.
+Optimizer names and settings are checked by the optimizer registry
+(`autombw_cli.search.optimizers.registry`, the one table of names), so a config that loads
+names an optimizer that exists, with settings it accepts.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from autombw_cli.config.fields import StrictModel
 from autombw_cli.errors import AutombwError
+from autombw_cli.search.optimizers import registry
 from autombw_cli.search.optimizers.registry import DEFAULT_OPTIMIZER
 from autombw_cli.yamlio import FieldError, error_text
 
-# gradient-free-optimizers classes users know from auto-MBW-rt (DOMAIN.md §4) and Optuna samplers.
-GFO_OPTIMIZERS = (
-    "HillClimbing",
-    "StochasticHillClimbing",
-    "RepulsingHillClimbing",
-    "SimulatedAnnealing",
-    "DownhillSimplex",
-    "RandomSearch",
-    "GridSearch",
-    "RandomRestartHillClimbing",
-    "RandomAnnealing",
-    "PowellsMethod",
-    "PatternSearch",
-    "ParallelTempering",
-    "ParticleSwarm",
-    "SpiralOptimization",
-    "EvolutionStrategy",
-    "Lipschitz",
-    "DirectAlgorithm",
-    "Bayesian",
-    "TreeStructuredParzenEstimators",
-    "Forest",
-)
-OPTUNA_OPTIMIZERS = ("tpe", "gp", "cmaes", "qmc", "random")
-_REGISTRY_MODULES = (
-    "autombw_cli.search",
-    "autombw_cli.search.optimizers",
-    "autombw_cli.search.optimizers.registry",
-)
-
-
-def _canonical_optimizer(name: str) -> str:
-    def norm(s: str) -> str:
-        s = re.sub(r"[^a-z0-9]", "", s.lower())
-        return s[: -len("optimizer")] if s.endswith("optimizer") and s != "optimizer" else s
-
-    known = {norm(n): n for n in (*GFO_OPTIMIZERS, *OPTUNA_OPTIMIZERS)}
-    if norm(name) in known:
-        return known[norm(name)]
-    close = difflib.get_close_matches(name, [*GFO_OPTIMIZERS, *OPTUNA_OPTIMIZERS], n=1, cutoff=0.6)
-    raise FieldError(
-        ("optimizer",),
-        f"unknown optimizer {name!r}"
-        + (f"; did you mean {close[0]!r}?" if close else "")
-        + f" (one of: {', '.join((*OPTUNA_OPTIMIZERS, *GFO_OPTIMIZERS))})",
-    )
-
 
 def validate_optimizer(name: str, settings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Check an optimizer name and settings with the search package's registry when present.
+    """Check an optimizer name and settings with the optimizer registry.
 
     Returns the canonical name and the settings with the optimizer's defaults filled in.
     """
     try:
-        from autombw_cli.search.optimizers import registry
-    except ImportError as exc:
-        if getattr(exc, "name", None) not in (*_REGISTRY_MODULES, None):
-            raise
-        return _canonical_optimizer(name), settings
-    try:
-        lookup = getattr(registry, "lookup", None)
-        canonical = lookup(name).name if lookup is not None else name
+        entry = registry.lookup(name)
         result = registry.validate_optimizer_settings(name, settings)
     except AutombwError as exc:
         raise FieldError(("optimizer",), error_text(exc)) from None
@@ -87,18 +33,14 @@ def validate_optimizer(name: str, settings: dict[str, Any]) -> tuple[str, dict[s
         err = exc.errors(include_url=False)[0]
         message = err["msg"]
         if err["type"] == "extra_forbidden":
-            known = sorted(lookup(name).settings.model_fields) if lookup is not None else []
+            known = sorted(entry.settings.model_fields)
             close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
-            message = f"unknown setting for {canonical}" + (
+            message = f"unknown setting for {entry.name}" + (
                 f"; did you mean {close[0]!r}?" if close else ""
             )
             message += f" (settings: {', '.join(known)})" if known else ""
         raise FieldError(("settings", *err["loc"]), message) from None
-    if isinstance(result, BaseModel):
-        return canonical, result.model_dump(mode="json")
-    if isinstance(result, dict):
-        return canonical, result
-    return canonical, settings
+    return entry.name, result.model_dump(mode="json")
 
 
 class EarlyStoppingConfig(StrictModel):

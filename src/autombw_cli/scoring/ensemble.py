@@ -133,6 +133,4 @@ class EnsembleScorer:
 
     def close(self) -> None:
         for m in self.members:
-            close = getattr(m.scorer, "close", None)
-            if callable(close):
-                close()
+            m.scorer.close()

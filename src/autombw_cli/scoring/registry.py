@@ -19,7 +19,8 @@ A third-party package adds a scorer with an entry point::
 The object it names is called as ``obj.from_spec(spec)`` when it has a ``from_spec`` attribute
 (``spec`` is the `ScorerSpec`: device, batch size, paths, options), otherwise as
 ``obj(**spec.options)``; either way it must return something with ``name`` and
-``score(images, prompts) -> list[float]`` (`autombw_cli.scoring.protocol.Scorer`).
+``score(images, prompts) -> list[float]``. One without ``close()`` gets a no-op one here, so
+what the registry returns is always a full `autombw_cli.scoring.protocol.Scorer`.
 Built-in names win over entry points of the same name.
 """
 
@@ -27,14 +28,17 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from autombw_cli.errors import ConfigError, ScorerError
 from autombw_cli.scoring.ensemble import EnsembleScorer, Member
 from autombw_cli.scoring.protocol import Scorer
 from autombw_cli.scoring.settings import ScorerConfig, ScorerSpec
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 __all__ = ["ENTRY_POINT_GROUP", "create_scorer", "known_scorer_names"]
 
@@ -94,16 +98,41 @@ def _load_target(name: str) -> Any:
         ) from exc
 
 
+@runtime_checkable
+class _Scores(Protocol):
+    """The least an entry point's object must be: ``name`` and ``score``."""
+
+    name: str
+
+    def score(self, images: Sequence[Image], prompts: Sequence[str]) -> list[float]: ...
+
+
+class _NothingToClose:
+    """A `Scorer` around one that has no ``close()`` (the simulator's, most plugins)."""
+
+    def __init__(self, inner: _Scores) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def score(self, images: Sequence[Image], prompts: Sequence[str]) -> list[float]:
+        return self.inner.score(images, prompts)
+
+    def close(self) -> None:
+        """Nothing to free."""
+
+
 def _build(spec: ScorerSpec) -> Scorer:
     target = _load_target(spec.name)
     factory: Callable[..., Any] | None = getattr(target, "from_spec", None)
-    scorer = factory(spec) if callable(factory) else target(**spec.options)
-    if not isinstance(scorer, Scorer):
-        raise ScorerError(
-            f"scorer {spec.name!r} built a {type(scorer).__name__}, which lacks "
-            "name / score(images, prompts)"
-        )
-    return scorer
+    built = factory(spec) if callable(factory) else target(**spec.options)
+    if isinstance(built, Scorer):
+        return built
+    if isinstance(built, _Scores):
+        return _NothingToClose(built)
+    raise ScorerError(
+        f"scorer {spec.name!r} built a {type(built).__name__}, which lacks "
+        "name / score(images, prompts)"
+    )
 
 
 def create_scorer(config: ScorerConfig | ScorerSpec) -> Scorer:
@@ -115,9 +144,7 @@ def create_scorer(config: ScorerConfig | ScorerSpec) -> Scorer:
                 members.append(Member(_build(spec), spec.weight, spec.normalize))
         except BaseException:
             for m in members:
-                close = getattr(m.scorer, "close", None)
-                if callable(close):
-                    close()
+                m.scorer.close()
             raise
         return EnsembleScorer(members, zscore_warmup=config.zscore_warmup)
     if config.name == "ensemble":

@@ -1,5 +1,5 @@
 """The campaign: a run's passes, optimizers, budget, numbering and best-so-far, as the
-scheduler's ``CandidateSource`` (and, through ``search/passes.py``, the benchmarks' loop).
+scheduler's ``CandidateSource`` (and, through ``testing/passes.py``, the benchmarks' loop).
 
 Every method runs in one thread, one at a time, so nothing here needs a lock. The campaign hands
 out candidates pass by pass: a pass ends when its budget is handed out, its early stopping fires,
@@ -33,29 +33,39 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from autombw_cli.blocks import Weights
-from autombw_cli.search import glue as core
 from autombw_cli.search.events import (
     EvaluationDone,
     EventSink,
     PassStarted,
     StopReason,
 )
-from autombw_cli.search.scheduler import Candidate, Outcome
+from autombw_cli.search.optimizers.base import (
+    Optimizer,
+    SpaceExhausted,
+    Trial,
+    TrialState,
+    replay,
+)
+from autombw_cli.search.stopping import EarlyStopping, StoppingRule
+from autombw_cli.search.work import Candidate, Outcome
 
 log = logging.getLogger(__name__)
 
 MAX_DUPLICATE_ASKS = 200  # asks in a row that only repeat known weights: the space is spent
 
-# why a pass ended (PassEnd.reason)
-PASS_BUDGET = "pass budget"
-TOTAL_BUDGET = "evaluation budget"
-WALL_TIME = "wall-time limit"
-EXHAUSTED = "search space exhausted"
-EARLY_STOP = "no improvement"  # followed by " in N evaluations"
-STOPPED = "stopped"
+
+class PassEndReason(StrEnum):
+    """Why a pass handed out nothing more (its value is what the log says)."""
+
+    PASS_BUDGET = "pass budget"
+    TOTAL_BUDGET = "evaluation budget"
+    WALL_TIME = "wall-time limit"
+    EXHAUSTED = "search space exhausted"
+    EARLY_STOP = "no improvement"  # said with the patience: "no improvement in N evaluations"
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,7 @@ class PassPlan:
     optimizer: str
     settings: dict[str, Any]
     max_evaluations: int | None
-    early_stopping: Any = None  # the config's EarlyStoppingConfig (None: off)
+    early_stopping: StoppingRule | None = None  # None: off
 
 
 @dataclass(frozen=True)
@@ -79,28 +89,35 @@ class Scored:
 
 @dataclass(frozen=True)
 class PassEnd:
-    """Why a pass handed out nothing more (``reason`` is one of the names above)."""
+    """Why a pass handed out nothing more; ``patience`` is set for an early stop."""
 
     index: int
     optimizer: str
-    reason: str
+    reason: PassEndReason
+    patience: int | None = None
+
+    @property
+    def why(self) -> str:
+        if self.reason is PassEndReason.EARLY_STOP:
+            return f"{self.reason.value} in {self.patience} evaluations"
+        return self.reason.value
 
     def __str__(self) -> str:
-        return f"pass {self.index}: {self.reason}"
+        return f"pass {self.index}: {self.why}"
 
 
 @dataclass
 class _PassState:
     plan: PassPlan
-    optimizer: Any
-    stopper: Any
+    optimizer: Optimizer
+    stopper: EarlyStopping | None
     budget: int | None
     issued: int = 0
     completed: int = 0
     in_flight: set[int] = field(default_factory=set)  # numbers handed out, not back yet
-    untold: dict[int, tuple[Any, float]] = field(default_factory=dict)  # lockstep: number -> …
+    untold: dict[int, tuple[Trial, float]] = field(default_factory=dict)  # lockstep: number -> …
     closed: bool = False  # hands out nothing more
-    close_reason: str | None = None
+    close_reason: PassEndReason | None = None
 
     @property
     def outstanding(self) -> int:
@@ -118,7 +135,7 @@ class Campaign:
     passes: Sequence[PassPlan]
     total_budget: int | None
     tally: Callable[[Outcome], tuple[float, dict[str, float]]]  # score, per-payload scores
-    make_optimizer: Callable[[PassPlan], Any]
+    make_optimizer: Callable[[PassPlan], Optimizer]
     record: Callable[[Outcome, float, dict[str, float]], None]  # journal one evaluation
     emit: EventSink
     max_time_s: float | None = None
@@ -188,7 +205,7 @@ class Campaign:
                     continue  # early stopping fired
             cand = self._ask(st)
             if cand is None:
-                self._close(st, EXHAUSTED)
+                self._close(st, PassEndReason.EXHAUSTED)
                 continue
             return cand
 
@@ -240,8 +257,11 @@ class Campaign:
         if st is not None and st.plan.index == candidate.pass_index:
             st.in_flight.discard(candidate.number)
             st.issued -= 1  # a failed evaluation does not use the budget
-            core.tell_failed(st.optimizer, candidate.trial)
-            if st.closed and st.close_reason in (PASS_BUDGET, TOTAL_BUDGET):
+            st.optimizer.tell(candidate.trial, None, TrialState.FAILED)
+            if st.closed and st.close_reason in (
+                PassEndReason.PASS_BUDGET,
+                PassEndReason.TOTAL_BUDGET,
+            ):
                 st.closed = False  # the budget it held is free again
                 st.close_reason = None
                 if self.pass_ends and self.pass_ends[-1].index == st.plan.index:
@@ -284,8 +304,8 @@ class Campaign:
             else:
                 self._warm_start(st)
             self._state = st
-            if st.stopper is not None and core.stopper_should_stop(st.stopper) and not st.closed:
-                self._close(st, self._early_reason(st))
+            if st.stopper is not None and st.stopper.should_stop and not st.closed:
+                self._close(st, PassEndReason.EARLY_STOP)
             if st.closed:
                 continue
             self.emit(PassStarted(index=plan.index, optimizer=plan.optimizer, budget=budget))
@@ -297,10 +317,10 @@ class Campaign:
 
     def _final_reason(self) -> StopReason:
         """Why the run ends once no pass is left: the last pass's reason, told truthfully."""
-        last = self.pass_ends[-1].reason if self.pass_ends else PASS_BUDGET
-        if last.startswith(EARLY_STOP):
+        last = self.pass_ends[-1].reason if self.pass_ends else PassEndReason.PASS_BUDGET
+        if last is PassEndReason.EARLY_STOP:
             return StopReason.EARLY_STOPPED
-        if last == EXHAUSTED:
+        if last is PassEndReason.EXHAUSTED:
             return StopReason.EXHAUSTED
         return StopReason.BUDGET
 
@@ -308,7 +328,7 @@ class Campaign:
         return _PassState(
             plan=plan,
             optimizer=self.make_optimizer(plan),
-            stopper=core.make_stopper(plan.early_stopping),
+            stopper=EarlyStopping.from_rule(plan.early_stopping),
             budget=budget,
         )
 
@@ -321,23 +341,23 @@ class Campaign:
             (s for s in self.history if s.pass_index != st.plan.index), key=lambda s: s.number
         )
         known += [(s.weights, s.score) for s in earlier]
-        replayed = core.replay(st.optimizer, known)
+        replayed = replay(st.optimizer, known)
         if replayed:
             log.info("pass %d: warm-started with %d evaluations", st.plan.index, replayed)
         if st.plan.index == self.passes[0].index:
             for w in self.initial:
                 if w.key() not in self._seen:
-                    core.enqueue(st.optimizer, w)
+                    st.optimizer.enqueue(w)
 
     def _replay_everything(self, st: _PassState, own: list[Scored]) -> None:
         """Resume without lockstep: tell the new optimizer everything known, including this
         pass's own evaluations, and replay its early stopping."""
         self._warm_start(st)
-        replayed = core.replay(st.optimizer, [(s.weights, s.score) for s in own])
+        replayed = replay(st.optimizer, [(s.weights, s.score) for s in own])
         log.info("pass %d: resumed, %d own evaluations replayed", st.plan.index, replayed)
         if st.stopper is not None:
             for s in own:
-                core.stopper_update(st.stopper, s.score)
+                st.stopper.update(s.score)
         st.issued = st.completed = len(own)
 
     def _resume_exactly(self, st: _PassState, own: list[Scored]) -> _PassState:
@@ -373,7 +393,7 @@ class Campaign:
         if st.budget is not None and st.issued >= st.budget:
             raise _Diverged(f"the pass budget was spent before #{s.number}")
         trial, weights = self._propose(st)
-        if trial is None or weights.key() != s.weights.key():
+        if trial is None or weights is None or weights.key() != s.weights.key():
             raise _Diverged(f"#{s.number} was not proposed again")
         self._seen.add(s.weights.key())
         st.issued += 1
@@ -386,39 +406,38 @@ class Campaign:
         outstanding = 0 if self._state is None else self._state.outstanding
         return max(0, self.total_budget - self.done - outstanding)
 
-    def _limit_reached(self, st: _PassState) -> str | None:
+    def _limit_reached(self, st: _PassState) -> PassEndReason | None:
         started = self._started
         timed_out = started is not None and self.max_time_s is not None
         if timed_out and self.clock() - started >= self.max_time_s:  # type: ignore[operator]
             self.stop_reason = StopReason.TIME
-            return WALL_TIME
+            return PassEndReason.WALL_TIME
         left = self._total_left()
         if left is not None and left <= 0:
             self.stop_reason = StopReason.BUDGET
             self._pass_pos = len(self.passes)
-            return TOTAL_BUDGET
+            return PassEndReason.TOTAL_BUDGET
         if st.budget is not None and st.issued >= st.budget:
-            return PASS_BUDGET
+            return PassEndReason.PASS_BUDGET
         return None
 
-    def _early_reason(self, st: _PassState) -> str:
-        return f"{EARLY_STOP} in {st.stopper.patience} evaluations"
-
-    def _close(self, st: _PassState, reason: str) -> None:
+    def _close(self, st: _PassState, reason: PassEndReason) -> None:
         if not st.closed:
             st.closed = True
             st.close_reason = reason
-            self.pass_ends.append(PassEnd(st.plan.index, st.plan.optimizer, reason))
-            log.info("pass %d ends: %s", st.plan.index, reason)
-            if reason == WALL_TIME:
+            patience = st.stopper.patience if st.stopper is not None else None
+            end = PassEnd(st.plan.index, st.plan.optimizer, reason, patience)
+            self.pass_ends.append(end)
+            log.info("pass %d ends: %s", st.plan.index, end.why)
+            if reason is PassEndReason.WALL_TIME:
                 self._pass_pos = len(self.passes)
 
     # --- the optimizer -------------------------------------------------------------------
-    def _tell(self, st: _PassState, trial: Any, score: float) -> None:
+    def _tell(self, st: _PassState, trial: Trial, score: float) -> None:
         """Tell a result and count it for early stopping (which may close the pass)."""
-        core.tell(st.optimizer, trial, score)
-        if st.stopper is not None and core.stopper_update(st.stopper, score) and not st.closed:
-            self._close(st, self._early_reason(st))
+        st.optimizer.tell(trial, score, TrialState.COMPLETE)
+        if st.stopper is not None and st.stopper.update(score) and not st.closed:
+            self._close(st, PassEndReason.EARLY_STOP)
 
     def _flush(self, st: _PassState, limit: int) -> None:
         """Lockstep: tell the results numbered below ``limit``, in number order."""
@@ -426,15 +445,17 @@ class Campaign:
             trial, score = st.untold.pop(n)
             self._tell(st, trial, score)
 
-    def _propose(self, st: _PassState) -> tuple[Any, Weights] | tuple[None, None]:
+    def _propose(self, st: _PassState) -> tuple[Trial, Weights] | tuple[None, None]:
         """The optimizer's next proposal that is not recorded or in flight."""
         for _ in range(MAX_DUPLICATE_ASKS):
-            trial, weights = core.ask(st.optimizer)
-            if trial is None or weights is None:
+            try:
+                trial = st.optimizer.ask()
+            except SpaceExhausted as exc:
+                log.info("the optimizer has nothing new: %s", exc)
                 return None, None
-            if weights.key() not in self._seen:
-                return trial, weights
-            core.tell_failed(st.optimizer, trial)  # known here, not to this optimizer
+            if trial.weights.key() not in self._seen:
+                return trial, trial.weights
+            st.optimizer.tell(trial, None, TrialState.FAILED)  # known here, not to it
         log.warning(
             "pass %d: the optimizer proposed only already-evaluated weights %d times in a row; "
             "ending the pass",

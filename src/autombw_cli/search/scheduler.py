@@ -25,6 +25,7 @@ from typing import Any
 from PIL import Image
 
 from autombw_cli.errors import AutombwError, ScorerError, WebUIError
+from autombw_cli.scoring.protocol import MemberScorer, Scorer
 from autombw_cli.search.events import (
     EvaluationFailed,
     EventSink,
@@ -46,7 +47,6 @@ from autombw_cli.search.work import (
     Rendered,
     RenderedImage,
     SchedulerSettings,
-    ScorerLike,
 )
 
 __all__ = [
@@ -59,7 +59,6 @@ __all__ = [
     "RenderedImage",
     "Scheduler",
     "SchedulerSettings",
-    "ScorerLike",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ class Scheduler:
     def __init__(
         self,
         instances: Sequence[Instance],
-        scorer: ScorerLike,
+        scorer: Scorer,
         prompts: Sequence[PromptSpec],
         *,
         model_a: str,
@@ -85,6 +84,8 @@ class Scheduler:
             raise ValueError("the scheduler needs at least one prompt")
         self.instances = list(instances)
         self.scorer = scorer
+        # the optional capability: an ensemble's raw scores per member go to the journal
+        self._members: MemberScorer | None = scorer if isinstance(scorer, MemberScorer) else None
         self.prompts = list(prompts)
         self.model_a = model_a
         self.model_b = model_b
@@ -342,9 +343,7 @@ class Scheduler:
             # a WebUI that reloaded its checkpoint mid-way rendered A, not this merge
             await inst.client.ensure_merge_live(merge.merge_id)
             if not images:
-                from autombw_cli.webui.errors import WebUIBadResponse
-
-                raise WebUIBadResponse("txt2img returned no images", instance=inst.label)
+                raise WebUIError("txt2img returned no images", instance=inst.label)
         finally:
             ended = time.monotonic()
             inst.busy_s += ended - started
@@ -362,20 +361,11 @@ class Scheduler:
         )
 
     def _record_failure(self, inst: Instance, exc: WebUIError) -> None:
-        from autombw_cli.webui.errors import (
-            UnsupportedWebUI,
-            WebUIHTTPError,
-            WebUITimeout,
-            WebUIUnreachable,
-        )
-
         inst.failures += 1
         inst.consecutive_failures += 1
         inst.last_error = exc.message
         log.warning("%s: evaluation failed: %s", inst.label, exc.message)
-        status = exc.status_code if isinstance(exc, WebUIHTTPError) else None
-        setup_problem = status is not None and 400 <= status < 500 and status not in (408, 429)
-        if setup_problem or isinstance(exc, UnsupportedWebUI):
+        if exc.needs_attention:
             # a setup problem (auth, no --api, no bridge, a refused request) repeats on every
             # try: take the instance out for good instead of probing it
             inst.disabled = True
@@ -383,8 +373,7 @@ class Scheduler:
             inst.parked_since = time.monotonic()
             self._set_state(inst, WorkerState.DOWN, f"needs attention: {exc.message}")
             return
-        gone = isinstance(exc, WebUIUnreachable | WebUITimeout)
-        if gone or inst.consecutive_failures >= self.settings.park_after:
+        if exc.instance_down or inst.consecutive_failures >= self.settings.park_after:
             inst.parked = True
             inst.parked_since = time.monotonic()
             self._set_state(inst, WorkerState.DOWN, exc.message)
@@ -536,13 +525,12 @@ class Scheduler:
     ) -> tuple[list[float], dict[str, list[float]]]:
         """Scores per image, and an ensemble's raw scores per member (empty otherwise)."""
         size = max(1, self.settings.scorer_batch_size)
-        by_member = getattr(self.scorer, "score_members", None)
         out: list[float] = []
         members: dict[str, list[float]] = {}
         for start in range(0, len(images), size):
             batch, texts = images[start : start + size], prompts[start : start + size]
-            if callable(by_member):
-                chunk, raw = by_member(batch, texts)
+            if self._members is not None:
+                chunk, raw = self._members.score_members(batch, texts)
                 for label, values in raw.items():
                     members.setdefault(label, []).extend(float(v) for v in values)
             else:

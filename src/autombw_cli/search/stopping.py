@@ -1,11 +1,24 @@
-"""When a pass or a search stops: early stopping and the evaluation / wall-time limits."""
+"""When a pass stops early: the rule (`StoppingRule`, what the config gives) and its counter
+(`EarlyStopping`, one per pass)."""
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StoppingRule(Protocol):
+    """Early-stopping settings (the config's ``EarlyStoppingConfig`` is one)."""
+
+    @property
+    def patience(self) -> int | None: ...
+
+    @property
+    def min_delta_abs(self) -> float: ...
+
+    @property
+    def min_delta_rel(self) -> float: ...
 
 
 @dataclass
@@ -23,14 +36,14 @@ class EarlyStopping:
     since_best: int = 0
 
     @classmethod
-    def from_config(cls, config: object | None) -> EarlyStopping | None:
-        """From the config's EarlyStoppingConfig (None or ``patience: null``: no early stop)."""
-        if config is None or getattr(config, "patience", None) is None:
+    def from_rule(cls, rule: StoppingRule | None) -> EarlyStopping | None:
+        """A fresh counter for ``rule`` (None or ``patience: null``: no early stop)."""
+        if rule is None or rule.patience is None:
             return None
         return cls(
-            patience=config.patience,  # type: ignore[attr-defined]
-            min_delta_abs=float(getattr(config, "min_delta_abs", 0.0)),
-            min_delta_rel=float(getattr(config, "min_delta_rel", 0.0)),
+            patience=rule.patience,
+            min_delta_abs=float(rule.min_delta_abs),
+            min_delta_rel=float(rule.min_delta_rel),
         )
 
     def improves(self, score: float) -> bool:
@@ -51,27 +64,3 @@ class EarlyStopping:
     @property
     def should_stop(self) -> bool:
         return self.patience is not None and self.since_best >= self.patience
-
-
-@dataclass
-class Limits:
-    """A budget of evaluations and/or wall time (None: unlimited)."""
-
-    max_evaluations: int | None = None
-    max_wall_time_s: float | None = None
-    clock: Callable[[], float] = time.monotonic
-    started: float = field(default=0.0)
-
-    def start(self) -> None:
-        self.started = self.clock()
-
-    def elapsed(self) -> float:
-        return self.clock() - self.started
-
-    def out_of_time(self) -> bool:
-        return self.max_wall_time_s is not None and self.elapsed() >= self.max_wall_time_s
-
-    def evaluations_left(self, done: int) -> int | None:
-        if self.max_evaluations is None:
-            return None
-        return max(0, self.max_evaluations - done)

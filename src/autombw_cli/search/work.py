@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,12 +36,6 @@ class InstanceClient(Protocol):
     ) -> Any: ...  # .merge_id
 
     async def txt2img(self, body: dict[str, Any]) -> Any: ...  # .images, .raw_images
-
-
-class ScorerLike(Protocol):
-    name: str
-
-    def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]: ...
 
 
 @dataclass(frozen=True)

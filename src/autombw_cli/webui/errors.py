@@ -60,6 +60,8 @@ class WebUIUnreachable(WebUIError):
     connection broke (then a txt2img may still be running there).
     """
 
+    instance_down = True
+
     def __init__(
         self,
         message: str,
@@ -77,6 +79,8 @@ class WebUITimeout(WebUIError):
 
     ``stalled_s`` is set for the txt2img watchdog: seconds without progress when it gave up.
     """
+
+    instance_down = True
 
     def __init__(
         self,
@@ -131,6 +135,10 @@ class BridgeMissing(WebUIHTTPError):
 class UnsupportedWebUI(WebUIHTTPError):
     """The bridge is installed in a WebUI it cannot merge in (Stable Diffusion WebUI Forge):
     every bridge route answers 501 with ``error: UnsupportedWebUI``. Retrying cannot help."""
+
+    @property
+    def needs_attention(self) -> bool:
+        return True
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,8 @@ class Optimizer(Protocol):
 
     def best(self) -> tuple[Weights, float] | None: ...
 
+    def seen(self, weights: Weights) -> bool: ...
+
 
 _IN_FLIGHT = object()
 _FAILED = object()
@@ -228,11 +230,10 @@ def replay(optimizer: Optimizer, known: Iterable[tuple[Weights, float]]) -> int:
     (another grid, other frozen blocks) and repeats are skipped. Returns how many were told.
     """
     told = 0
-    seen = getattr(optimizer, "seen", None)
     for weights, score in known:
         if not optimizer.space.contains(weights) or not math.isfinite(score):
             continue
-        if seen is not None and seen(weights):
+        if optimizer.seen(weights):
             continue
         optimizer.enqueue(weights)
         trial = optimizer.ask()

@@ -110,6 +110,7 @@ class GfoOptimizer(AdapterBase):
         **gfo_settings: Any,
     ) -> None:
         super().__init__(space, seed)
+        # lazily: gradient-free-optimizers (with scikit-learn) loads only for its optimizers
         from gradient_free_optimizers import optimizers as gfo_optimizers
 
         self.name = name
@@ -339,7 +340,7 @@ class _AdapterCandidates:
 def _single_blas_thread() -> Iterator[None]:
     """Model fits on a few hundred points run far faster on one BLAS thread (measured: a GP
     fit was ~10x slower with two threads on a 2-core machine than with one)."""
-    try:
+    try:  # optional: comes with scikit-learn, which the GFO backend needs anyway
         from threadpoolctl import threadpool_limits
     except ImportError:
         yield

@@ -25,7 +25,7 @@ class OptunaOptimizer(AdapterBase):
 
     def __init__(self, name: str, sampler: Any, space: SearchSpace, seed: int) -> None:
         super().__init__(space, seed)
-        import optuna
+        import optuna  # lazily: only the Optuna optimizers pay for importing it
 
         self.name = name
         self._optuna = optuna

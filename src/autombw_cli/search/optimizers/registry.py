@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -301,6 +302,7 @@ def create_optimizer(
     else:
         model = entry.settings.model_validate(dict(settings or {}))
     values = model.model_dump()
+    # lazily: each adapter imports its backend (Optuna, gradient-free-optimizers: seconds)
     if entry.backend == "gfo":
         from autombw_cli.search.optimizers.gfo import GfoOptimizer
 
@@ -311,9 +313,7 @@ def create_optimizer(
 
 
 def _optuna_sampler(entry: Entry, values: dict[str, Any], seed: int) -> Any:
-    import warnings
-
-    import optuna
+    import optuna  # lazily: a second or more to import, and only the Optuna optimizers need it
 
     cls = getattr(optuna.samplers, entry.target)
     with warnings.catch_warnings():  # QMC and with_margin are "experimental" in Optuna

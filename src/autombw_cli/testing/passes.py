@@ -1,4 +1,5 @@
-"""Running a list of passes in-process: the synchronous driver of the benchmarks and tests.
+"""Running a list of passes in-process: the synchronous driver of the benchmarks and tests
+(nothing in the product uses it; the live run drives `Campaign` from the scheduler).
 
 The pass logic (budgets, early stopping, warm starts by replay, numbering, resume) lives once,
 in `Campaign` (``search/campaign.py``), which the live run drives from the scheduler's workers.
@@ -26,11 +27,20 @@ from autombw_cli.search.evaluation import Evaluation
 from autombw_cli.search.optimizers import TrialState, create_optimizer
 from autombw_cli.search.scheduler import Candidate, Outcome
 from autombw_cli.search.space import SearchSpace
-from autombw_cli.search.stopping import EarlyStopping, Limits
+from autombw_cli.search.stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
 
 Objective = Callable[[Weights], float | None]  # None: the evaluation failed
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A budget of evaluations and/or wall time over all passes (None: unlimited)."""
+
+    max_evaluations: int | None = None
+    max_wall_time_s: float | None = None
+    clock: Callable[[], float] = time.monotonic
 
 
 @dataclass(frozen=True)

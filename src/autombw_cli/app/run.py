@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
 import time
 from collections.abc import Sequence
@@ -24,10 +25,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from autombw_cli.app import instances as inst_mod
+from autombw_cli.app import records as rec
+from autombw_cli.app.instances import Endpoint
+from autombw_cli.app.prompts import expand_prompts, prompts_json, read_prompts, tally_outcome
+from autombw_cli.app.wrapup import exit_code_for, write_outputs
 from autombw_cli.atomic import atomic_write_text
+from autombw_cli.blocks import Weights
+from autombw_cli.config import SearchConfig, load_config
 from autombw_cli.errors import AutombwError, ConfigError, JournalError
 from autombw_cli.folderlock import FolderLock
-from autombw_cli.search import records as rec
+from autombw_cli.report.summary import BEST_IMAGES_DIR, BestImage, write_best_images
+from autombw_cli.scoring.protocol import MemberScorer, Scorer
 from autombw_cli.search.campaign import Campaign, PassPlan, Scored
 from autombw_cli.search.events import (
     EventSink,
@@ -37,7 +46,8 @@ from autombw_cli.search.events import (
     RunWarning,
     StopReason,
 )
-from autombw_cli.search.prompts import expand_prompts, prompts_json, read_prompts, tally_outcome
+from autombw_cli.search.journal import RunLogHandler, describe_os_error, is_file_system_error
+from autombw_cli.search.optimizers import Optimizer, create_optimizer
 from autombw_cli.search.scheduler import (
     Instance,
     Outcome,
@@ -45,16 +55,13 @@ from autombw_cli.search.scheduler import (
     Scheduler,
     SchedulerSettings,
 )
+from autombw_cli.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 PROMPTS_FILE = "prompts.json"
 LOG_FILE = "run.log"
-
-EXIT_OK = 0
-EXIT_ALL_DOWN = 3
-EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -67,13 +74,8 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        if self.reason is StopReason.ALL_DOWN:
-            return EXIT_ALL_DOWN
-        if self.reason is StopReason.INTERRUPTED:
-            return EXIT_INTERRUPTED
-        if self.reason is StopReason.FAILED:
-            return 1  # the error raised afterwards decides the process's code
-        return EXIT_OK
+        """FAILED gives 1, but the error raised afterwards decides the process's code."""
+        return exit_code_for(self.reason)
 
 
 class Run:
@@ -81,7 +83,7 @@ class Run:
 
     def __init__(
         self,
-        config: Any,
+        config: SearchConfig,
         run_dir: Path,
         prompts: Sequence[PromptSpec],
         *,
@@ -100,7 +102,7 @@ class Run:
 
     def _open(
         self,
-        config: Any,
+        config: SearchConfig,
         run_dir: Path,
         prompts: Sequence[PromptSpec],
         max_evaluations: int | None,
@@ -116,10 +118,16 @@ class Run:
         budget = config.search.max_evaluations
         self.budget = budget if max_evaluations is None else min(budget, max_evaluations)
         self.journal = rec.open_journal(run_dir, self.arch)
+        journaled = rec.read_records(self.journal)  # the one read of the journal's rows
         # bounded: the best records and (number, score) per evaluation; the journal has the rest
-        self.records = rec.RecordBook({r.number: r for r in self.journal_records()}.values())
+        self.records = rec.RecordBook(journaled)
+        # what the campaign starts from (resume): every evaluation's number, pass, weights, score
+        self._history = [
+            Scored(r.number, r.pass_index, r.weights, r.score)
+            for r in sorted(journaled, key=lambda r: r.number)
+        ]
         self.failed = 0
-        self._best_images: list[Any] = []
+        self._best_images: list[BestImage] = []
         # the journal's best (resume): a worse evaluation must not replace its saved images
         best = self.records.best
         self._best_score: float | None = None if best is None else best.score
@@ -134,7 +142,7 @@ class Run:
     @classmethod
     def create(
         cls,
-        config: Any,
+        config: SearchConfig,
         *,
         max_evaluations: int | None = None,
         warm_start: Path | None = None,
@@ -170,8 +178,6 @@ class Run:
     @classmethod
     def resume(cls, run_dir: Path, *, max_evaluations: int | None = None) -> Run:
         """Reopen ``run_dir``: same config, same prompts, the journal's evaluations counted."""
-        from autombw_cli.config import load_config
-
         run_dir = Path(run_dir)
         cfg_path = run_dir / CONFIG_FILE
         if not cfg_path.is_file():
@@ -183,9 +189,6 @@ class Run:
         prompts = read_prompts(run_dir / PROMPTS_FILE)
         return cls(config, run_dir, prompts, max_evaluations=max_evaluations, resumed=True)
 
-    def journal_records(self) -> list[rec.Record]:
-        return rec.read_records(self.journal, self.arch)
-
     # --- the search -------------------------------------------------------------------------
     async def execute(self, emit: EventSink, *, handle_signals: bool = True) -> RunResult:
         try:
@@ -193,8 +196,6 @@ class Run:
             try:
                 return await self._execute(emit, handle_signals)
             except OSError as exc:
-                from autombw_cli.search.journal import is_file_system_error
-
                 if not is_file_system_error(exc):
                     raise
                 # the run folder cannot be written (disk full, read-only): exit 6, no traceback
@@ -210,16 +211,12 @@ class Run:
             self._lock.release()
 
     def _discard_empty_run(self) -> None:
-        import shutil
-
         if (self.run_dir / "history.csv").exists():
             return
         shutil.rmtree(self.run_dir, ignore_errors=True)
         _remove_new_folder(self.run_dir, self._created_root)
 
     async def _execute(self, emit: EventSink, handle_signals: bool) -> RunResult:
-        from autombw_cli.search import instances as inst_mod
-
         cfg = self.config
         async with contextlib.AsyncExitStack() as stack:
             if handle_signals:  # SIGTERM aborts like a second Ctrl-C (the stack still unwinds)
@@ -227,7 +224,7 @@ class Run:
                 stack.callback(self._remove_sigterm)
             if cfg.simulated:
                 emit(Notice(message=f"starting {cfg.instances.simulate} simulated WebUI(s)"))
-            endpoints = await inst_mod.open_instances(cfg, stack, run_dir=self.run_dir)
+            endpoints = await inst_mod.open_instances(cfg, stack)
             if not cfg.outputs.keep_merge_loaded:
                 # however the run ends (budget, Ctrl-C, SIGTERM, an error), after the final
                 # merge: plain model A back in every WebUI, the bridge's caches freed
@@ -239,6 +236,7 @@ class Run:
                 )
             )
             checked, scorer = await inst_mod.preflight_and_scorer(cfg, endpoints, self.prompts)
+            stack.callback(scorer.close)
             if self.resumed:
                 self._restore_scorer_stats(scorer)
             for r in checked.instances:
@@ -316,8 +314,6 @@ class Run:
         return result
 
     def _campaign(self, emit: EventSink, *, lockstep: int | None = None) -> Campaign:
-        from autombw_cli.search.space import SearchSpace
-
         cfg = self.config
         s = cfg.search
         initial = cfg.initial_weights()
@@ -343,18 +339,10 @@ class Run:
             for i, p in enumerate(s.passes)
         ]
 
-        def make_optimizer(plan: PassPlan) -> Any:
-            from autombw_cli.search.optimizers import create_optimizer
-
+        def make_optimizer(plan: PassPlan) -> Optimizer:
             return create_optimizer(plan.optimizer, plan.settings, space, s.seed + plan.index - 1)
 
-        history = [
-            Scored(r.number, r.pass_index, r.weights, r.score)
-            for r in sorted(
-                {r.number: r for r in self.journal_records()}.values(), key=lambda r: r.number
-            )
-        ]
-        warm = []
+        warm: list[tuple[Weights, float]] = []
         if self.warm_start_path is not None:
             warm = rec.read_warm_start(self.warm_start_path, self.arch)
             log.info("warm start: %d evaluations from %s", len(warm), self.warm_start_path)
@@ -367,18 +355,17 @@ class Run:
             record=self._record,
             emit=emit,
             max_time_s=s.max_time,
-            history=history,
+            history=list(self._history),
             initial=starts,
             warm_start=warm,
             lockstep=lockstep,
         )
 
-    def _restore_scorer_stats(self, scorer: Any) -> None:
+    def _restore_scorer_stats(self, scorer: Scorer) -> None:
         """An ensemble's z-score statistics, rebuilt from the journal's member scores: a
         resumed run freezes the same mean/std as an uninterrupted one and scores on its scale."""
-        restore = getattr(scorer, "restore_stats", None)
-        if callable(restore):
-            n = restore(self.journal.member_scores_in_order())
+        if isinstance(scorer, MemberScorer):
+            n = scorer.restore_stats(self.journal.member_scores_in_order())
             log.info("scorer statistics rebuilt from %d journaled evaluations", n)
 
     def _tally(self, outcome: Outcome) -> tuple[float, dict[str, float]]:
@@ -401,16 +388,12 @@ class Run:
         )
         out = self.config.outputs
         if out.save_images == "all":
-            from autombw_cli.report.summary import write_best_images
-
             folder = self.run_dir / "images" / f"{record.number:05d}"
             write_best_images(rec.best_images(outcome), folder, image_format=out.image_format)
         if self._best_score is None or score > self._best_score:
             self._best_score = score
             self._best_images = rec.best_images(outcome)
             if out.save_images != "none":
-                from autombw_cli.report.summary import BEST_IMAGES_DIR, write_best_images
-
                 write_best_images(
                     self._best_images,
                     self.run_dir / BEST_IMAGES_DIR,
@@ -459,10 +442,12 @@ class Run:
 
     # --- wrap-up ------------------------------------------------------------------------
     async def _wrap_up(
-        self, reason: StopReason, instances: list[Instance], endpoints: list[Any], emit: EventSink
+        self,
+        reason: StopReason,
+        instances: list[Instance],
+        endpoints: list[Endpoint],
+        emit: EventSink,
     ) -> dict[str, str]:
-        from autombw_cli.search.wrapup import write_outputs
-
         return await write_outputs(
             config=self.config,
             run_dir=self.run_dir,
@@ -478,8 +463,6 @@ class Run:
 
     # --- logging ------------------------------------------------------------------------
     def _attach_log(self) -> None:
-        from autombw_cli.search.journal import RunLogHandler
-
         try:
             handler: logging.Handler = RunLogHandler(self.run_dir / LOG_FILE)
         except OSError as exc:
@@ -533,8 +516,6 @@ def _new_run_folder(root: Path, base: str) -> tuple[Path, Path]:
 
 def _remove_new_folder(run_dir: Path, created_root: Path | None) -> None:
     """Remove ``run_dir`` and the (now empty) parents made for it, up to ``created_root``."""
-    import shutil
-
     shutil.rmtree(run_dir, ignore_errors=True)
     folder = run_dir
     while created_root is not None and folder != created_root:
@@ -547,8 +528,6 @@ def _remove_new_folder(run_dir: Path, created_root: Path | None) -> None:
 
 def _io_error(exc: OSError, what: str) -> JournalError:
     """A file-system failure as the user reads it: which file, why, what to do (exit 6)."""
-    from autombw_cli.search.journal import describe_os_error
-
     return JournalError(
         f"{what}: {describe_os_error(exc)}",
         hint="free disk space or fix the folder's permissions; the journal is fsynced row by "
@@ -556,17 +535,17 @@ def _io_error(exc: OSError, what: str) -> JournalError:
     )
 
 
-def settings_from_config(config: Any) -> SchedulerSettings:
-    """Scheduler knobs from the config (``search.scheduler`` when present) and the scorer."""
-    knobs = getattr(config.search, "scheduler", None)
+def settings_from_config(config: SearchConfig) -> SchedulerSettings:
+    """Scheduler knobs from ``search.scheduler`` (unset: the scheduler's defaults) and the
+    scorer's batch size."""
+    knobs = config.search.scheduler
     values: dict[str, Any] = {"scorer_batch_size": config.scorer.batch_size}
-    if knobs is not None:
-        data = knobs if isinstance(knobs, dict) else knobs.model_dump()
-        for key in ("max_attempts", "park_after", "all_down_after", "probe_backoff_max"):
-            if data.get(key) is not None:
-                name = {
-                    "all_down_after": "all_down_after_s",
-                    "probe_backoff_max": "probe_backoff_max_s",
-                }.get(key, key)
-                values[name] = data[key]
+    if knobs.max_attempts is not None:
+        values["max_attempts"] = knobs.max_attempts
+    if knobs.park_after is not None:
+        values["park_after"] = knobs.park_after
+    if knobs.all_down_after is not None:
+        values["all_down_after_s"] = knobs.all_down_after
+    if knobs.probe_backoff_max is not None:
+        values["probe_backoff_max_s"] = knobs.probe_backoff_max
     return SchedulerSettings(**values)

@@ -15,11 +15,14 @@ from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from autombw_cli.blocks import Arch, Weights
 from autombw_cli.report.summary import TOP_K, BestImage, EvaluationRecord, ScoreTrace
-from autombw_cli.search.scheduler import Outcome
+from autombw_cli.search.evaluation import Evaluation
+from autombw_cli.search.journal import Journal
+from autombw_cli.search.journal import read_warm_start as read_journal_warm_start
+from autombw_cli.search.optimizers.base import TrialState
+from autombw_cli.search.work import Outcome
 
 
 @dataclass(frozen=True)
@@ -136,15 +139,11 @@ def best_images(outcome: Outcome) -> list[BestImage]:
 
 
 # --- the journal seam ---------------------------------------------------------------------
-def open_journal(run_dir: Path, arch: Arch) -> Any:
-    from autombw_cli.search.journal import Journal
-
+def open_journal(run_dir: Path, arch: Arch) -> Journal:
     return Journal(run_dir, arch)
 
 
-def append(journal: Any, record: Record, outcome: Outcome | None = None) -> None:
-    from autombw_cli.search.evaluation import Evaluation
-
+def append(journal: Journal, record: Record, outcome: Outcome | None = None) -> None:
     evaluation = Evaluation(
         number=record.number,
         pass_index=record.pass_index,
@@ -166,34 +165,31 @@ def append(journal: Any, record: Record, outcome: Outcome | None = None) -> None
     journal.append(evaluation)
 
 
-def read_records(journal: Any, arch: Arch) -> list[Record]:
-    out = []
+def read_records(journal: Journal) -> list[Record]:
+    """The journal's complete evaluations, one record per number (a later row of a number
+    wins), in the order the journal recorded them."""
+    by_number: dict[int, Record] = {}
     for e in journal.read():
-        state = str(getattr(e, "state", "complete")).lower()
-        if "complete" not in state or e.score is None:
+        if e.state is not TrialState.COMPLETE or e.score is None:
             continue
-        timings = getattr(e, "timings", {}) or {}
-        out.append(
-            Record(
-                number=e.number,
-                pass_index=getattr(e, "pass_index", 1) or 1,
-                weights=e.weights,
-                score=float(e.score),
-                payload_scores=dict(getattr(e, "payload_scores", {}) or {}),
-                raw_scores=tuple(getattr(e, "raw_scores", ()) or ()),
-                instance=getattr(e, "worker", "") or "",
-                merge_id=getattr(e, "merge_id", "") or "",
-                merge_s=float(timings.get("merge_s", 0.0)),
-                generate_s=float(timings.get("generate_s", 0.0)),
-                score_s=float(timings.get("score_s", 0.0)),
-                duration_s=float(timings.get("total_s", 0.0)),
-            )
+        timings = e.timings
+        by_number[e.number] = Record(
+            number=e.number,
+            pass_index=e.pass_index or 1,
+            weights=e.weights,
+            score=float(e.score),
+            payload_scores=dict(e.payload_scores),
+            raw_scores=tuple(e.raw_scores),
+            instance=e.worker,
+            merge_id=e.merge_id,
+            merge_s=float(timings.get("merge_s", 0.0)),
+            generate_s=float(timings.get("generate_s", 0.0)),
+            score_s=float(timings.get("score_s", 0.0)),
+            duration_s=float(timings.get("total_s", 0.0)),
         )
-    return out
+    return list(by_number.values())
 
 
 def read_warm_start(path: Path, arch: Arch) -> list[tuple[Weights, float]]:
     """Known (weights, score) pairs from an auto-MBW-rt history CSV or one of ours."""
-    from autombw_cli.search.journal import read_warm_start as core_read
-
-    return list(core_read(path, arch))
+    return list(read_journal_warm_start(path, arch))

@@ -12,11 +12,22 @@ The scorer check is a callable that loads it.
 from __future__ import annotations
 
 import asyncio
+import difflib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from autombw_cli.errors import AutombwError, WebUIError
+from autombw_cli import __version__
+from autombw_cli.blocks import Arch, Weights
+from autombw_cli.errors import AutombwError, ScorerError, WebUIError
+from autombw_cli.scoring.protocol import Scorer
+from autombw_cli.webui.client import WebUIClient
+from autombw_cli.webui.errors import (
+    ApiNotEnabled,
+    BridgeMissing,
+    UnsupportedWebUI,
+    WebUIAuthError,
+)
 
 
 @dataclass(frozen=True)
@@ -66,8 +77,6 @@ class PreflightReport:
         lines = "\n".join(f"  - {p}" for p in problems)
         err: type[AutombwError] = WebUIError
         if all(not i.problems for i in self.instances):
-            from autombw_cli.errors import ScorerError
-
             err = ScorerError
         raise err(
             f"preflight found {len(problems)} problem(s):\n{lines}",
@@ -76,16 +85,7 @@ class PreflightReport:
 
 
 def expected_bridge_version() -> str:
-    try:
-        from autombw_cli.webui import bridge
-
-        version = getattr(bridge, "BRIDGE_VERSION", None)
-        if version:
-            return str(version)
-    except ImportError:
-        pass
-    from autombw_cli import __version__
-
+    """The bridge is versioned with autombw: ``install-extension`` writes this version."""
     return __version__
 
 
@@ -99,7 +99,7 @@ def required_samplers(bodies: Sequence[dict[str, Any]]) -> set[str]:
 
 
 async def check_instance(
-    client: Any,
+    client: WebUIClient,
     *,
     label: str,
     url: str,
@@ -107,24 +107,15 @@ async def check_instance(
     model_b: str,
     samplers: set[str],
     bridge_version: str | None = None,
-    arch: Any = None,
+    arch: Arch | None = None,
 ) -> InstanceReport:
     """Every check of one instance; problems are collected, not raised."""
-    from autombw_cli.webui.errors import (
-        ApiNotEnabled,
-        BridgeMissing,
-        UnsupportedWebUI,
-        WebUIAuthError,
-        WebUITimeout,
-        WebUIUnreachable,
-    )
-
     problems: list[str] = []
     info: dict[str, Any] = {"label": label, "url": url}
     try:
         await client.ping()
     except WebUIError as exc:
-        gone = isinstance(exc, WebUIUnreachable | WebUITimeout)  # else: answers, not as a WebUI
+        gone = exc.instance_down  # else: it answers, but not as a WebUI
         hint = f" ({exc.hint})" if exc.hint else ""
         problem = f"unreachable: {exc.message}{hint}" if gone else f"{exc.message}{hint}"
         return InstanceReport(**info, problems=(problem,))
@@ -144,7 +135,7 @@ async def check_instance(
     try:
         status = await client.bridge_status()
         info["bridge_version"] = status.version
-        info["webui_version"] = getattr(status, "webui_version", None)
+        info["webui_version"] = status.webui_version
         want = bridge_version or expected_bridge_version()
         if status.version != want:
             problems.append(
@@ -170,27 +161,25 @@ async def check_instance(
 
 
 async def _check_pair(
-    client: Any, model_a: str, model_b: str, arch: Any, problems: list[str]
+    client: WebUIClient, model_a: str, model_b: str, arch: Arch, problems: list[str]
 ) -> None:
     """Merge A and B at weight 0 (the model stays A): proves both load, share keys and shapes
     (same architecture), and fills the bridge's caches the first evaluation needs anyway."""
-    from autombw_cli.blocks import Weights
-
     try:
         result = await client.bridge_merge(model_a, model_b, Weights.uniform(arch, 0.0))
     except WebUIError as exc:
         problems.append(f"models A and B cannot be merged here: {exc.message}")
         return
-    found = str(getattr(result, "arch", "") or "")
-    if found and found != str(getattr(arch, "value", arch)):
+    found = result.arch or ""
+    if found and found != arch.value:
         problems.append(
             f"models A and B are {found} checkpoints but models.arch is "
-            f"{getattr(arch, 'value', arch)}; set models.arch: {found}"
+            f"{arch.value}; set models.arch: {found}"
         )
 
 
 async def _check_models(
-    client: Any, model_a: str, model_b: str, info: dict[str, Any], problems: list[str]
+    client: WebUIClient, model_a: str, model_b: str, info: dict[str, Any], problems: list[str]
 ) -> None:
     try:
         models = await client.sd_models()
@@ -201,8 +190,6 @@ async def _check_models(
     for role, name in (("A", model_a), ("B", model_b)):
         hit = next((m for m in models if m.matches(name)), None)
         if hit is None:
-            import difflib
-
             names = sorted({m.model_name for m in models})
             close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
             problems.append(
@@ -214,7 +201,7 @@ async def _check_models(
     info["models_found"] = "+".join(found) if found else "none"
 
 
-async def _check_samplers(client: Any, samplers: set[str], problems: list[str]) -> None:
+async def _check_samplers(client: WebUIClient, samplers: set[str], problems: list[str]) -> None:
     if not samplers:
         return
     try:
@@ -234,7 +221,7 @@ async def _check_samplers(client: Any, samplers: set[str], problems: list[str]) 
             )
 
 
-async def _gpu_memory(client: Any) -> str | None:
+async def _gpu_memory(client: WebUIClient) -> str | None:
     try:
         mem = await client.memory()
     except WebUIError:
@@ -249,15 +236,15 @@ async def _gpu_memory(client: Any) -> str | None:
 
 
 async def run_preflight(
-    instances: Sequence[tuple[str, str, Any]],
+    instances: Sequence[tuple[str, str, WebUIClient]],
     *,
     model_a: str,
     model_b: str,
     samplers: set[str],
-    load_scorer: Callable[[], Awaitable[Any]] | None = None,
+    load_scorer: Callable[[], Awaitable[Scorer]] | None = None,
     scorer_name: str = "",
-    arch: Any = None,
-) -> tuple[PreflightReport, Any]:
+    arch: Arch | None = None,
+) -> tuple[PreflightReport, Scorer | None]:
     """Check all instances concurrently and load the scorer at the same time.
 
     ``instances`` are (label, url, client). Returns the report and the loaded scorer (None
@@ -278,7 +265,7 @@ async def run_preflight(
     scorer_problem = None
     scorer = None
 
-    async def scorer_task() -> Any:
+    async def scorer_task() -> Scorer | None:
         if load_scorer is None:
             return None
         return await load_scorer()

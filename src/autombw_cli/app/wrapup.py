@@ -8,31 +8,48 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from autombw_cli.errors import AutombwError
+from autombw_cli import exit_codes
+from autombw_cli.app.instances import Endpoint
+from autombw_cli.app.records import RecordBook
+from autombw_cli.atomic import atomic_path
+from autombw_cli.config import SearchConfig
+from autombw_cli.errors import AutombwError, OutputExistsError
+from autombw_cli.recipe import Recipe
+from autombw_cli.report import summary as sm
 from autombw_cli.search.events import EventSink, OutputWritten, RunWarning, StopReason
 from autombw_cli.search.work import Instance
-
-if TYPE_CHECKING:
-    from autombw_cli.search.records import RecordBook
+from autombw_cli.webui.errors import WebUIHTTPError
+from autombw_cli.webui.models import SaveResult
 
 log = logging.getLogger(__name__)
 
-_EXIT = {StopReason.ALL_DOWN: 3, StopReason.INTERRUPTED: 130, StopReason.FAILED: 1}
+# how a search that raised no error ends (the others end with 0, or with a failed final
+# merge's code)
+_STOP_EXIT = {
+    StopReason.ALL_DOWN: exit_codes.WEBUI,
+    StopReason.INTERRUPTED: exit_codes.INTERRUPTED,
+    StopReason.FAILED: exit_codes.FAILED,
+}
+
+
+def exit_code_for(reason: StopReason) -> int:
+    """The process's exit code for a search that ended for ``reason``."""
+    return _STOP_EXIT.get(reason, exit_codes.OK)
 
 
 async def write_outputs(
     *,
-    config: Any,
+    config: SearchConfig,
     run_dir: Path,
     reason: StopReason,
     records: RecordBook,
     instances: Sequence[Instance],
-    endpoints: Sequence[Any],
+    endpoints: Sequence[Endpoint],
     busy: dict[str, float],
     budget: int | None,
     started: float,
@@ -40,8 +57,6 @@ async def write_outputs(
 ) -> dict[str, str]:
     """Write every output of a run; returns {what: path}. ``records`` holds the best
     evaluations in full and every evaluation's number and score (the rest is in the journal)."""
-    from autombw_cli.report import summary as sm
-
     cfg = config
     arch = cfg.models.arch
     outputs: dict[str, str] = {}
@@ -79,7 +94,7 @@ async def write_outputs(
         name=run_dir.name,
         run_dir=run_dir,
         reason=reason.value,
-        exit_code=_EXIT.get(reason) or (merge_error.exit_code if merge_error else 0),
+        exit_code=exit_code_for(reason) or (merge_error.exit_code if merge_error else 0),
         records=report,
         trace=trace,
         budget=budget,
@@ -106,7 +121,7 @@ async def write_outputs(
         ],
     )
     wrote("summary", sm.write_summary(summary, run_dir))
-    if merge_error is not None and not _EXIT.get(reason):  # else the run fails already
+    if merge_error is not None and not exit_code_for(reason):  # else the run fails already
         raise _final_merge_failed(merge_error, outputs)
     return outputs
 
@@ -128,7 +143,7 @@ def _final_merge_failed(cause: AutombwError, outputs: dict[str, str]) -> Autombw
 
 
 async def final_merge(
-    cfg: Any, recipe: Any, endpoints: Sequence[Any], run_dir: Path, emit: EventSink
+    cfg: SearchConfig, recipe: Recipe, endpoints: Sequence[Endpoint], run_dir: Path, emit: EventSink
 ) -> tuple[str | None, AutombwError | None]:
     """The best merge as a checkpoint: through the bridge's save (the first instance that
     manages), or the offline merge into the run folder. Returns (where it went, None), or
@@ -138,10 +153,11 @@ async def final_merge(
     ``outputs.overwrite: true``; otherwise the merge takes the first free name of
     ``<output>-2``, ``<output>-3``... and says so (a week of search is never lost to a name).
     """
-    overwrite = bool(getattr(cfg.outputs, "overwrite", False))
+    overwrite = cfg.outputs.overwrite
     base = recipe.output_name
     try:
         if cfg.outputs.merge_via == "offline":
+            # lazily: the offline merge needs torch, which a WebUI-side final merge does not
             from autombw_cli.merging.offline import merge_checkpoints
 
             name = base if overwrite else _free_offline_name(run_dir, base, cfg.outputs.format)
@@ -188,8 +204,6 @@ def _candidate_names(base: str) -> list[str]:
 def _free_offline_name(run_dir: Path, base: str, fmt: str) -> str:
     """The first of ``base``, ``base-2``... with no checkpoint (and, but for ``base``, whose
     recipe files this run has just written, no recipe files) in the run folder."""
-    from autombw_cli.errors import OutputExistsError
-
     for name in _candidate_names(base):
         taken = [run_dir / f"{name}.{fmt}"]
         if name != base:
@@ -202,10 +216,10 @@ def _free_offline_name(run_dir: Path, base: str, fmt: str) -> str:
     )
 
 
-async def _bridge_save_free_name(e: Any, cfg: Any, recipe: Any, *, overwrite: bool) -> Any:
+async def _bridge_save_free_name(
+    e: Endpoint, cfg: SearchConfig, recipe: Recipe, *, overwrite: bool
+) -> SaveResult:
     """Save through ``e``'s bridge under the first name it does not refuse as existing."""
-    from autombw_cli.errors import OutputExistsError
-
     names = [recipe.output_name] if overwrite else _candidate_names(recipe.output_name)
     for name in names:
         try:
@@ -216,8 +230,8 @@ async def _bridge_save_free_name(e: Any, cfg: Any, recipe: Any, *, overwrite: bo
                 overwrite=overwrite,
                 fmt=cfg.outputs.format,
             )
-        except AutombwError as exc:
-            if getattr(exc, "kind", "") != "OutputExists":
+        except WebUIHTTPError as exc:
+            if exc.kind != "OutputExists":
                 raise
     raise OutputExistsError(
         f"{e.label}: {recipe.output_name} and {MAX_NAME_TRIES - 1} numbered names are taken "
@@ -238,10 +252,6 @@ def _announce_rename(emit: EventSink, base: str, name: str, where: str) -> None:
 
 def _copy_into(path: Path, folder: Path) -> Path:
     """Copy a checkpoint into ``folder``, atomically (its recipe files are already there)."""
-    import shutil
-
-    from autombw_cli.atomic import atomic_path
-
     target = folder / path.name
     with atomic_path(target) as tmp:
         shutil.copyfile(path, tmp)

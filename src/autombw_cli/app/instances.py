@@ -12,11 +12,19 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from autombw_cli.search.preflight import PreflightReport, required_samplers, run_preflight
-from autombw_cli.search.scheduler import PromptSpec
+from autombw_cli.app.preflight import PreflightReport, required_samplers, run_preflight
+from autombw_cli.config import SearchConfig, SimulatedInstances
+from autombw_cli.errors import AutombwError
+from autombw_cli.scoring.protocol import Scorer
+from autombw_cli.scoring.registry import create_scorer
+from autombw_cli.search.events import EventSink, RunWarning
+from autombw_cli.search.work import PromptSpec
+from autombw_cli.webui.client import WebUIClient
+
+if TYPE_CHECKING:
+    from autombw_cli.sim.server import SimulatorHandle
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +33,17 @@ log = logging.getLogger(__name__)
 class Endpoint:
     label: str
     url: str
-    client: Any  # webui.client.WebUIClient
+    client: WebUIClient
     simulated: bool = False
 
 
-async def open_instances(
-    config: Any, stack: contextlib.AsyncExitStack, *, run_dir: Path | None = None
-) -> list[Endpoint]:
+async def open_instances(config: SearchConfig, stack: contextlib.AsyncExitStack) -> list[Endpoint]:
     """Clients for every instance of ``config`` (starting simulators for ``simulate: N``)."""
-    from autombw_cli.webui.client import WebUIClient
-
     endpoints: list[Endpoint] = []
-    if config.simulated:
+    if isinstance(config.instances, SimulatedInstances):
         sims = config.instances
         for i in range(sims.simulate):
-            handle = await asyncio.to_thread(_start_simulator, config, i, run_dir)
+            handle = await asyncio.to_thread(_start_simulator, config, sims)
             stack.callback(handle.stop)
             label = f"sim{i + 1}"
             client = WebUIClient(handle.url, label=label)
@@ -52,18 +56,18 @@ async def open_instances(
             inst.url,
             auth=auth,
             label=inst.name,
-            timeouts=getattr(inst, "timeouts", None),
-            retry=getattr(inst, "retry", None),
+            timeouts=inst.timeouts,
+            retry=inst.retry,
         )
         await stack.enter_async_context(client)
         endpoints.append(Endpoint(inst.name, inst.url, client))
     return endpoints
 
 
-def _start_simulator(config: Any, index: int, run_dir: Path | None) -> Any:
+def _start_simulator(config: SearchConfig, sims: SimulatedInstances) -> SimulatorHandle:
+    # lazily: the simulator (uvicorn, FastAPI, torch) loads only for ``instances: {simulate: N}``
     from autombw_cli.sim.server import start_simulator_in_thread
 
-    sims = config.instances
     options = dict(sims.options)
     return start_simulator_in_thread(
         port=0,
@@ -76,7 +80,7 @@ def _start_simulator(config: Any, index: int, run_dir: Path | None) -> Any:
 RESTORE_TIMEOUT_S = 60.0  # per instance (they restore at once); waits behind a running job
 
 
-async def restore_instances(endpoints: Sequence[Endpoint], emit: Any = None) -> None:
+async def restore_instances(endpoints: Sequence[Endpoint], emit: EventSink | None = None) -> None:
     """Give every instance plain model A back and free the bridge's caches (a search leaves
     its last candidate merged under A's name, and several GB of caches, otherwise).
 
@@ -85,10 +89,7 @@ async def restore_instances(endpoints: Sequence[Endpoint], emit: Any = None) -> 
     await asyncio.gather(*(_restore(e, emit) for e in endpoints))
 
 
-async def _restore(e: Endpoint, emit: Any) -> None:
-    from autombw_cli.errors import AutombwError
-    from autombw_cli.search.events import RunWarning
-
+async def _restore(e: Endpoint, emit: EventSink | None) -> None:
     try:
         done = await asyncio.wait_for(e.client.bridge_restore(free_caches=True), RESTORE_TIMEOUT_S)
     except (AutombwError, TimeoutError) as exc:
@@ -116,19 +117,17 @@ async def _restore(e: Endpoint, emit: Any) -> None:
     )
 
 
-async def load_scorer(config: Any) -> Any:
-    from autombw_cli.scoring.registry import create_scorer
-
+async def load_scorer(config: SearchConfig) -> Scorer:
     return await asyncio.to_thread(create_scorer, config.scorer)
 
 
 async def preflight(
-    config: Any,
+    config: SearchConfig,
     endpoints: Sequence[Endpoint],
     prompts: Sequence[PromptSpec],
     *,
     with_scorer: bool = True,
-) -> tuple[PreflightReport, Any]:
+) -> tuple[PreflightReport, Scorer | None]:
     return await run_preflight(
         [(e.label, e.url, e.client) for e in endpoints],
         model_a=config.models.a,
@@ -141,20 +140,23 @@ async def preflight(
 
 
 async def preflight_and_scorer(
-    config: Any, endpoints: Sequence[Endpoint], prompts: Sequence[PromptSpec]
-) -> tuple[PreflightReport, Any]:
+    config: SearchConfig, endpoints: Sequence[Endpoint], prompts: Sequence[PromptSpec]
+) -> tuple[PreflightReport, Scorer]:
     """Run the preflight; raise with every problem at once, or return the report (versions,
     GPU memory per instance) and the loaded scorer."""
     report, scorer = await preflight(config, endpoints, prompts)
     report.raise_if_failed()
+    assert scorer is not None  # the report names the scorer's problem otherwise
     return report, scorer
 
 
-async def doctor(config: Any, prompts: Sequence[PromptSpec]) -> PreflightReport:
+async def doctor(config: SearchConfig, prompts: Sequence[PromptSpec]) -> PreflightReport:
     """The preflight alone (``autombw doctor``)."""
     async with contextlib.AsyncExitStack() as stack:
         endpoints = await open_instances(config, stack)
         if not config.outputs.keep_merge_loaded:  # the preflight merges A and B at weight 0
             stack.push_async_callback(restore_instances, endpoints)
-        report, _ = await preflight(config, endpoints, prompts)
+        report, scorer = await preflight(config, endpoints, prompts)
+        if scorer is not None:
+            scorer.close()
         return report

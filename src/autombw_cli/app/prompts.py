@@ -7,15 +7,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from autombw_cli.config import SearchConfig
 from autombw_cli.errors import JournalError
+from autombw_cli.payloads import expand_payloads, load_payloads
+from autombw_cli.scoring.tally import evaluation_score
 from autombw_cli.search.work import Outcome, PromptSpec
 
 
-def expand_prompts(config: Any) -> list[PromptSpec]:
-    from autombw_cli.payloads import expand_payloads, load_payloads
-
+def expand_prompts(config: SearchConfig) -> list[PromptSpec]:
     payloads = load_payloads(config.payloads.files)
     expanded = expand_payloads(payloads, config.payloads.wildcards, config.search.seed)
     return [
@@ -81,8 +81,6 @@ def read_prompts(path: Path) -> list[PromptSpec]:
 def tally_outcome(outcome: Outcome, kind: str, sigmoid: bool) -> tuple[float, dict[str, float]]:
     """The evaluation's score (reverse scoring, optional sigmoid, the tally) and, the same way,
     one score per payload."""
-    from autombw_cli.scoring.tally import evaluation_score
-
     specs = [ri.spec for ri in outcome.images]
 
     def score_of(idx: list[int]) -> float:
