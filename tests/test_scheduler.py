@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from autombw_cli.blocks import Arch, Weights, layout
-from autombw_cli.errors import ScorerError
+from autombw_cli.errors import ScorerError, WebUIError
 from autombw_cli.search.events import EvaluationFailed, RunWarning, StopReason, WorkerState
 from autombw_cli.search.scheduler import (
     Candidate,
@@ -27,6 +27,18 @@ from autombw_cli.search.scheduler import (
 )
 from autombw_cli.sim.server import start_simulator_in_thread
 from autombw_cli.webui.client import WebUIClient
+from autombw_cli.webui.errors import (
+    BridgeMissing,
+    MergeLost,
+    UnsupportedWebUI,
+    WebUIAuthError,
+    WebUIBadResponse,
+    WebUIHTTPError,
+    WebUIServerError,
+    WebUITimeout,
+    WebUIUnreachable,
+    WebUIValidationError,
+)
 from autombw_cli.webui.timeouts import ClientTimeouts, RetryPolicy
 
 pytestmark = pytest.mark.timeout(120)
@@ -263,3 +275,28 @@ def test_identical_images_for_different_weights_warn_loudly() -> None:
     warnings = [e.message for e in events if isinstance(e, RunWarning)]
     assert len(warnings) == 1  # #2 repeats #1's weights (fine); #3 differs: warn
     assert "#1 and #3" in warnings[0] and "NOT being applied" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("error", "needs_attention", "instance_down"),
+    [
+        (WebUIAuthError("no", status_code=401), True, False),
+        (BridgeMissing("no", status_code=404), True, False),
+        (WebUIValidationError("bad field"), True, False),
+        (WebUIHTTPError("slow down", status_code=429), False, False),
+        (WebUIHTTPError("request timeout", status_code=408), False, False),
+        (WebUIServerError("CUDA out of memory", status_code=500), False, False),
+        (UnsupportedWebUI("Forge", status_code=501), True, False),
+        (WebUIUnreachable("connection refused"), False, True),
+        (WebUITimeout("stalled"), False, True),
+        (WebUIBadResponse("not JSON"), False, False),
+        (MergeLost("reloaded"), False, False),
+    ],
+)
+def test_webui_errors_say_how_the_scheduler_treats_the_instance(
+    error: WebUIError, needs_attention: bool, instance_down: bool
+) -> None:
+    """The scheduler parks an instance for good on ``needs_attention`` and probes it on
+    ``instance_down`` (it reads these instead of importing webui/'s classes)."""
+    assert error.needs_attention is needs_attention
+    assert error.instance_down is instance_down

@@ -217,8 +217,10 @@ def test_a_failing_scorer_stops_the_run_but_keeps_what_was_found(
                 raise ScorerError("the scorer's GPU fell off the bus")
             return [float(np.asarray(im).mean()) for im in images]
 
+        closed = 0
+
         def close(self) -> None:
-            """Holds nothing."""
+            BreaksLater.closed += 1
 
     async def load(config):  # type: ignore[no-untyped-def]
         return BreaksLater()
@@ -232,3 +234,4 @@ def test_a_failing_scorer_stops_the_run_but_keeps_what_was_found(
     assert summary["stop_reason"] == "failed"
     assert 1 <= summary["evaluations"] < 30
     assert "checkpoint" not in summary["outputs"]
+    assert BreaksLater.closed == 1  # the run closes its scorer however it ends

@@ -128,42 +128,60 @@ class _Diverged(Exception):
     """A re-driven proposal differs from the journal."""
 
 
-@dataclass
 class Campaign:
-    """See the module docstring. ``make_optimizer(plan)`` builds a pass's optimizer."""
+    """See the module docstring. The constructor takes the inputs, which do not change; the
+    rest is the campaign's own state. ``make_optimizer(plan)`` builds a pass's optimizer,
+    ``tally`` turns an outcome into (score, per-payload scores), ``record`` journals one
+    evaluation, ``history`` is what a resumed run already evaluated."""
 
-    passes: Sequence[PassPlan]
-    total_budget: int | None
-    tally: Callable[[Outcome], tuple[float, dict[str, float]]]  # score, per-payload scores
-    make_optimizer: Callable[[PassPlan], Optimizer]
-    record: Callable[[Outcome, float, dict[str, float]], None]  # journal one evaluation
-    emit: EventSink
-    max_time_s: float | None = None
-    clock: Callable[[], float] = time.monotonic
-    history: list[Scored] = field(default_factory=list)
-    initial: Sequence[Weights] = ()  # points evaluated first (initial weights)
-    warm_start: Sequence[tuple[Weights, float]] = ()  # known scores told to every optimizer
-    lockstep: int | None = None  # L: see the module docstring (None: tell as results arrive)
-    stop_reason: StopReason | None = None
-    pass_ends: list[PassEnd] = field(default_factory=list)
-    exact_resume: bool | None = None  # after a lockstep resume: was the re-drive exact?
-    _pass_pos: int = 0
-    _state: _PassState | None = None
-    _seen: set[bytes] = field(default_factory=set)  # Weights.key() of recorded or in flight
-    _free: list[int] = field(default_factory=list)  # heap of unused numbers below _next_number
-    _next_number: int = 1
-    _started: float | None = None
-    _best: Scored | None = None
-
-    def __post_init__(self) -> None:
-        if self.lockstep is not None and self.lockstep < 0:
+    def __init__(
+        self,
+        *,
+        passes: Sequence[PassPlan],
+        total_budget: int | None,
+        tally: Callable[[Outcome], tuple[float, dict[str, float]]],
+        make_optimizer: Callable[[PassPlan], Optimizer],
+        record: Callable[[Outcome, float, dict[str, float]], None],
+        emit: EventSink,
+        max_time_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        history: Sequence[Scored] = (),
+        initial: Sequence[Weights] = (),
+        warm_start: Sequence[tuple[Weights, float]] = (),
+        lockstep: int | None = None,
+    ) -> None:
+        if lockstep is not None and lockstep < 0:
             raise ValueError("lockstep must be >= 0")
+        # inputs
+        self.passes = tuple(passes)
+        self.total_budget = total_budget
+        self.tally = tally
+        self.make_optimizer = make_optimizer
+        self.record = record
+        self.emit = emit
+        self.max_time_s = max_time_s
+        self.clock = clock
+        self.initial = tuple(initial)  # points evaluated first (initial weights)
+        self.warm_start = tuple(warm_start)  # known scores told to every optimizer
+        self.lockstep = lockstep  # L: see the module docstring (None: tell as results arrive)
+        # what happened
+        self.history: list[Scored] = list(history)
+        self.stop_reason: StopReason | None = None
+        self.pass_ends: list[PassEnd] = []
+        self.exact_resume: bool | None = None  # after a lockstep resume: was it exact?
+        # where it is
+        self._pass_pos = 0
+        self._state: _PassState | None = None
+        self._seen: set[bytes] = set()  # Weights.key() of recorded or in flight
+        self._started: float | None = None
+        self._best: Scored | None = None
         for s in self.history:
             self._seen.add(s.weights.key())
             if self._best is None or s.score > self._best.score:
                 self._best = s
         used = {s.number for s in self.history}
         self._next_number = max(used, default=0) + 1
+        # heap of unused numbers below _next_number
         self._free = [n for n in range(1, self._next_number) if n not in used]
         heapq.heapify(self._free)
 
