@@ -15,3 +15,4 @@ SCORER = 5  # ScorerError
 JOURNAL = 6  # JournalError: a run folder, history or recipe file that cannot be read/written
 OUTPUT_EXISTS = 7  # OutputExistsError
 INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+STDOUT_CLOSED = 141  # 128 + SIGPIPE: the reader of our output went away (`autombw ... | head`)

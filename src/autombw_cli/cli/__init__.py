@@ -91,16 +91,13 @@ def main(argv: list[str] | None = None) -> None:
         raise
 
 
-EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for `tool | head` tools
-
-
 def _stdout_closed() -> NoReturn:
     """The reader of our output went away (``autombw recover X | head -1``): end quietly, as
     Unix tools do, without a traceback or the interpreter's failed flush at exit."""
     with contextlib.suppress(OSError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-    sys.exit(EXIT_STDOUT_CLOSED)
+    sys.exit(exit_codes.STDOUT_CLOSED)
 
 
 def _click_exceptions() -> tuple[type[BaseException], ...]:
