@@ -186,6 +186,7 @@ def test_ctrl_c_finishes_in_flight_work_and_writes_outputs(tmp_path: Path) -> No
     code, _out, err = search.finish()
     assert code == 130, err
     assert search.run_dir is not None
+    assert f"continue with `autombw search --resume {search.run_dir}`" in err  # one line
     summary = json.loads((search.run_dir / "summary.json").read_text())
     assert summary["stop_reason"] == "interrupted"
     assert summary["evaluations"] == len(history_numbers(search.run_dir)) < 200
@@ -232,6 +233,36 @@ def test_quickstart_runs_from_the_readme(tmp_path: Path) -> None:
         "checkpoint",
     ):
         assert key in summary["outputs"] or key == "summary", key
+
+
+def test_resume_can_extend_a_finished_run_or_says_why_not(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    cfg = write_search_config(tmp_path, instances="{simulate: 1}", evaluations=6)
+    code, _, err = _main("search", "--plain", str(cfg), capsys=capsys)
+    assert code == 0, err
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    code, out, err = _main(
+        "search", "--plain", "--resume", str(run_dir), "--max-evaluations", "9", capsys=capsys
+    )
+    assert code == 0, err
+    assert "extending the run to 9 evaluations (6 done; the config says 6)" in out + err
+    assert history_numbers(run_dir) == list(range(1, 10))
+    passes = "[{optimizer: random, max_evaluations: 3}, {optimizer: random, max_evaluations: 3}]"
+    capped = tmp_path / "capped"
+    capped.mkdir()
+    cfg = write_search_config(capped, instances="{simulate: 1}", evaluations=6, passes=passes)
+    assert _main("search", "--plain", str(cfg), capsys=capsys)[0] == 0
+    (run_dir,) = (capped / "runs").iterdir()
+    code, out, err = _main(
+        "search", "--plain", "--resume", str(run_dir), "--max-evaluations", "9", capsys=capsys
+    )
+    assert code == 0 and history_numbers(run_dir) == list(range(1, 7))
+    said = " ".join((out + err).split())
+    assert "nothing was added" in said and "pass 1: 3, pass 2: 3" in said and "--warm-start" in said
+
+
+def test_resume_of_a_missing_folder_says_so(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = _main("search", "--resume", str(tmp_path / "nope"), capsys=capsys)
+    assert code == 2 and "no such run folder" in err
 
 
 def _with_stdout_closed(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
