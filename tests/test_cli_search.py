@@ -296,3 +296,29 @@ def test_a_closed_stdout_ends_a_command_quietly_and_not_a_search(tmp_path: Path)
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert history_numbers(run_dir) == list(range(1, 9))
     assert "Traceback" not in (run_dir / "run.log").read_text()
+
+
+def test_warm_start_says_what_it_learnt_and_warns_of_another_scale(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import csv
+
+    first = tmp_path / "first"
+    first.mkdir()
+    cfg = write_search_config(first, instances="{simulate: 1}", evaluations=5)
+    assert _main("search", "--plain", str(cfg), capsys=capsys)[0] == 0
+    (run_dir,) = (first / "runs").iterdir()
+    with open(run_dir / "history.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    rows.append(dict(rows[0]))  # the same weights twice: told once, and said so
+    for row in rows:  # as if scored by another scorer: ~100x the sim scorer's scale
+        row["score"] = str(float(row["score"]) * 100 + 50)
+    warm = tmp_path / "other-scale.csv"
+    with open(warm, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    cfg = write_search_config(tmp_path, instances="{simulate: 1}", evaluations=2)
+    code, out, err = _main("search", "--plain", str(cfg), "--warm-start", str(warm), capsys=capsys)
+    said = " ".join((out + err).split())
+    assert code == 0, said
+    assert "the optimizer learnt 5 of 6 evaluations" in said and "1 repeating" in said
+    assert "far from the warm-start file's scores" in said
