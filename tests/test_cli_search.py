@@ -322,3 +322,26 @@ def test_warm_start_says_what_it_learnt_and_warns_of_another_scale(tmp_path: Pat
     assert code == 0, said
     assert "the optimizer learnt 5 of 6 evaluations" in said and "1 repeating" in said
     assert "far from the warm-start file's scores" in said
+
+
+def test_doctor_names_a_wrong_arch_and_a_model_name_in_another_case(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from autombw_cli.sim.server import start_simulator_in_thread
+
+    with start_simulator_in_thread(arch="sd1", model_dir=tmp_path / "models") as sim:
+        instances = f"[{{url: '{sim.url}', label: gpu0}}]"
+        sdxl = "{a: simA.safetensors, b: simB.safetensors, output: out, arch: sdxl}"
+        cfg = write_search_config(tmp_path, instances=instances, models=sdxl)
+        code, out, _ = _main("doctor", str(cfg), capsys=capsys)
+        said = " ".join(out.split())
+        assert code == 3
+        assert "models.arch is sdxl but models A and B are sd1 checkpoints" in said
+        assert "LABEL_EMB" not in said
+        wrong_case = "{a: sima, b: simB, output: out, arch: sd1}"
+        cfg = write_search_config(tmp_path, instances=instances, models=wrong_case)
+        code, out, _ = _main("doctor", str(cfg), capsys=capsys)
+        said = " ".join(out.split())
+        assert code == 3 and "it lists 'simA' (names are case-sensitive" in said
+        unknown = "{a: nosuch, b: simB, output: out, arch: sd1}"
+        cfg = write_search_config(tmp_path, instances=instances, models=unknown)
+        code, out, _ = _main("doctor", str(cfg), capsys=capsys)
+        assert code == 3 and "it has 2: simA, simB" in " ".join(out.split())
