@@ -16,7 +16,8 @@ from autombw_cli.merging.kernels import lerp_tensor
 from autombw_cli.recipe import Recipe, read_recipe_file
 from autombw_cli.sim.checkpoints import random_state_dict, write_checkpoint
 from autombw_cli.sim.host import SimHost
-from autombw_cli.webui.bridge.core import BridgeCore, BridgeError
+from autombw_cli.webui.bridge.core import BridgeCore
+from autombw_cli.webui.bridge.errors import BridgeError
 
 SEEDS = {"simA": 1, "simB": 2, "simC": 3}
 
