@@ -47,7 +47,6 @@ from autombw_cli.errors import WeightsError
 from autombw_cli.merging.ckpt_writer import SUFFIXES
 from autombw_cli.merging.kernels import lerp_tensor
 from autombw_cli.recipe import Recipe
-from autombw_cli.webui.bridge import live as lm
 from autombw_cli.webui.bridge.cache import TensorCache
 from autombw_cli.webui.bridge.errors import (
     BadRequest,
@@ -55,6 +54,16 @@ from autombw_cli.webui.bridge.errors import (
     Conflict,
     ServerError,
     ValidationError,
+)
+from autombw_cli.webui.bridge.live import (
+    UNET_MODULE,
+    load_into,
+    module_device,
+    slot_keys,
+    slot_module,
+    text_encoder_keys,
+    text_encoder_matches_file,
+    unet_matches_file,
 )
 from autombw_cli.webui.bridge.names import CheckpointRef
 from autombw_cli.webui.bridge.pairs import PairChecker, resolve, same_file
@@ -65,7 +74,6 @@ __all__ = ["BRIDGE_API", "BridgeCore", "BridgeError", "BridgeHost", "MergeOutcom
 
 BRIDGE_API = 1
 CACHE_DEVICES = ("auto", "cuda", "cpu")
-UNET_MODULE = lm.UNET_MODULE
 
 
 class BridgeHost(Protocol):
@@ -405,16 +413,16 @@ class BridgeCore:
             raise ServerError("the WebUI has no model loaded", kind="LoadFailed")
         cache = self._cache
         if not cache.slot_keys:
-            cache.slot_keys = lm.slot_keys(model.get_submodule(UNET_MODULE).state_dict(), pair.arch)
+            cache.slot_keys = slot_keys(model.get_submodule(UNET_MODULE).state_dict(), pair.arch)
         if not self._state.knows(model):
             # The live model should hold A's original weights: (re)take them from it, unless
             # a spot check against A's file says otherwise (another merge may still be in the
             # weights, e.g. after the WebUI's "Reload UI" restarted the bridge).
             cache.a.clear()
-            unet_ok = just_loaded or lm.unet_matches_file(
+            unet_ok = just_loaded or unet_matches_file(
                 pair.a.path, model, pair.arch, cache.slot_keys
             )
-            te_ok = just_loaded or lm.text_encoder_matches_file(pair.a.path, model, pair.arch)
+            te_ok = just_loaded or text_encoder_matches_file(pair.a.path, model, pair.arch)
             cache.a_from_file = not (unet_ok and te_ok)
             applied = dict.fromkeys(cache.slot_keys, 0.0 if unet_ok else UNKNOWN)
             applied[BASE] = 0.0 if te_ok else UNKNOWN
@@ -422,7 +430,7 @@ class BridgeCore:
         return model
 
     def _choose_cache_device(self, requested: str, unet: torch.nn.Module) -> torch.device:
-        live_device = lm.module_device(unet)
+        live_device = module_device(unet)
         if requested == "cpu":
             return torch.device("cpu")
         if requested == "cuda":
@@ -447,7 +455,7 @@ class BridgeCore:
         pair, cache = self._state.pair, self._cache
         assert pair is not None
         keys = cache.slot_keys[slot]
-        file_keys = [(UNET_PREFIX + lm.slot_module(pair.arch, slot) + "." + k, k) for k in keys]
+        file_keys = [(UNET_PREFIX + slot_module(pair.arch, slot) + "." + k, k) for k in keys]
         if slot not in cache.a:
             if cache.a_from_file:
                 cache.a[slot] = cache.from_file(pair.a, file_keys, live)
@@ -468,7 +476,7 @@ class BridgeCore:
         pair, cache = self._state.pair, self._cache
         assert pair is not None
         for slot, w in targets.items():
-            module = unet.get_submodule(lm.slot_module(pair.arch, slot))
+            module = unet.get_submodule(slot_module(pair.arch, slot))
             live = module.state_dict()
             self._fill_slot(slot, live)
             b_slot = cache.b[slot]
@@ -482,14 +490,14 @@ class BridgeCore:
                 else:
                     batch[key] = lerp_tensor(a_dev, b.to(dst.device, non_blocking=True), w)
             self._state = self._state.with_applied(slot, UNKNOWN)  # a failed write: unknown
-            lm.load_into(module, batch)
+            load_into(module, batch)
             self._state = self._state.with_applied(slot, w)
 
     def _write_text_encoder(self, model: torch.nn.Module, w: float) -> None:
         pair, cache = self._state.pair, self._cache
         assert pair is not None
         live = model.state_dict()
-        pairs = lm.text_encoder_keys(live, pair.arch)
+        pairs = text_encoder_keys(live, pair.arch)
         if not pairs:
             raise BadRequest(
                 "the loaded model has no text-encoder keys this bridge recognises",
@@ -514,7 +522,7 @@ class BridgeCore:
             b = b_te.get(key)
             batch[key] = a_dev if b is None else lerp_tensor(a_dev, b.to(a_dev.device), w)
         self._state = self._state.with_applied(BASE, UNKNOWN)
-        lm.load_into(model, batch)
+        load_into(model, batch)
         self._state = self._state.with_applied(BASE, w)
 
 
