@@ -1,8 +1,9 @@
 """The bridge's merge engine: an in-memory block merge of two checkpoints inside a WebUI.
 
-`BridgeCore` knows nothing of AUTOMATIC1111. It works through a small `BridgeHost` (the live
-model, loading a checkpoint, listing checkpoints, the checkpoint folder, the queue lock), so the
-same code runs inside A1111 (``a1111_host.py``) and inside the simulated WebUI (``sim/``).
+`BridgeCore` knows nothing of AUTOMATIC1111. It works through a small `BridgeHost` (``host.py``:
+the live model, loading a checkpoint, listing checkpoints, the checkpoint folder, the queue
+lock), so the same code runs inside A1111 (``a1111_host.py``) and inside the simulated WebUI
+(``sim/``).
 
 How a merge works:
 
@@ -34,18 +35,15 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from autombw_cli.atomic import atomic_write_text
-from autombw_cli.blocks import BASE, UNET_PREFIX, Arch, Weights
+from autombw_cli.blocks import BASE, Arch, Weights
 from autombw_cli.errors import WeightsError
 from autombw_cli.merging.ckpt_writer import SUFFIXES
-from autombw_cli.merging.kernels import lerp_tensor
 from autombw_cli.recipe import Recipe
 from autombw_cli.webui.bridge.cache import TensorCache
 from autombw_cli.webui.bridge.errors import (
@@ -55,15 +53,15 @@ from autombw_cli.webui.bridge.errors import (
     ServerError,
     ValidationError,
 )
+from autombw_cli.webui.bridge.host import BridgeHost
 from autombw_cli.webui.bridge.live import (
     UNET_MODULE,
-    load_into,
     module_device,
     slot_keys,
-    slot_module,
-    text_encoder_keys,
     text_encoder_matches_file,
     unet_matches_file,
+    write_text_encoder,
+    write_unet_slots,
 )
 from autombw_cli.webui.bridge.names import CheckpointRef
 from autombw_cli.webui.bridge.pairs import PairChecker, resolve, same_file
@@ -74,43 +72,6 @@ __all__ = ["BRIDGE_API", "BridgeCore", "BridgeError", "BridgeHost", "MergeOutcom
 
 BRIDGE_API = 1
 CACHE_DEVICES = ("auto", "cuda", "cpu")
-
-
-class BridgeHost(Protocol):
-    """What the bridge needs from the program that holds the model (A1111 or the simulator)."""
-
-    name: str
-
-    @property
-    def queue_lock(self) -> AbstractContextManager[Any]:
-        """The lock that serializes generation, model loads and merges."""
-        ...
-
-    def live_model(self) -> torch.nn.Module | None:
-        """The loaded model; its ``state_dict`` keys are checkpoint keys
-        (``model.diffusion_model.*`` for the UNet)."""
-        ...
-
-    def loaded_checkpoint(self) -> CheckpointRef | None: ...
-
-    def load_checkpoint(self, ref: CheckpointRef) -> None:
-        """Load ``ref`` as the WebUI's checkpoint (the host's own loading path)."""
-        ...
-
-    def list_checkpoints(self) -> list[CheckpointRef]: ...
-
-    def checkpoint_dir(self) -> Path: ...
-
-    def refresh_checkpoints(self) -> None: ...
-
-    def webui_version(self) -> str | None:
-        """The WebUI's own version (A1111: its ``git describe --tags``), None when unknown."""
-        ...
-
-    def invalidate_conditioning(self) -> None:
-        """Forget cached prompt conditionings: the text encoder's weights changed. (A1111 caches
-        them keyed on prompt, steps and checkpoint, not on weights.)"""
-        ...
 
 
 @dataclass(frozen=True)
@@ -450,80 +411,19 @@ class BridgeCore:
         return torch.device("cpu")
 
     # --- writing into the live model ------------------------------------------------------
-    def _fill_slot(self, slot: str, live: Mapping[str, torch.Tensor]) -> None:
-        """Cache A's originals (from ``live``, the slot module's state) and B's tensors."""
-        pair, cache = self._state.pair, self._cache
-        assert pair is not None
-        keys = cache.slot_keys[slot]
-        file_keys = [(UNET_PREFIX + slot_module(pair.arch, slot) + "." + k, k) for k in keys]
-        if slot not in cache.a:
-            if cache.a_from_file:
-                cache.a[slot] = cache.from_file(pair.a, file_keys, live)
-            elif self._state.applied.get(slot, 0.0) != 0.0:  # the live slot is not A's any more
-                raise ServerError(
-                    f"A's original {slot} tensors are gone from the cache",
-                    hint="reload the checkpoint in the WebUI, then merge again",
-                )
-            else:
-                cache.a[slot] = cache.from_live(live, keys)
-        if slot not in cache.b:
-            cache.b[slot] = cache.from_file(pair.b, file_keys, live)
-
     def _write_unet_slots(self, unet: torch.nn.Module, targets: Mapping[str, float]) -> None:
-        """Write ``lerp(A, B, w)`` into each target slot, one slot module at a time (a
-        ``load_state_dict`` on the small slot module, not on the whole model: far cheaper,
-        and at most one slot's merged tensors exist at once)."""
-        pair, cache = self._state.pair, self._cache
+        pair = self._state.pair
         assert pair is not None
-        for slot, w in targets.items():
-            module = unet.get_submodule(slot_module(pair.arch, slot))
-            live = module.state_dict()
-            self._fill_slot(slot, live)
-            b_slot = cache.b[slot]
-            batch: dict[str, torch.Tensor] = {}
-            for key, a in cache.a[slot].items():
-                dst = live[key]
-                a_dev = a.to(dst.device, non_blocking=True)
-                b = b_slot.get(key)
-                if b is None or w == 0.0:
-                    batch[key] = a_dev
-                else:
-                    batch[key] = lerp_tensor(a_dev, b.to(dst.device, non_blocking=True), w)
-            self._state = self._state.with_applied(slot, UNKNOWN)  # a failed write: unknown
-            load_into(module, batch)
-            self._state = self._state.with_applied(slot, w)
+        write_unet_slots(unet, pair, self._cache, targets, self._state.applied, self._mark)
 
     def _write_text_encoder(self, model: torch.nn.Module, w: float) -> None:
-        pair, cache = self._state.pair, self._cache
+        pair = self._state.pair
         assert pair is not None
-        live = model.state_dict()
-        pairs = text_encoder_keys(live, pair.arch)
-        if not pairs:
-            raise BadRequest(
-                "the loaded model has no text-encoder keys this bridge recognises",
-                kind="Unsupported",
-                hint="leave text_encoder_weight unset",
-            )
-        if BASE not in cache.a and cache.a_from_file:
-            cache.a[BASE] = cache.from_file(pair.a, pairs, live)
-        if BASE not in cache.a:
-            if self._state.applied.get(BASE, 0.0) != 0.0:
-                raise ServerError(
-                    "A's original text-encoder tensors are gone from the cache",
-                    hint="reload the checkpoint in the WebUI, then merge again",
-                )
-            cache.a[BASE] = cache.from_live(live, [k for _, k in pairs])
-        if BASE not in cache.b and w != 0.0:
-            cache.b[BASE] = cache.from_file(pair.b, pairs, live)
-        b_te = cache.b.get(BASE, {})
-        batch = {}
-        for key, a in cache.a[BASE].items():
-            a_dev = a.to(live[key].device)
-            b = b_te.get(key)
-            batch[key] = a_dev if b is None else lerp_tensor(a_dev, b.to(a_dev.device), w)
-        self._state = self._state.with_applied(BASE, UNKNOWN)
-        load_into(model, batch)
-        self._state = self._state.with_applied(BASE, w)
+        write_text_encoder(model, pair, self._cache, w, self._state.applied, self._mark)
+
+    def _mark(self, slot: str, weight: float) -> None:
+        """Record what ``slot`` of the live model holds now (`UNKNOWN` while it is written)."""
+        self._state = self._state.with_applied(slot, weight)
 
 
 def requested_weights(

@@ -1,24 +1,31 @@
-"""The live model as the bridge sees it: slot modules, their keys, writing tensors into them,
-and spot checks against a checkpoint file.
+"""The live model as the bridge sees it: slot modules and their keys, spot checks against a
+checkpoint file, and writing merged tensors into it (from the `cache.TensorCache`).
 
-The live model's ``state_dict`` keys are checkpoint keys (A1111 wraps its text encoders:
-``cond_stage_model.wrapped.transformer...`` for ``cond_stage_model.transformer...``). Which
-slot a key belongs to is `merging.plan.slot_of` (the one merge policy). torch and the stdlib
-only (copied into the WebUI extension).
+Each write tells the caller, through ``mark``, what the slot holds: `UNKNOWN` before the write
+and the weight after it, so a write that fails midway (CUDA out of memory) leaves the bridge
+knowing which slots to redo. The live model's ``state_dict`` keys are checkpoint keys (A1111
+wraps its text encoders: ``cond_stage_model.wrapped.transformer...`` for
+``cond_stage_model.transformer...``). Which slot a key belongs to is `merging.plan.slot_of`
+(the one merge policy). torch and the stdlib only (copied into the WebUI extension).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from autombw_cli.blocks import UNET_PREFIX, Arch, layout
+from autombw_cli.blocks import BASE, UNET_PREFIX, Arch, layout
 from autombw_cli.merging.checkpoint_io import checkpoint
+from autombw_cli.merging.kernels import lerp_tensor
 from autombw_cli.merging.plan import TEXT_ENCODER, slot_of
-from autombw_cli.webui.bridge.errors import ServerError
+from autombw_cli.webui.bridge.cache import TensorCache
+from autombw_cli.webui.bridge.errors import BadRequest, ServerError
+from autombw_cli.webui.bridge.state import UNKNOWN, Pair
+
+Mark = Callable[[str, float], None]  # (slot, weight it holds now; UNKNOWN while written)
 
 UNET_MODULE = "model.diffusion_model"
 
@@ -103,3 +110,93 @@ def module_device(module: torch.nn.Module) -> torch.device:
     for t in module.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def write_unet_slots(
+    unet: torch.nn.Module,
+    pair: Pair,
+    cache: TensorCache,
+    targets: Mapping[str, float],
+    applied: Mapping[str, float],
+    mark: Mark,
+) -> None:
+    """Write ``lerp(A, B, w)`` into each target slot, one slot module at a time (a
+    ``load_state_dict`` on the small slot module, not on the whole model: far cheaper, and at
+    most one slot's merged tensors exist at once). ``applied``: what each slot held before."""
+    for slot, w in targets.items():
+        module = unet.get_submodule(slot_module(pair.arch, slot))
+        live = module.state_dict()
+        _fill_slot(pair, cache, slot, live, held=applied.get(slot, 0.0))
+        b_slot = cache.b[slot]
+        batch: dict[str, Tensor] = {}
+        for key, a in cache.a[slot].items():
+            dst = live[key]
+            a_dev = a.to(dst.device, non_blocking=True)
+            b = b_slot.get(key)
+            if b is None or w == 0.0:
+                batch[key] = a_dev
+            else:
+                batch[key] = lerp_tensor(a_dev, b.to(dst.device, non_blocking=True), w)
+        mark(slot, UNKNOWN)
+        load_into(module, batch)
+        mark(slot, w)
+
+
+def _fill_slot(
+    pair: Pair, cache: TensorCache, slot: str, live: Mapping[str, Tensor], *, held: float
+) -> None:
+    """Cache A's originals (from ``live``, the slot module's state, unless the cache says
+    they must come from A's file) and B's tensors of ``slot``."""
+    keys = cache.slot_keys[slot]
+    file_keys = [(UNET_PREFIX + slot_module(pair.arch, slot) + "." + k, k) for k in keys]
+    if slot not in cache.a:
+        if cache.a_from_file:
+            cache.a[slot] = cache.from_file(pair.a, file_keys, live)
+        elif held != 0.0:  # the live slot is not A's any more
+            raise ServerError(
+                f"A's original {slot} tensors are gone from the cache",
+                hint="reload the checkpoint in the WebUI, then merge again",
+            )
+        else:
+            cache.a[slot] = cache.from_live(live, keys)
+    if slot not in cache.b:
+        cache.b[slot] = cache.from_file(pair.b, file_keys, live)
+
+
+def write_text_encoder(
+    model: torch.nn.Module,
+    pair: Pair,
+    cache: TensorCache,
+    w: float,
+    applied: Mapping[str, float],
+    mark: Mark,
+) -> None:
+    """Write ``lerp(A, B, w)`` into every text-encoder tensor (``w == 0``: A's originals)."""
+    live = model.state_dict()
+    pairs = text_encoder_keys(live, pair.arch)
+    if not pairs:
+        raise BadRequest(
+            "the loaded model has no text-encoder keys this bridge recognises",
+            kind="Unsupported",
+            hint="leave text_encoder_weight unset",
+        )
+    if BASE not in cache.a and cache.a_from_file:
+        cache.a[BASE] = cache.from_file(pair.a, pairs, live)
+    if BASE not in cache.a:
+        if applied.get(BASE, 0.0) != 0.0:
+            raise ServerError(
+                "A's original text-encoder tensors are gone from the cache",
+                hint="reload the checkpoint in the WebUI, then merge again",
+            )
+        cache.a[BASE] = cache.from_live(live, [k for _, k in pairs])
+    if BASE not in cache.b and w != 0.0:
+        cache.b[BASE] = cache.from_file(pair.b, pairs, live)
+    b_te = cache.b.get(BASE, {})
+    batch = {}
+    for key, a in cache.a[BASE].items():
+        a_dev = a.to(live[key].device)
+        b = b_te.get(key)
+        batch[key] = a_dev if b is None else lerp_tensor(a_dev, b.to(a_dev.device), w)
+    mark(BASE, UNKNOWN)
+    load_into(model, batch)
+    mark(BASE, w)
