@@ -32,7 +32,7 @@ import torch
 
 from autombw_cli.blocks import Arch, detect_arch
 from autombw_cli.errors import ConfigError, ModelMismatchError
-from autombw_cli.merging.dtypes import ST_TO_DTYPE
+from autombw_cli.merging.dtypes import ST_TO_DTYPE, element_size
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def parse_safetensors_header(
         numel = 1
         for d in shape:
             numel *= d
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = numel * element_size(dtype)
         if any(d < 0 for d in shape) or end - begin != nbytes or not 0 <= begin <= end <= data_len:
             raise _not_safetensors(
                 path, f"tensor {key!r}: offsets {begin}..{end} do not fit its shape or the file"

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from autombw_cli.merging.checkpoint_io import checkpoint
+from autombw_cli.merging.checkpoint_io import CheckpointReader, open_checkpoint
 from autombw_cli.webui.bridge.errors import Conflict
 from autombw_cli.webui.bridge.names import CheckpointRef
 
@@ -32,6 +33,19 @@ class TensorCache:
         self.device = device  # None until the first merge chooses one
         self.a_from_file = False  # A's originals come from A's file, not from the live model
         self.slot_keys: dict[str, list[str]] = {}  # slot -> its live keys (the slot module's)
+        self._readers: dict[Path, CheckpointReader] | None = None  # open during `reading`
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Within the block, each checkpoint `from_file` reads is opened (its header parsed)
+        once, not once per slot."""
+        self._readers = {}
+        try:
+            yield
+        finally:
+            readers, self._readers = self._readers, None
+            for reader in readers.values():
+                reader.close()
 
     def tensors(self) -> Iterator[Tensor]:
         for cache in (self.a, self.b):
@@ -78,7 +92,7 @@ class TensorCache:
         lacks is left out (e.g. a text-encoder buffer B does not carry: A's value stays); a
         shape that differs from the live model's is a 409 naming the file's checkpoint."""
         out: Slot = {}
-        with checkpoint(ref.path) as reader:
+        with self._reader(ref.path) as reader:
             present = set(reader.keys())
             for file_key, live_key in keys:
                 want = live[live_key]
@@ -93,3 +107,16 @@ class TensorCache:
                     )
                 out[live_key] = self.put(t.to(want.dtype))
         return out
+
+    @contextlib.contextmanager
+    def _reader(self, path: Path) -> Iterator[CheckpointReader]:
+        if self._readers is None:  # outside `reading`: open and close
+            reader = open_checkpoint(path)
+            try:
+                yield reader
+            finally:
+                reader.close()
+            return
+        if path not in self._readers:
+            self._readers[path] = open_checkpoint(path)
+        yield self._readers[path]

@@ -214,12 +214,13 @@ class BridgeCore:
             # slot written, so after a failure midway the next merge or restore knows what to
             # redo.
             self._state = state.merging()
-            self._write_unet_slots(unet, {s: targets[s] for s in changed})
-            if te_changed:
-                try:
-                    self._write_text_encoder(model, te)
-                finally:
-                    self.host.invalidate_conditioning()
+            with self._cache.reading():
+                self._write_unet_slots(unet, {s: targets[s] for s in changed})
+                if te_changed:
+                    try:
+                        self._write_text_encoder(model, te)
+                    finally:
+                        self.host.invalidate_conditioning()
 
             merge_id = uuid.uuid4().hex[:16]
             self._state = self._state.merged(merge_id, w)

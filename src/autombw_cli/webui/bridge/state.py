@@ -48,10 +48,6 @@ class LiveState:
         """The weight ``slot`` holds in the live model (BASE: 0.0 unless merged)."""
         return self.applied.get(slot, 0.0 if slot == BASE else UNKNOWN)
 
-    def holds_merge(self) -> bool:
-        """Some slot (or the text encoder) may hold something other than A's original."""
-        return any(v != 0.0 for v in self.applied.values())
-
     # --- transitions ----------------------------------------------------------------------
     def with_pair(self, pair: Pair) -> LiveState:
         """The same files under the names this request used."""
