@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from autombw_cli.blocks import BASE
 from autombw_cli.merging.checkpoint_io import CheckpointReader, open_checkpoint
-from autombw_cli.webui.bridge.errors import Conflict
+from autombw_cli.webui.bridge.errors import Conflict, ServerError
 from autombw_cli.webui.bridge.names import CheckpointRef
+from autombw_cli.webui.bridge.state import Pair
 
 Slot = dict[str, Tensor]  # live key (relative to the slot's module) -> tensor
 
@@ -82,8 +84,35 @@ class TensorCache:
                 out = out.pin_memory()  # faster copies to the GPU when merging
         return out
 
-    def from_live(self, live: Mapping[str, Tensor], keys: list[str]) -> Slot:
-        return {k: self.put(live[k], copy=True) for k in keys}
+    def fill(
+        self,
+        slot: str,
+        pair: Pair,
+        keys: list[tuple[str, str]],
+        live: Mapping[str, Tensor],
+        *,
+        held: float,
+        need_b: bool = True,
+    ) -> None:
+        """Cache ``slot``'s tensors of A and (with ``need_b``) of B, unless cached already.
+
+        ``keys``: ``(file key, live key)``; ``live``: the live tensors by live key; ``held``:
+        the weight the live slot holds. A's originals are copied from the live model while it
+        holds them (``held == 0``: a restore is then bit for bit), read from A's file when the
+        live model was found not to be A's (`a_from_file`), and otherwise are lost (a 500)."""
+        if slot not in self.a:
+            if self.a_from_file:
+                self.a[slot] = self.from_file(pair.a, keys, live)
+            elif held != 0.0:  # the live slot is not A's any more
+                what = "text-encoder" if slot == BASE else slot
+                raise ServerError(
+                    f"A's original {what} tensors are gone from the cache",
+                    hint="reload the checkpoint in the WebUI, then merge again",
+                )
+            else:
+                self.a[slot] = {k: self.put(live[k], copy=True) for _, k in keys}
+        if need_b and slot not in self.b:
+            self.b[slot] = self.from_file(pair.b, keys, live)
 
     def from_file(
         self, ref: CheckpointRef, keys: list[tuple[str, str]], live: Mapping[str, Tensor]

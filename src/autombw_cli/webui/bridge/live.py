@@ -126,7 +126,9 @@ def write_unet_slots(
     for slot, w in targets.items():
         module = unet.get_submodule(slot_module(pair.arch, slot))
         live = module.state_dict()
-        _fill_slot(pair, cache, slot, live, held=applied.get(slot, 0.0))
+        file_prefix = UNET_PREFIX + slot_module(pair.arch, slot) + "."
+        keys = [(file_prefix + k, k) for k in cache.slot_keys[slot]]
+        cache.fill(slot, pair, keys, live, held=applied.get(slot, 0.0))
         b_slot = cache.b[slot]
         batch: dict[str, Tensor] = {}
         for key, a in cache.a[slot].items():
@@ -140,27 +142,6 @@ def write_unet_slots(
         mark(slot, UNKNOWN)
         load_into(module, batch)
         mark(slot, w)
-
-
-def _fill_slot(
-    pair: Pair, cache: TensorCache, slot: str, live: Mapping[str, Tensor], *, held: float
-) -> None:
-    """Cache A's originals (from ``live``, the slot module's state, unless the cache says
-    they must come from A's file) and B's tensors of ``slot``."""
-    keys = cache.slot_keys[slot]
-    file_keys = [(UNET_PREFIX + slot_module(pair.arch, slot) + "." + k, k) for k in keys]
-    if slot not in cache.a:
-        if cache.a_from_file:
-            cache.a[slot] = cache.from_file(pair.a, file_keys, live)
-        elif held != 0.0:  # the live slot is not A's any more
-            raise ServerError(
-                f"A's original {slot} tensors are gone from the cache",
-                hint="reload the checkpoint in the WebUI, then merge again",
-            )
-        else:
-            cache.a[slot] = cache.from_live(live, keys)
-    if slot not in cache.b:
-        cache.b[slot] = cache.from_file(pair.b, file_keys, live)
 
 
 def write_text_encoder(
@@ -180,17 +161,7 @@ def write_text_encoder(
             kind="Unsupported",
             hint="leave text_encoder_weight unset",
         )
-    if BASE not in cache.a and cache.a_from_file:
-        cache.a[BASE] = cache.from_file(pair.a, pairs, live)
-    if BASE not in cache.a:
-        if applied.get(BASE, 0.0) != 0.0:
-            raise ServerError(
-                "A's original text-encoder tensors are gone from the cache",
-                hint="reload the checkpoint in the WebUI, then merge again",
-            )
-        cache.a[BASE] = cache.from_live(live, [k for _, k in pairs])
-    if BASE not in cache.b and w != 0.0:
-        cache.b[BASE] = cache.from_file(pair.b, pairs, live)
+    cache.fill(BASE, pair, pairs, live, held=applied.get(BASE, 0.0), need_b=w != 0.0)
     b_te = cache.b.get(BASE, {})
     batch = {}
     for key, a in cache.a[BASE].items():
