@@ -7,10 +7,14 @@ batched) scorer in its own thread and batches across workers; the optimizer and 
 in another single thread. So a WebUI never waits on scoring or on the optimizer.
 
 Failures never become scores: a failed evaluation goes back to the retry queue (preferring
-another instance) up to ``max_attempts``, then the source is told to abandon it. An instance
-that fails ``park_after`` times in a row, or is unreachable, is parked and probed with backoff;
-it rejoins once it answers. When every instance stays down for ``all_down_after_s`` the run
-stops (``StopReason.ALL_DOWN``) with what it has.
+another instance) up to ``max_attempts``, then the source is told to abandon it. What a failure
+does to its instance (parked, probed with backoff, disabled, every instance down for
+``all_down_after_s`` → ``StopReason.ALL_DOWN``) is ``search/health.py``'s policy.
+
+``Scheduler`` is the public face (``run``, ``request_stop``, ``busy_fractions``); everything
+one run needs lives in a ``_Run`` that ``run()`` creates, and how far the run is towards its
+end is one ``StopState`` (a ``RunPhase`` plus the stop reason or the fatal error). What the
+scheduler calls on a WebUI client is the typed ``SchedulerClient`` seam.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from enum import StrEnum
+from typing import Any, Protocol, TypeVar
 
 from PIL import Image
 
+from autombw_cli.blocks import Weights
 from autombw_cli.errors import AutombwError, ScorerError, WebUIError
 from autombw_cli.scoring.protocol import MemberScorer, Scorer
 from autombw_cli.search.events import (
@@ -35,6 +41,7 @@ from autombw_cli.search.events import (
     StopReason,
     WorkerState,
 )
+from autombw_cli.search.health import InstanceHealth, Verdict
 from autombw_cli.search.work import (
     Candidate,
     CandidateSource,
@@ -57,13 +64,121 @@ __all__ = [
     "Outcome",
     "PromptSpec",
     "RenderedImage",
+    "RunPhase",
     "Scheduler",
+    "SchedulerClient",
     "SchedulerSettings",
+    "StopState",
 ]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
+
+# --- the client seam -------------------------------------------------------------------------
+class MergeAnswer(Protocol):
+    """What the scheduler reads of a bridge merge: the id that names it."""
+
+    @property
+    def merge_id(self) -> str: ...
+
+
+class StatusAnswer(Protocol):
+    """What a probe reads of the bridge status: that it has a version (the bridge answers)."""
+
+    @property
+    def version(self) -> str: ...
+
+
+class RenderAnswer(Protocol):
+    """What the scheduler reads of a txt2img answer (``webui.models.Txt2ImgResult`` has it)."""
+
+    @property
+    def images(self) -> Sequence[Image.Image]: ...
+
+    @property
+    def raw_images(self) -> Sequence[bytes]: ...
+
+    @property
+    def info(self) -> Mapping[str, Any]: ...  # A1111's info: "version" is the WebUI's
+
+    @property
+    def seeds(self) -> Sequence[int]: ...  # one per image when the WebUI says
+
+
+class SchedulerClient(Protocol):
+    """The WebUI client methods the scheduler calls (``webui.client.WebUIClient`` has them).
+
+    The typed form of ``work.InstanceClient``; a policy test passes a small fake."""
+
+    async def ping(self) -> object: ...
+
+    async def bridge_status(self) -> StatusAnswer: ...
+
+    async def ensure_merge_live(self, merge_id: str) -> object: ...  # raises on a lost merge
+
+    async def bridge_merge(
+        self, model_a: str, model_b: str, weights: Weights, *, cache_device: str = ...
+    ) -> MergeAnswer: ...
+
+    async def txt2img(self, body: Mapping[str, Any]) -> RenderAnswer: ...
+
+
+def _client(inst: Instance) -> SchedulerClient:
+    return inst.client  # work.InstanceClient's answers are Any; this is what we read of them
+
+
+# --- the stop state --------------------------------------------------------------------------
+class RunPhase(StrEnum):
+    """How far a run is towards its end."""
+
+    RUNNING = "running"  # candidates are handed out
+    STOPPING = "stopping"  # a stop was asked (or every instance is down): finish what is in flight
+    OVER = "over"  # the source ran dry with nothing in flight
+    FAILED = "failed"  # a fatal error (the scorer, a bug): cancel everything and raise it
+
+
+class StopState:
+    """A run's ``RunPhase`` with its stop reason (STOPPING) or fatal error (FAILED).
+
+    A stop can be asked while RUNNING or OVER; the first one asked wins. A failure overrides
+    everything."""
+
+    def __init__(self) -> None:
+        self.phase = RunPhase.RUNNING
+        self.reason: StopReason | None = None
+        self.error: BaseException | None = None
+
+    def request(self, reason: StopReason) -> bool:
+        """Ask the run to stop; False when it is already stopping or has failed."""
+        if self.winding_down:
+            return False
+        self.phase = RunPhase.STOPPING
+        self.reason = reason
+        return True
+
+    def finish(self) -> None:
+        """The source ran dry with nothing in flight."""
+        if self.phase is RunPhase.RUNNING:
+            self.phase = RunPhase.OVER
+
+    def fail(self, error: BaseException) -> None:
+        self.phase = RunPhase.FAILED
+        self.error = error
+
+    @property
+    def winding_down(self) -> bool:
+        """No new work and no retries: a stop was asked or the run failed."""
+        return self.phase in (RunPhase.STOPPING, RunPhase.FAILED)
+
+    @property
+    def ended(self) -> bool:
+        """Anything but RUNNING: a parked instance stops probing."""
+        return self.phase is not RunPhase.RUNNING
+
+
+# --- the public face -------------------------------------------------------------------------
 class Scheduler:
     """Runs a search's evaluations over a set of WebUI instances (see the module docstring)."""
 
@@ -84,40 +199,24 @@ class Scheduler:
             raise ValueError("the scheduler needs at least one prompt")
         self.instances = list(instances)
         self.scorer = scorer
-        # the optional capability: an ensemble's raw scores per member go to the journal
-        self._members: MemberScorer | None = scorer if isinstance(scorer, MemberScorer) else None
         self.prompts = list(prompts)
         self.model_a = model_a
         self.model_b = model_b
         self.emit = emit
         self.settings = settings or SchedulerSettings()
-        self._stopping = False
-        self._stop_reason: StopReason | None = None
-        self._retries: list[Job] = []
-        self._outstanding = 0
-        self._cond: asyncio.Condition | None = None
-        self._score_queue: asyncio.Queue[Rendered | None] | None = None
-        self._fatal: BaseException | None = None
-        self._guard = IdenticalImageGuard(emit, max_warnings=self.settings.identical_image_warnings)
-        self._opt_pool: ThreadPoolExecutor | None = None
-        self._score_pool: ThreadPoolExecutor | None = None
-        self._source: CandidateSource | None = None
-        self._scoring_depth = 0
-        self._over = False
+        self._stop = StopState()  # here, not in the run: a stop may be asked before run()
+        self._active: _Run | None = None
 
-    # --- public --------------------------------------------------------------------------
     def request_stop(self, reason: StopReason = StopReason.INTERRUPTED) -> None:
         """Hand out no new candidates; evaluations in flight finish and are recorded."""
-        if not self._stopping:
-            self._stopping = True
-            self._stop_reason = reason
+        if self._stop.request(reason):
             log.info("stopping (%s): finishing evaluations in flight", reason.value)
-        if self._cond is not None:
-            asyncio.get_running_loop().create_task(self._notify())
+        if self._active is not None:
+            asyncio.get_running_loop().create_task(self._active.notify())
 
     @property
     def stop_reason(self) -> StopReason | None:
-        return self._stop_reason
+        return self._stop.reason
 
     async def run(self, source: CandidateSource) -> StopReason | None:
         """Evaluate until the source runs dry, a stop is requested, or every instance is down.
@@ -125,40 +224,9 @@ class Scheduler:
         Returns the stop reason (None when the source simply ran dry). Raises the first fatal
         error (a scorer failure, a bug) after cancelling the workers.
         """
-        self._source = source
-        self._cond = asyncio.Condition()
-        self._score_queue = asyncio.Queue()
-        self._opt_pool = ThreadPoolExecutor(1, thread_name_prefix="autombw-optimizer")
-        self._score_pool = ThreadPoolExecutor(1, thread_name_prefix="autombw-scorer")
-        for inst in self.instances:
-            if not inst.parked:
-                self._set_state(inst, WorkerState.IDLE)
-        scoring = asyncio.create_task(self._scoring_loop(), name="autombw-scoring")
-        workers = [
-            asyncio.create_task(self._worker_loop(inst), name=f"autombw-worker-{inst.label}")
-            for inst in self.instances
-        ]
-        try:
-            results = await asyncio.gather(*workers, return_exceptions=True)
-            async with self._cond:
-                await self._abandon_retries("every instance is down")
-            await self._score_queue.put(None)  # nothing more will come: let scoring finish
-            await scoring
-            for r in results:
-                if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
-                    raise r
-            if self._fatal is not None:
-                raise self._fatal
-        except BaseException:
-            for t in [*workers, scoring]:
-                t.cancel()
-            await asyncio.gather(*workers, scoring, return_exceptions=True)
-            self._opt_pool.shutdown(wait=False, cancel_futures=True)
-            self._score_pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        self._opt_pool.shutdown(wait=True)
-        self._score_pool.shutdown(wait=True)
-        return self._stop_reason
+        self._active = _Run(self, source, self._stop)
+        await self._active.execute()
+        return self._stop.reason
 
     def busy_fractions(self) -> dict[str, float]:
         """Share of each instance's active span it spent merging/generating."""
@@ -171,32 +239,90 @@ class Scheduler:
             out[inst.label] = min(1.0, inst.busy_s / span)
         return out
 
-    # --- candidates ----------------------------------------------------------------------
-    async def _notify(self) -> None:
-        assert self._cond is not None
-        async with self._cond:
-            self._cond.notify_all()
 
-    async def _call_source(self, fn: Callable[..., Any], *args: Any) -> Any:
+# --- one run ---------------------------------------------------------------------------------
+class _Run:
+    """Everything one ``Scheduler.run`` needs: the workers, the retry queue, the scoring stage
+    and their two threads."""
+
+    def __init__(self, sched: Scheduler, source: CandidateSource, stop: StopState) -> None:
+        self.instances = sched.instances
+        self.prompts = sched.prompts
+        self.model_a = sched.model_a
+        self.model_b = sched.model_b
+        self.emit = sched.emit
+        self.settings = sched.settings
+        self.scorer = sched.scorer
+        # the optional capability: an ensemble's raw scores per member go to the journal
+        self.members = sched.scorer if isinstance(sched.scorer, MemberScorer) else None
+        self.source = source
+        self.stop = stop
+        self.health = InstanceHealth(self.instances, self.settings)
+        self.guard = IdenticalImageGuard(
+            self.emit, max_warnings=self.settings.identical_image_warnings
+        )
+        self.cond = asyncio.Condition()
+        self.score_queue: asyncio.Queue[Rendered | None] = asyncio.Queue()
+        self.opt_pool = ThreadPoolExecutor(1, thread_name_prefix="autombw-optimizer")
+        self.score_pool = ThreadPoolExecutor(1, thread_name_prefix="autombw-scorer")
+        self.retries: list[Job] = []
+        self.outstanding = 0  # candidates handed out (or reserved by a prefetch), not yet back
+        self.scoring_depth = 0
+
+    async def execute(self) -> None:
+        for inst in self.instances:
+            if not inst.parked:
+                self._set_state(inst, WorkerState.IDLE)
+        scoring = asyncio.create_task(self._scoring_loop(), name="autombw-scoring")
+        workers = [
+            asyncio.create_task(self._worker_loop(inst), name=f"autombw-worker-{inst.label}")
+            for inst in self.instances
+        ]
+        try:
+            results = await asyncio.gather(*workers, return_exceptions=True)
+            async with self.cond:
+                await self._abandon_retries("every instance is down")
+            await self.score_queue.put(None)  # nothing more will come: let scoring finish
+            await scoring
+            for r in results:
+                if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                    raise r
+            if self.stop.error is not None:
+                raise self.stop.error
+        except BaseException:
+            for t in [*workers, scoring]:
+                t.cancel()
+            await asyncio.gather(*workers, scoring, return_exceptions=True)
+            self.opt_pool.shutdown(wait=False, cancel_futures=True)
+            self.score_pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        self.opt_pool.shutdown(wait=True)
+        self.score_pool.shutdown(wait=True)
+
+    async def notify(self) -> None:
+        async with self.cond:
+            self.cond.notify_all()
+
+    # --- candidates ----------------------------------------------------------------------
+    async def _call_source(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._opt_pool, fn, *args)
+        return await loop.run_in_executor(self.opt_pool, fn, *args)
 
     def _take_retry(self, inst: Instance) -> Job | None:
-        healthy = [i for i in self.instances if not i.parked]
-        for pos, job in enumerate(self._retries):
+        healthy = self.health.healthy()
+        for pos, job in enumerate(self.retries):
             # another instance first; the same one only when it is the only one left
             if inst.label not in job.failed_on or all(i.label in job.failed_on for i in healthy):
-                return self._retries.pop(pos)
+                return self.retries.pop(pos)
         return None
 
     async def _next_job(self, inst: Instance) -> Job | None:
-        assert self._cond is not None and self._source is not None
-        async with self._cond:
+        async with self.cond:
             while True:
-                if self._fatal is not None or self._over:
+                if self.stop.phase in (RunPhase.FAILED, RunPhase.OVER):
                     await self._drop_prefetch(inst, "the search is over")
                     return None
-                if self._stopping:
+                if self.stop.phase is RunPhase.STOPPING:
                     await self._drop_prefetch(inst, "the run is stopping")
                     await self._abandon_retries("the run is stopping")
                     return None
@@ -207,66 +333,62 @@ class Scheduler:
                     fut, inst.prefetch = inst.prefetch, None
                     cand = await fut
                     if cand is not None:
-                        return Job(cand)  # counted in _outstanding when it was asked
-                    self._outstanding -= 1
-                    self._cond.notify_all()
-                cand = await self._call_source(self._source.next_candidate)
+                        return Job(cand)  # counted in outstanding when it was asked
+                    self.outstanding -= 1
+                    self.cond.notify_all()
+                cand = await self._call_source(self.source.next_candidate)
                 if cand is not None:
-                    self._outstanding += 1
+                    self.outstanding += 1
                     return Job(cand)
-                if self._outstanding == 0:
-                    self._over = True  # nothing in flight and nothing new: the search is done
-                    self._cond.notify_all()
+                if self.outstanding == 0:
+                    self.stop.finish()  # nothing in flight and nothing new: the search is done
+                    self.cond.notify_all()
                     return None
-                await self._cond.wait()
+                await self.cond.wait()
 
     def _start_prefetch(self, inst: Instance) -> None:
         """Ask the source for this instance's next candidate while it renders the current one,
         so a slow optimizer never keeps a WebUI waiting."""
-        if not self.settings.prefetch or inst.prefetch is not None or self._stopping:
+        if not self.settings.prefetch or inst.prefetch is not None or self.stop.winding_down:
             return
-        if self._retries or self._source is None:
+        if self.retries:
             return
-        self._outstanding += 1  # reserved now, so nobody declares the search over meanwhile
+        self.outstanding += 1  # reserved now, so nobody declares the search over meanwhile
         loop = asyncio.get_running_loop()
-        inst.prefetch = loop.run_in_executor(self._opt_pool, self._source.next_candidate)
+        inst.prefetch = loop.run_in_executor(self.opt_pool, self.source.next_candidate)
 
     async def _drop_prefetch(self, inst: Instance, reason: str, *, hand_over: bool = False) -> None:
         """Resolve a pending prefetch: hand its candidate to another instance (``hand_over``)
         or give it back to the source; release the reservation if there was none."""
-        assert self._cond is not None and self._source is not None
         if inst.prefetch is None:
             return
         fut, inst.prefetch = inst.prefetch, None
         cand = await fut
         if cand is None:
-            self._outstanding -= 1
+            self.outstanding -= 1
         elif hand_over:
-            self._retries.append(Job(cand))
+            self.retries.append(Job(cand))
         else:
-            await self._call_source(self._source.abandon, cand, reason)
-            self._outstanding -= 1
-        self._cond.notify_all()
+            await self._call_source(self.source.abandon, cand, reason)
+            self.outstanding -= 1
+        self.cond.notify_all()
 
     async def _abandon_retries(self, reason: str) -> None:
         """Give up the evaluations waiting for a retry (caller holds the condition)."""
-        assert self._cond is not None and self._source is not None
-        while self._retries:
-            job = self._retries.pop()
-            await self._call_source(self._source.abandon, job.candidate, reason)
-            self._outstanding -= 1
-        self._cond.notify_all()
+        while self.retries:
+            job = self.retries.pop()
+            await self._call_source(self.source.abandon, job.candidate, reason)
+            self.outstanding -= 1
+        self.cond.notify_all()
 
     async def _finish_job(self) -> None:
-        assert self._cond is not None
-        async with self._cond:
-            self._outstanding -= 1
-            self._cond.notify_all()
+        async with self.cond:
+            self.outstanding -= 1
+            self.cond.notify_all()
 
     async def _requeue_or_abandon(self, inst: Instance, job: Job, error: str) -> None:
-        assert self._cond is not None and self._source is not None
         job.failed_on.add(inst.label)
-        retry = job.attempts < self.settings.max_attempts and not self._stopping
+        retry = job.attempts < self.settings.max_attempts and not self.stop.winding_down
         self.emit(
             EvaluationFailed(
                 number=job.candidate.number,
@@ -277,19 +399,18 @@ class Scheduler:
             )
         )
         if retry:
-            async with self._cond:
-                self._retries.append(job)
-                self._cond.notify_all()
+            async with self.cond:
+                self.retries.append(job)
+                self.cond.notify_all()
             return
-        await self._call_source(self._source.abandon, job.candidate, error)
+        await self._call_source(self.source.abandon, job.candidate, error)
         await self._finish_job()
 
     # --- workers -------------------------------------------------------------------------
     async def _worker_loop(self, inst: Instance) -> None:
         while True:
             if inst.parked and inst.prefetch is not None:
-                assert self._cond is not None
-                async with self._cond:
+                async with self.cond:
                     await self._drop_prefetch(inst, "instance down", hand_over=True)
             if inst.parked and not await self._probe_until_healthy(inst):
                 self._set_state(inst, WorkerState.DOWN)
@@ -302,26 +423,24 @@ class Scheduler:
             try:
                 rendered = await self._render(inst, job)
             except WebUIError as exc:
-                self._record_failure(inst, exc)
+                self._failed(inst, exc)
                 await self._requeue_or_abandon(inst, job, exc.message)
                 continue
-            except asyncio.CancelledError:
-                raise
-            inst.consecutive_failures = 0
+            self.health.succeeded(inst)
             inst.evaluations += 1
             self._set_state(inst, WorkerState.SCORING)
-            self._scoring_depth += 1
-            assert self._score_queue is not None
-            await self._score_queue.put(rendered)
-            self.emit(ScorerQueue(depth=self._scoring_depth))
+            self.scoring_depth += 1
+            await self.score_queue.put(rendered)
+            self.emit(ScorerQueue(depth=self.scoring_depth))
 
     async def _render(self, inst: Instance, job: Job) -> Rendered:
+        client = _client(inst)
         started = time.monotonic()
         if inst.first_start is None:
             inst.first_start = started
         try:
             self._set_state(inst, WorkerState.MERGING, f"#{job.candidate.number}")
-            merge = await inst.client.bridge_merge(
+            merge = await client.bridge_merge(
                 self.model_a,
                 self.model_b,
                 job.candidate.weights,
@@ -332,16 +451,15 @@ class Scheduler:
             self._set_state(inst, WorkerState.GENERATING, f"#{job.candidate.number}")
             images: list[RenderedImage] = []
             for spec in self.prompts:
-                result = await inst.client.txt2img(spec.body)
-                info = getattr(result, "info", None)
-                if isinstance(info, dict) and info.get("version"):
-                    inst.webui_version = str(info["version"])  # A1111 reports it per render
-                seeds = list(getattr(result, "seeds", []) or [])
+                result = await client.txt2img(spec.body)
+                if result.info.get("version"):
+                    inst.webui_version = str(result.info["version"])  # A1111 says it per render
+                seeds = list(result.seeds)
                 for k, (img, raw) in enumerate(zip(result.images, result.raw_images, strict=True)):
                     seed = seeds[k] if k < len(seeds) else None
                     images.append(RenderedImage(spec, img, raw, seed))
             # a WebUI that reloaded its checkpoint mid-way rendered A, not this merge
-            await inst.client.ensure_merge_live(merge.merge_id)
+            await client.ensure_merge_live(merge.merge_id)
             if not images:
                 raise WebUIError("txt2img returned no images", instance=inst.label)
         finally:
@@ -360,22 +478,11 @@ class Scheduler:
             queued_at=ended,
         )
 
-    def _record_failure(self, inst: Instance, exc: WebUIError) -> None:
-        inst.failures += 1
-        inst.consecutive_failures += 1
-        inst.last_error = exc.message
-        log.warning("%s: evaluation failed: %s", inst.label, exc.message)
-        if exc.needs_attention:
-            # a setup problem (auth, no --api, no bridge, a refused request) repeats on every
-            # try: take the instance out for good instead of probing it
-            inst.disabled = True
-            inst.parked = True
-            inst.parked_since = time.monotonic()
+    def _failed(self, inst: Instance, exc: WebUIError) -> None:
+        verdict = self.health.failed(inst, exc)
+        if verdict is Verdict.DISABLE:
             self._set_state(inst, WorkerState.DOWN, f"needs attention: {exc.message}")
-            return
-        if exc.instance_down or inst.consecutive_failures >= self.settings.park_after:
-            inst.parked = True
-            inst.parked_since = time.monotonic()
+        elif verdict is Verdict.PARK:
             self._set_state(inst, WorkerState.DOWN, exc.message)
         else:
             self._set_state(inst, WorkerState.IDLE, exc.message)
@@ -383,79 +490,56 @@ class Scheduler:
     async def _probe_until_healthy(self, inst: Instance) -> bool:
         """Probe a parked instance with backoff; True once it answers, False when the run ends
         (stop requested, search over, or every instance down for too long)."""
-        delay = self.settings.probe_backoff_s
+        backoff = self.health.backoff()
         while True:
-            if self._all_down_too_long():
-                if not self._stopping:
+            if self.health.all_down_too_long():
+                if self.stop.request(StopReason.ALL_DOWN):
                     self.emit(RunWarning(message="every WebUI instance is down; stopping the run"))
-                    self._stopping = True
-                    self._stop_reason = StopReason.ALL_DOWN
-                    await self._notify()
+                    await self.notify()
                 return False
-            if self._stopping or self._fatal is not None or self._search_over():
+            if self.stop.ended:
                 return False
-            if inst.disabled:
-                await self._sleep_or_wake(self._time_to_all_down())
+            if inst.disabled:  # never probed: wait for the run to end
+                await self._sleep_or_wake(self.health.time_to_all_down())
                 continue
-            await self._sleep_or_wake(min(delay, self._time_to_all_down()))
-            delay = min(delay * 2, self.settings.probe_backoff_max_s)
-            if self._stopping or self._fatal is not None:
+            await self._sleep_or_wake(min(backoff.next_delay(), self.health.time_to_all_down()))
+            if self.stop.winding_down:
                 return False
             try:
-                await inst.client.ping()
-                status = await inst.client.bridge_status()
-                _ = status.version
+                client = _client(inst)
+                await client.ping()
+                _ = (await client.bridge_status()).version
             except WebUIError as exc:
-                inst.last_error = exc.message
-                log.debug("%s: still down: %s", inst.label, exc.message)
+                self.health.still_down(inst, exc)
                 continue
-            inst.parked = False
-            inst.consecutive_failures = 0
-            log.warning("%s: back up, rejoining the search", inst.label)
+            self.health.rejoined(inst)
             self._set_state(inst, WorkerState.IDLE, "rejoined")
             return True
 
-    def _search_over(self) -> bool:
-        return self._over
-
-    def _time_to_all_down(self) -> float:
-        if not all(i.parked for i in self.instances):
-            return self.settings.probe_backoff_max_s
-        last = max(i.parked_since for i in self.instances)
-        return max(0.05, last + self.settings.all_down_after_s - time.monotonic())
-
-    def _all_down_too_long(self) -> bool:
-        if not all(i.parked for i in self.instances):
-            return False
-        last = max(i.parked_since for i in self.instances)
-        return time.monotonic() - last >= self.settings.all_down_after_s
-
     async def _sleep_or_wake(self, seconds: float) -> None:
         """Sleep ``seconds``, but wake early when the run stops, fails or is over."""
-        assert self._cond is not None
         deadline = time.monotonic() + seconds
-        async with self._cond:
-            while not (self._stopping or self._over or self._fatal is not None):
+        async with self.cond:
+            while not self.stop.ended:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
                 try:
-                    await asyncio.wait_for(self._cond.wait(), timeout=remaining)
+                    await asyncio.wait_for(self.cond.wait(), timeout=remaining)
                 except TimeoutError:
                     return
 
     # --- scoring -------------------------------------------------------------------------
     async def _scoring_loop(self) -> None:
-        assert self._score_queue is not None
         closed = False
         while not closed:
-            first = await self._score_queue.get()
+            first = await self.score_queue.get()
             if first is None:
                 break
             batch = [first]
             n_images = len(first.images)
-            while n_images < self.settings.scorer_batch_size and not self._score_queue.empty():
-                item = self._score_queue.get_nowait()
+            while n_images < self.settings.scorer_batch_size and not self.score_queue.empty():
+                item = self.score_queue.get_nowait()
                 if item is None:
                     closed = True
                     break
@@ -465,13 +549,12 @@ class Scheduler:
                 await self._score_batch(batch)
             except BaseException as exc:
                 if not isinstance(exc, asyncio.CancelledError):
-                    self._fatal = exc
-                    self._stopping = True
-                    await self._notify()
+                    self.stop.fail(exc)
+                    await self.notify()
                 raise
         # drain: anything still queued after the sentinel (should not happen)
-        while not self._score_queue.empty():
-            item = self._score_queue.get_nowait()
+        while not self.score_queue.empty():
+            item = self.score_queue.get_nowait()
             if item is not None:
                 await self._score_batch([item])
 
@@ -482,7 +565,7 @@ class Scheduler:
         t0 = time.monotonic()
         try:
             scores, members = await loop.run_in_executor(
-                self._score_pool, self._score_all, images, prompts
+                self.score_pool, self._score_all, images, prompts
             )
         except AutombwError:
             raise
@@ -495,7 +578,7 @@ class Scheduler:
             raw = tuple(float(s) for s in scores[pos : pos + n])
             member_raw = {k: tuple(v[pos : pos + n]) for k, v in members.items()}
             pos += n
-            self._guard.check(r)
+            self.guard.check(r)
             outcome = Outcome(
                 candidate=r.job.candidate,
                 instance=r.instance,
@@ -511,14 +594,13 @@ class Scheduler:
                 attempts=r.job.attempts,
                 member_scores=member_raw,
             )
-            assert self._source is not None
-            await self._call_source(self._source.complete, outcome)
-            self._scoring_depth -= 1
+            await self._call_source(self.source.complete, outcome)
+            self.scoring_depth -= 1
             inst = next(i for i in self.instances if i.label == r.instance)
             if inst.state is WorkerState.SCORING:
                 self._set_state(inst, WorkerState.IDLE)
             await self._finish_job()
-        self.emit(ScorerQueue(depth=self._scoring_depth))
+        self.emit(ScorerQueue(depth=self.scoring_depth))
 
     def _score_all(
         self, images: list[Image.Image], prompts: list[str]
@@ -529,8 +611,8 @@ class Scheduler:
         members: dict[str, list[float]] = {}
         for start in range(0, len(images), size):
             batch, texts = images[start : start + size], prompts[start : start + size]
-            if self._members is not None:
-                chunk, raw = self._members.score_members(batch, texts)
+            if self.members is not None:
+                chunk, raw = self.members.score_members(batch, texts)
                 for label, values in raw.items():
                     members.setdefault(label, []).extend(float(v) for v in values)
             else:
