@@ -27,7 +27,7 @@ def naive_merge(a_path: str, b_path: str, out_path: str) -> None:
     from safetensors.torch import load_file, save_file
 
     from autombw_cli.blocks import Arch, parse_weights
-    from autombw_cli.merging.offline import plan_weights
+    from autombw_cli.merging.plan import plan_weights
 
     weights = parse_weights(WEIGHTS, Arch.SD1)
     a = load_file(a_path)

@@ -311,6 +311,12 @@ def windows_relative_path(d: Path, url: str) -> list[str]:
     return ["config", "check", "search.yaml"]
 
 
+def windows_drive_path(d: Path, url: str) -> list[str]:
+    path = _config(d)
+    _replace(path, "models: {", "models: {a_file: 'C:/models/simA.safetensors', ")
+    return ["config", "check", "search.yaml"]
+
+
 def simulate_port_out_of_range(d: Path, url: str) -> list[str]:
     return ["webui", "simulate", "--port", "99999"]
 
@@ -389,6 +395,7 @@ CASES = [
         ("single quotes",),
         lines=2,
     ),
+    Case("windows-drive-path", windows_drive_path, 2, ("a_file", "Windows drive path"), lines=3),
     Case("windows-relative-path", windows_relative_path, 2, ("apple.json", "forward slashes")),
     Case(
         "simulate-port-out-of-range", simulate_port_out_of_range, 2, ("--port",), error_line=False

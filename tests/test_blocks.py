@@ -247,3 +247,34 @@ def test_every_synthetic_unet_key_lands_in_exactly_one_slot(arch: Arch) -> None:
 def test_slot_of_never_crashes(suffix: str, arch: Arch) -> None:
     slot = layout(arch).slot_of("model.diffusion_model." + suffix)
     assert slot is None or slot in layout(arch).slots
+
+
+@pytest.mark.parametrize(
+    ("extra", "kwargs", "words"),
+    [
+        ({"in00": 0.2}, {}, "IN00 given twice (IN00 and in00)"),
+        ({"BASE": 0.2}, {"text_encoder": 0.3}, "BASE given twice (text_encoder_weight and BASE)"),
+        ({"M00": "0.5"}, {}, "weights.M00 must be a number, not '0.5'"),
+        ({"M00": True}, {}, "weights.M00 must be a number, not True"),
+        ({}, {"text_encoder": "x"}, "text_encoder_weight must be a number"),
+        ({"M00": 10**400}, {"extrapolation": False}, "M00=inf is outside 0..1"),
+        ({"OUT05": float("nan")}, {"extrapolation": True}, "OUT05=nan is outside -1..2"),
+    ],
+)
+def test_from_mapping_refuses_what_a_request_can_get_wrong(
+    extra: dict[str, object], kwargs: dict[str, object], words: str
+) -> None:
+    """The bridge parses request weights with this (its 422 messages are these)."""
+    mapping = {**dict.fromkeys(layout(Arch.SD1).slots, 0.5), **extra}
+    with pytest.raises(WeightsError) as err:
+        Weights.from_mapping(Arch.SD1, mapping, **kwargs)  # type: ignore[arg-type]
+    assert words in err.value.message
+
+
+def test_from_mapping_checks_the_range_only_when_asked() -> None:
+    mapping = {**dict.fromkeys(layout(Arch.SD1).slots, 0.5), "IN05": 1.5}
+    assert Weights.from_mapping(Arch.SD1, mapping)["IN05"] == 1.5
+    w = Weights.from_mapping(Arch.SD1, mapping, text_encoder=0, extrapolation=True)
+    assert w["IN05"] == 1.5 and w.text_encoder == 0.0
+    with pytest.raises(WeightsError, match=r"IN05=1\.5 is outside 0\.\.1"):
+        Weights.from_mapping(Arch.SD1, mapping, extrapolation=False)

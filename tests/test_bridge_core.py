@@ -16,7 +16,8 @@ from autombw_cli.merging.kernels import lerp_tensor
 from autombw_cli.recipe import Recipe, read_recipe_file
 from autombw_cli.sim.checkpoints import random_state_dict, write_checkpoint
 from autombw_cli.sim.host import SimHost
-from autombw_cli.webui.bridge.core import BridgeCore, BridgeError
+from autombw_cli.webui.bridge.core import BridgeCore
+from autombw_cli.webui.bridge.errors import BridgeError
 
 SEEDS = {"simA": 1, "simB": 2, "simC": 3}
 
@@ -387,3 +388,23 @@ def test_new_bridge_over_a_model_still_holding_a_merge(tmp_path: Path) -> None:
     original = random_state_dict(Arch.SD1, "tiny", SEEDS["simA"])
     live = live_state(host)
     assert all(torch.equal(live[k], t) for k, t in original.items())
+
+
+def test_text_encoder_shape_mismatch_names_the_checkpoint(tmp_path: Path) -> None:
+    """Only UNet keys are checked up front; a text-encoder tensor of B in another shape is
+    refused when the text encoder is merged, naming B's checkpoint (the message once read
+    ``None: ...``: the file's name was shadowed by the live tensor), and nothing is half
+    written: A's text encoder stays."""
+    host, core = make_world(tmp_path, Arch.SD1)
+    sd = random_state_dict(Arch.SD1, "tiny", 7)
+    key = next(k for k in sd if is_text_encoder_key(k, Arch.SD1) and k.endswith("fc1.weight"))
+    sd[key] = torch.zeros((sd[key].shape[0] + 1, *sd[key].shape[1:]), dtype=sd[key].dtype)
+    write_checkpoint(tmp_path / "wideTE.safetensors", sd)
+    host.refresh_checkpoints()
+    core.merge("simA", "wideTE", uniform(Arch.SD1, 0.5))  # the UNets fit: a UNet merge works
+    with pytest.raises(BridgeError) as err:
+        core.merge("simA", "wideTE", uniform(Arch.SD1, 0.5), text_encoder_weight=0.5)
+    assert (err.value.status, err.value.kind) == (409, "ModelMismatch")
+    assert err.value.message.startswith(f"wideTE: {key} has shape [")
+    a = random_state_dict(Arch.SD1, "tiny", SEEDS["simA"])
+    assert torch.equal(live_state(host)[key], a[key])

@@ -17,7 +17,8 @@ from autombw_cli.blocks import Arch, layout
 from autombw_cli.sim.checkpoints import random_state_dict, write_checkpoint
 from autombw_cli.sim.host import SimHost
 from autombw_cli.sim.server import SimulatorHandle, start_simulator_in_thread
-from autombw_cli.webui.bridge.core import BridgeCore, BridgeError
+from autombw_cli.webui.bridge.core import BridgeCore
+from autombw_cli.webui.bridge.errors import BridgeError
 from autombw_cli.webui.bridge.names import NameError_, safe_output_path
 
 SLOTS = layout(Arch.SD1).slots

@@ -201,3 +201,18 @@ def test_first_shape_mismatch_is_named() -> None:
     b = {**SHAPES, "c.w": (5, 6)}
     with pytest.raises(ModelMismatchError, match=r"'c\.w' has shape \[5, 5\] in A but \[5, 6\]"):
         check_same_keys_and_shapes(SHAPES, b, name_a="A", name_b="B")
+
+
+def test_reader_without_positional_reads_gives_the_same_tensors(tmp_path, monkeypatch) -> None:
+    """Windows has no os.preadv (the WebUI bridge runs there): the reader seeks and reads
+    instead, one read at a time, and gets the same bytes."""
+    from autombw_cli.merging import checkpoint_io
+
+    tensors = _tensors()
+    path = tmp_path / "lib.safetensors"
+    save_file(tensors, path)
+    monkeypatch.setattr(checkpoint_io, "_HAS_PREADV", False)
+    monkeypatch.delattr(os, "preadv", raising=False)
+    with checkpoint(path) as r:
+        for k in reversed(list(tensors)):  # out of file order: every read seeks
+            assert torch.equal(r.get(k), tensors[k]), k

@@ -20,7 +20,8 @@ from autombw_cli.merging.safetensors_writer import TensorEntry
 from autombw_cli.recipe import Recipe
 from autombw_cli.sim.checkpoints import random_state_dict, write_checkpoint
 from autombw_cli.sim.host import SimHost
-from autombw_cli.webui.bridge.core import BridgeCore, BridgeError
+from autombw_cli.webui.bridge.core import BridgeCore
+from autombw_cli.webui.bridge.errors import BridgeError
 from search_helpers import write_search_config
 
 

@@ -186,6 +186,7 @@ def test_ctrl_c_finishes_in_flight_work_and_writes_outputs(tmp_path: Path) -> No
     code, _out, err = search.finish()
     assert code == 130, err
     assert search.run_dir is not None
+    assert f"continue with `autombw search --resume {search.run_dir}`" in err  # one line
     summary = json.loads((search.run_dir / "summary.json").read_text())
     assert summary["stop_reason"] == "interrupted"
     assert summary["evaluations"] == len(history_numbers(search.run_dir)) < 200
@@ -234,6 +235,36 @@ def test_quickstart_runs_from_the_readme(tmp_path: Path) -> None:
         assert key in summary["outputs"] or key == "summary", key
 
 
+def test_resume_can_extend_a_finished_run_or_says_why_not(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    cfg = write_search_config(tmp_path, instances="{simulate: 1}", evaluations=6)
+    code, _, err = _main("search", "--plain", str(cfg), capsys=capsys)
+    assert code == 0, err
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    code, out, err = _main(
+        "search", "--plain", "--resume", str(run_dir), "--max-evaluations", "9", capsys=capsys
+    )
+    assert code == 0, err
+    assert "extending the run to 9 evaluations (6 done; the config says 6)" in out + err
+    assert history_numbers(run_dir) == list(range(1, 10))
+    passes = "[{optimizer: random, max_evaluations: 3}, {optimizer: random, max_evaluations: 3}]"
+    capped = tmp_path / "capped"
+    capped.mkdir()
+    cfg = write_search_config(capped, instances="{simulate: 1}", evaluations=6, passes=passes)
+    assert _main("search", "--plain", str(cfg), capsys=capsys)[0] == 0
+    (run_dir,) = (capped / "runs").iterdir()
+    code, out, err = _main(
+        "search", "--plain", "--resume", str(run_dir), "--max-evaluations", "9", capsys=capsys
+    )
+    assert code == 0 and history_numbers(run_dir) == list(range(1, 7))
+    said = " ".join((out + err).split())
+    assert "nothing was added" in said and "pass 1: 3, pass 2: 3" in said and "--warm-start" in said
+
+
+def test_resume_of_a_missing_folder_says_so(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = _main("search", "--resume", str(tmp_path / "nope"), capsys=capsys)
+    assert code == 2 and "no such run folder" in err
+
+
 def _with_stdout_closed(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run the CLI with its stdout a pipe whose reader is already gone (`... | head -0`)."""
     proc = subprocess.Popen(
@@ -265,3 +296,52 @@ def test_a_closed_stdout_ends_a_command_quietly_and_not_a_search(tmp_path: Path)
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert history_numbers(run_dir) == list(range(1, 9))
     assert "Traceback" not in (run_dir / "run.log").read_text()
+
+
+def test_warm_start_says_what_it_learnt_and_warns_of_another_scale(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import csv
+
+    first = tmp_path / "first"
+    first.mkdir()
+    cfg = write_search_config(first, instances="{simulate: 1}", evaluations=5)
+    assert _main("search", "--plain", str(cfg), capsys=capsys)[0] == 0
+    (run_dir,) = (first / "runs").iterdir()
+    with open(run_dir / "history.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    rows.append(dict(rows[0]))  # the same weights twice: told once, and said so
+    for row in rows:  # as if scored by another scorer: ~100x the sim scorer's scale
+        row["score"] = str(float(row["score"]) * 100 + 50)
+    warm = tmp_path / "other-scale.csv"
+    with open(warm, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    cfg = write_search_config(tmp_path, instances="{simulate: 1}", evaluations=2)
+    code, out, err = _main("search", "--plain", str(cfg), "--warm-start", str(warm), capsys=capsys)
+    said = " ".join((out + err).split())
+    assert code == 0, said
+    assert "the optimizer learnt 5 of 6 evaluations" in said and "1 repeating" in said
+    assert "far from the warm-start file's scores" in said
+
+
+def test_doctor_names_a_wrong_arch_and_a_model_name_in_another_case(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from autombw_cli.sim.server import start_simulator_in_thread
+
+    with start_simulator_in_thread(arch="sd1", model_dir=tmp_path / "models") as sim:
+        instances = f"[{{url: '{sim.url}', label: gpu0}}]"
+        sdxl = "{a: simA.safetensors, b: simB.safetensors, output: out, arch: sdxl}"
+        cfg = write_search_config(tmp_path, instances=instances, models=sdxl)
+        code, out, _ = _main("doctor", str(cfg), capsys=capsys)
+        said = " ".join(out.split())
+        assert code == 3
+        assert "models.arch is sdxl but models A and B are sd1 checkpoints" in said
+        assert "LABEL_EMB" not in said
+        wrong_case = "{a: sima, b: simB, output: out, arch: sd1}"
+        cfg = write_search_config(tmp_path, instances=instances, models=wrong_case)
+        code, out, _ = _main("doctor", str(cfg), capsys=capsys)
+        said = " ".join(out.split())
+        assert code == 3 and "it lists 'simA' (names are case-sensitive" in said
+        unknown = "{a: nosuch, b: simB, output: out, arch: sd1}"
+        cfg = write_search_config(tmp_path, instances=instances, models=unknown)
+        code, out, _ = _main("doctor", str(cfg), capsys=capsys)
+        assert code == 3 and "it has 2: simA, simB" in " ".join(out.split())

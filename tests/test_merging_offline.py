@@ -11,9 +11,8 @@ from safetensors.torch import load_file
 
 from autombw_cli.blocks import UNET_PREFIX, Arch, Weights, is_text_encoder_key, layout
 from autombw_cli.errors import ConfigError, ModelMismatchError, OutputExistsError
-from autombw_cli.merging import offline
-from autombw_cli.merging.kernels import lerp_tensor
-from autombw_cli.merging.offline import ChunkedLerp, merge_checkpoints, output_path
+from autombw_cli.merging.kernels import ChunkedLerp, lerp_tensor
+from autombw_cli.merging.offline import merge_checkpoints, output_path
 from autombw_cli.recipe import Recipe, read_recipe_file
 from autombw_cli.sim.checkpoints import random_state_dict, write_checkpoint
 
@@ -260,9 +259,8 @@ def test_output_path_rules(tmp_path: Path) -> None:
         merge_checkpoints(pa, pb, _recipe(Weights.uniform(Arch.SD1, 0.5)), "x", dtype="fp8")
 
 
-def test_chunked_lerp_equals_the_shared_kernel_on_odd_sizes(monkeypatch) -> None:
-    monkeypatch.setattr(offline, "CHUNK_ELEMENTS", 1000)
-    lerp = ChunkedLerp()
+def test_chunked_lerp_equals_the_shared_kernel_on_odd_sizes() -> None:
+    lerp = ChunkedLerp(chunk=1000)
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         a = torch.randn(37, 129, generator=g).to(dtype)

@@ -227,18 +227,43 @@ class Weights:
         return cls(arch, {s: value for s in layout(arch).slots}, text_encoder)
 
     @classmethod
-    def from_mapping(cls, arch: Arch, mapping: Mapping[str, float]) -> Weights:
-        """From user-written names (case-insensitive; ``BASE`` sets the text-encoder weight)."""
+    def from_mapping(
+        cls,
+        arch: Arch,
+        mapping: Mapping[str, object],
+        *,
+        text_encoder: object = None,
+        extrapolation: bool | None = None,
+        source: str = "weights",
+    ) -> Weights:
+        """From user-written names (case-insensitive, ``in5`` is IN05; ``BASE`` sets the
+        text-encoder weight, as does ``text_encoder``, called ``text_encoder_weight`` in
+        messages). Refuses a slot named twice in any spelling and a value that is not a number
+        (JSON ``true`` included). With ``extrapolation`` given, the range is checked as by
+        `check_range` (a non-finite value, or an integer too large for a float, is outside it).
+        """
         values: dict[str, float] = {}
         te: float | None = None
+        given: dict[str, str] = {}  # slot -> the name that gave it (IN00 and in00 are one slot)
+        if text_encoder is not None:
+            given[BASE] = "text_encoder_weight"
+            te = _as_number(text_encoder, "text_encoder_weight")
         for name, v in mapping.items():
             slot = canonical_slot(str(name), arch)
+            if slot in given:
+                raise WeightsError(
+                    f"{source}: {slot} given twice ({given[slot]} and {name})",
+                    hint="give each block once",
+                )
+            given[slot] = str(name)
+            number = _as_number(v, f"{source}.{name}")
             if slot == BASE:
-                te = float(v)
-            elif slot in values:
-                raise WeightsError(f"block {slot} is given twice")
+                te = number
             else:
-                values[slot] = float(v)
+                values[slot] = number
+        if extrapolation is not None:
+            items = [*values.items(), *([(BASE, te)] if te is not None else [])]
+            _check_range(items, extrapolation=extrapolation, source=source)
         return cls(arch, values, te)
 
     @classmethod
@@ -329,19 +354,34 @@ class Weights:
         return Weights(self.arch, merged, self.text_encoder)
 
     def check_range(self, *, extrapolation: bool = False, source: str = "weights") -> Weights:
-        lo, hi = EXTRAPOLATION_RANGE if extrapolation else WEIGHT_RANGE
         items = list(self.values.items())
         if self.text_encoder is not None:
             items.append((BASE, self.text_encoder))
-        for slot, v in items:
-            if not lo <= v <= hi:
-                raise WeightsError(
-                    f"{source}: {slot}={format_weight(v)} is outside {lo:g}..{hi:g}",
-                    hint=None
-                    if extrapolation
-                    else "values outside 0..1 need extrapolation turned on (range -1..2)",
-                )
+        _check_range(items, extrapolation=extrapolation, source=source)
         return self
+
+
+def _check_range(items: Iterable[tuple[str, float]], *, extrapolation: bool, source: str) -> None:
+    lo, hi = EXTRAPOLATION_RANGE if extrapolation else WEIGHT_RANGE
+    for slot, v in items:
+        if not lo <= v <= hi:  # NaN too
+            raise WeightsError(
+                f"{source}: {slot}={format_weight(v)} is outside {lo:g}..{hi:g}",
+                hint=None
+                if extrapolation
+                else "values outside 0..1 need extrapolation turned on (range -1..2)",
+            )
+
+
+def _as_number(value: object, where: str) -> float:
+    """A JSON/YAML number as a float; an integer too large for a float becomes +-inf (which a
+    range check refuses; ``float()`` would raise OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise WeightsError(f"{where} must be a number, not {value!r:.40}")
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def format_weight(v: float) -> str:

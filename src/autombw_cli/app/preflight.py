@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from autombw_cli import __version__
@@ -168,7 +170,16 @@ async def _check_pair(
     try:
         result = await client.bridge_merge(model_a, model_b, Weights.uniform(arch, 0.0))
     except WebUIError as exc:
-        problems.append(f"models A and B cannot be merged here: {exc.message}")
+        # weights of the wrong architecture: the bridge names the checkpoints' ("... for sd1")
+        named = re.search(r"\bfor (sd1|sd2|sdxl)\b", getattr(exc, "detail", "") or "")
+        if named and named.group(1) != arch.value:
+            found = named.group(1)
+            problems.append(
+                f"models.arch is {arch.value} but models A and B are {found} checkpoints; "
+                f"set models.arch: {found}"
+            )
+        else:
+            problems.append(f"models A and B cannot be merged here: {exc.message}")
         return
     found = result.arch or ""
     if found and found != arch.value:
@@ -190,15 +201,28 @@ async def _check_models(
     for role, name in (("A", model_a), ("B", model_b)):
         hit = next((m for m in models if m.matches(name)), None)
         if hit is None:
-            names = sorted({m.model_name for m in models})
-            close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
-            problems.append(
-                f"model {role} {name!r} is not in this WebUI's checkpoint list"
-                + (f" (close: {', '.join(close)})" if close else "")
-            )
+            problems.append(_unknown_model(role, name, sorted({m.model_name for m in models})))
         else:
             found.append(role)
     info["models_found"] = "+".join(found) if found else "none"
+
+
+def _unknown_model(role: str, name: str, names: list[str]) -> str:
+    """A checkpoint name the WebUI does not list: the same name in another case, else the
+    closest names, and what it does list."""
+    text = f"model {role} {name!r} is not in this WebUI's checkpoint list"
+    stem = Path(name).stem if Path(name).suffix in (".safetensors", ".ckpt") else name
+    other_case = [n for n in names if n.lower() == stem.lower()]
+    if other_case:
+        return text + f": it lists {other_case[0]!r} (names are case-sensitive; write it so)"
+    close = difflib.get_close_matches(stem, names, n=3, cutoff=0.4)
+    if close:
+        text += f" (close: {', '.join(close)})"
+    shown = ", ".join(names[:MAX_NAMES_SHOWN]) + (" ..." if len(names) > MAX_NAMES_SHOWN else "")
+    return text + (f"; it has {len(names)}: {shown}" if names else "; it lists none")
+
+
+MAX_NAMES_SHOWN = 12
 
 
 async def _check_samplers(client: WebUIClient, samplers: set[str], problems: list[str]) -> None:

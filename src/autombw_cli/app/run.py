@@ -37,7 +37,7 @@ from autombw_cli.errors import AutombwError, ConfigError, JournalError
 from autombw_cli.folderlock import FolderLock
 from autombw_cli.report.summary import BEST_IMAGES_DIR, BestImage, write_best_images
 from autombw_cli.scoring.protocol import MemberScorer, Scorer
-from autombw_cli.search.campaign import Campaign, PassPlan
+from autombw_cli.search.campaign import Campaign, PassEndReason, PassPlan
 from autombw_cli.search.evaluation import Evaluation
 from autombw_cli.search.events import (
     EventSink,
@@ -123,7 +123,12 @@ class Run:
         self.resumed = resumed
         self.warm_start_path = warm_start
         budget = config.search.max_evaluations
-        self.budget = budget if max_evaluations is None else min(budget, max_evaluations)
+        if max_evaluations is None:
+            self.budget = budget
+        elif resumed:  # a resumed run may be extended past its config's budget (or cut short)
+            self.budget = max_evaluations
+        else:
+            self.budget = min(budget, max_evaluations)
         self.journal = Journal(run_dir, self.arch)
         # the one read of the journal's rows: its complete evaluations, each number once
         journaled = [e for e in self.journal.read() if e.ok]
@@ -185,6 +190,12 @@ class Run:
         """Reopen ``run_dir``: same config, same prompts, the journal's evaluations counted."""
         run_dir = Path(run_dir)
         cfg_path = run_dir / CONFIG_FILE
+        if not run_dir.is_dir():
+            raise ConfigError(
+                f"{run_dir}: no such run folder" + (" (it is a file)" if run_dir.exists() else ""),
+                hint="pass a folder under runs/ that an earlier `autombw search` created "
+                "(its path is printed when a run starts and in the resume hint)",
+            )
         if not cfg_path.is_file():
             raise ConfigError(
                 f"{run_dir} is not an autombw run folder (no {CONFIG_FILE})",
@@ -271,6 +282,14 @@ class Run:
                 emit=emit,
                 settings=settings,
             )
+            done_before = len(self.records)
+            if self.resumed and self.budget > max(cfg.search.max_evaluations, done_before):
+                emit(
+                    Notice(
+                        message=f"extending the run to {self.budget} evaluations "
+                        f"({done_before} done; the config says {cfg.search.max_evaluations})"
+                    )
+                )
             emit(
                 RunStarted(
                     run_dir=self.run_dir,
@@ -304,6 +323,13 @@ class Run:
             finally:
                 if handle_signals:
                     self._remove_sigint()
+        if self.resumed and len(self.records) == done_before < self.budget:
+            emit(
+                RunWarning(
+                    message=f"nothing was added to the run ({reason.value}): "
+                    + _why_nothing_new(campaign)
+                )
+            )
         best = campaign.best
         result = RunResult(self.run_dir, reason, len(self.records), best, outputs)
         emit(
@@ -517,6 +543,24 @@ def _new_run_folder(root: Path, base: str) -> tuple[Path, Path]:
             _remove_new_folder(root, outer)
         raise _io_error(exc, f"cannot create the run folder {run_dir}") from exc
     return run_dir, (outer if outer is not None else run_dir)
+
+
+def _why_nothing_new(campaign: Campaign) -> str:
+    """Why a resumed run with budget left added nothing (said instead of a silent no-op)."""
+    search_on = (
+        "A resumed run continues only a pass with room left; to search on from here, start a "
+        "new run with --warm-start RUN_DIR/history.csv"
+    )
+    ends = campaign.pass_ends
+    if ends and ends[-1].reason is PassEndReason.EXHAUSTED:
+        return "every point of the search space was evaluated"
+    if ends and ends[-1].reason in (PassEndReason.PASS_BUDGET, PassEndReason.EARLY_STOP):
+        return f"{ends[-1]} and no pass is left. {search_on}"
+    budgets = [p.max_evaluations for p in campaign.passes]
+    if budgets and all(b is not None for b in budgets):
+        listed = ", ".join(f"pass {p.index}: {p.max_evaluations}" for p in campaign.passes)
+        return f"every pass has used its own max_evaluations ({listed}). {search_on}"
+    return "see run.log"
 
 
 def _remove_new_folder(run_dir: Path, created_root: Path | None) -> None:

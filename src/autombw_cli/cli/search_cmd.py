@@ -46,7 +46,10 @@ def search_command(
     max_evaluations: Annotated[
         int | None,
         typer.Option(
-            "--max-evaluations", min=1, help="Cap the evaluations (default: the config's)."
+            "--max-evaluations",
+            min=1,
+            help="Cap the evaluations of a new run (default: the config's); with --resume, "
+            "the run's new total: it may extend a finished run.",
         ),
     ] = None,
     warm_start: Annotated[
@@ -85,7 +88,7 @@ def search_command(
 
 def _execute(run: Run, *, plain: bool, json_log: Path | None) -> int:
     from autombw_cli.report.progress import JsonLog, LiveDisplay, PlainPrinter
-    from autombw_cli.search.events import fan_out
+    from autombw_cli.search.events import StopReason, fan_out
 
     err = Console(stderr=True)
     live = not plain and sys.stdout.isatty() and err.is_terminal
@@ -100,7 +103,8 @@ def _execute(run: Run, *, plain: bool, json_log: Path | None) -> int:
     except asyncio.CancelledError:
         err.print(
             f"[bold red]aborted.[/] The journal is intact; continue with "
-            f"`autombw search --resume {run.run_dir}`"
+            f"`autombw search --resume {run.run_dir}`",
+            soft_wrap=True,
         )
         return exit_codes.INTERRUPTED
     finally:
@@ -112,6 +116,12 @@ def _execute(run: Run, *, plain: bool, json_log: Path | None) -> int:
     print(f"{result.reason.value}: {result.done} evaluations, best {best}; {result.run_dir}")
     if "recipe" in result.outputs:
         print(f"best recipe: {result.outputs['recipe']}")
+    if result.reason in (StopReason.INTERRUPTED, StopReason.ALL_DOWN, StopReason.FAILED):
+        err.print(  # one line, whatever the width: it is meant to be copied
+            f"continue with `autombw search --resume {result.run_dir}`",
+            highlight=False,
+            soft_wrap=True,
+        )
     return result.exit_code
 
 

@@ -38,6 +38,8 @@ def not_found(what: str, path: Path | str) -> str:
     """``"<what> not found: <path>"``, plus a word on backslashes where they are no separator
     (a Windows path such as ``.\\p.json`` in a config used on Linux or macOS)."""
     text = f"{what} not found: {path}"
+    if os.sep == "/" and re.search(r"(^|/)[A-Za-z]:[\\/]", str(path)):
+        return text + " (a Windows drive path: this system has no drives; give its path here)"
     if "\\" in str(path) and os.sep == "/":
         text += (
             " (a backslash is not a folder separator on this system: write the path with "

@@ -9,7 +9,9 @@
   pickle that needs anything beyond plain tensors and containers is refused: loading it would
   run code from the file.
 
-The format is recognised by content, not by the file name. torch and the stdlib only.
+The format is recognised by content, not by the file name. This is the only checkpoint reader:
+the offline merge, the WebUI bridge (merge and save) and the simulator all use it, so it keeps
+to torch and the stdlib and runs on torch 2.1 and Python 3.10 (A1111's).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import os
 import pickle
 import struct
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +30,15 @@ from typing import IO, Protocol
 
 import torch
 
+from autombw_cli.blocks import Arch, detect_arch
 from autombw_cli.errors import ConfigError, ModelMismatchError
-from autombw_cli.merging.dtypes import ST_TO_DTYPE
+from autombw_cli.merging.dtypes import ST_TO_DTYPE, element_size
 
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 ZIP_MAGIC = b"PK\x03\x04"
+_HAS_PREADV = hasattr(os, "preadv")  # not on Windows
 CHECKPOINT_HINT = "pass a Stable Diffusion checkpoint (.safetensors, or a .ckpt torch pickle)"
 
 
@@ -109,7 +114,7 @@ def parse_safetensors_header(
         numel = 1
         for d in shape:
             numel *= d
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = numel * element_size(dtype)
         if any(d < 0 for d in shape) or end - begin != nbytes or not 0 <= begin <= end <= data_len:
             raise _not_safetensors(
                 path, f"tensor {key!r}: offsets {begin}..{end} do not fit its shape or the file"
@@ -124,6 +129,7 @@ class SafetensorsReader:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fh = open(path, "rb", buffering=0)  # noqa: SIM115  closed by close()
+        self._seek_lock = threading.Lock()
         try:
             self._entries, self.metadata = parse_safetensors_header(path, self._fh)
         except BaseException:
@@ -146,11 +152,18 @@ class SafetensorsReader:
             view = memoryview(buf.numpy())
             got = 0
             while got < e.nbytes:
-                n = os.preadv(self._fh.fileno(), [view[got:]], e.start + got)
+                n = self._read_at(view[got:], e.start + got)
                 if n <= 0:
                     raise ModelMismatchError(f"{self.path}: file ends inside tensor {key!r}")
                 got += n
         return buf.view(e.info.dtype).reshape(e.info.shape)
+
+    def _read_at(self, view: memoryview, offset: int) -> int:
+        if _HAS_PREADV:
+            return os.preadv(self._fh.fileno(), [view], offset)
+        with self._seek_lock:  # Windows (the WebUI bridge runs there): no positional reads
+            self._fh.seek(offset)
+            return self._fh.readinto(view) or 0
 
     def close(self) -> None:
         self._fh.close()
@@ -302,3 +315,31 @@ def check_same_keys_and_shapes(
         hint="A and B must be the same architecture and variant "
         "(e.g. both SD1.5; not one inpainting and one normal model)",
     )
+
+
+def check_mergeable(
+    shapes_a: Mapping[str, Sequence[int]],
+    shapes_b: Mapping[str, Sequence[int]],
+    *,
+    name_a: str = "model A",
+    name_b: str = "model B",
+    prefix: str = "",
+) -> Arch:
+    """The architecture of A and B; ModelMismatchError when either is no SD checkpoint, they
+    are different architectures, or their keys starting with ``prefix`` differ in name or
+    shape (the first mismatch, in sorted order, is named)."""
+    arch_a = detect_arch(shapes_a, source=name_a)
+    arch_b = detect_arch(shapes_b, source=name_b)
+    if arch_a is not arch_b:
+        first = next(find_mismatches(shapes_a, shapes_b), None)
+        raise ModelMismatchError(
+            f"checkpoints cannot be merged: {name_a} is {arch_a.value} "
+            f"but {name_b} is {arch_b.value}"
+            + (f"; first mismatching key: {first.key!r} ({first.problem})" if first else ""),
+            hint="merge two models of the same architecture",
+        )
+    if prefix:
+        shapes_a = {k: v for k, v in shapes_a.items() if k.startswith(prefix)}
+        shapes_b = {k: v for k, v in shapes_b.items() if k.startswith(prefix)}
+    check_same_keys_and_shapes(shapes_a, shapes_b, name_a=name_a, name_b=name_b)
+    return arch_a

@@ -40,5 +40,10 @@ OUTPUT_DTYPES: Mapping[str, torch.dtype] = {
 }
 
 
+ELEMENT_SIZES: Mapping[torch.dtype, int] = {
+    dt: torch.empty((), dtype=dt).element_size() for dt in _NAMES
+}  # a table: the header of a checkpoint names thousands of tensors
+
+
 def element_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+    return ELEMENT_SIZES.get(dtype) or torch.empty((), dtype=dtype).element_size()

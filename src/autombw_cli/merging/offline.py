@@ -20,33 +20,32 @@ import dataclasses
 import itertools
 import shutil
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from autombw_cli.blocks import Arch, Weights, detect_arch, is_text_encoder_key, layout
+from autombw_cli.blocks import Arch, Weights, layout
 from autombw_cli.errors import ConfigError, ModelMismatchError, OutputExistsError
 from autombw_cli.merging.checkpoint_io import (
     CheckpointReader,
-    check_same_keys_and_shapes,
+    check_mergeable,
     checkpoint,
-    find_mismatches,
 )
 from autombw_cli.merging.ckpt_writer import CheckpointFormat, write_checkpoint_stream
 from autombw_cli.merging.dtypes import OUTPUT_DTYPES
+from autombw_cli.merging.kernels import ChunkedLerp
+from autombw_cli.merging.plan import TEXT_ENCODER, plan_weights
 from autombw_cli.merging.safetensors_writer import TensorEntry, layout_order
 from autombw_cli.recipe import Recipe, write_recipe_files
 
 OTHER_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
-CHUNK_ELEMENTS = 1 << 20  # float32 scratch chunks of 4 MiB
 # The arithmetic runs on one thread while a second reads ahead and a third writes behind. Small
 # chunks on torch's multi-threaded pool lose badly to thread synchronisation (10x slower on a
 # busy 2-core machine); one compute thread plus overlapped I/O keeps both cores busy.
 MERGE_THREADS = 1
-TEXT_ENCODER = "BASE"  # the report's name for text-encoder keys
 
 ProgressFn = Callable[[int, int], None]  # (tensors done, tensors total)
 _Pair = tuple[torch.Tensor, torch.Tensor | None]  # A's tensor, B's (None when not needed)
@@ -87,63 +86,6 @@ def output_format(path: Path) -> CheckpointFormat:
 def recipe_stem(output: Path) -> Path:
     """``out/mix.safetensors`` → ``out/mix`` (sidecars: ``mix.recipe.txt``, ``mix.recipe.json``)."""
     return output.with_suffix("")
-
-
-def plan_weights(
-    keys: Sequence[str], weights: Weights, *, copy: Collection[str] = ()
-) -> dict[str, tuple[str, float] | None]:
-    """For each key, ``(slot, weight)`` to interpolate with, or None to copy A's tensor
-    (keys in ``copy``, e.g. integer buffers such as CLIP position ids, are always copied)."""
-    lay = layout(weights.arch)
-    plan: dict[str, tuple[str, float] | None] = {}
-    for key in keys:
-        slot = lay.slot_of(key)
-        if key in copy:
-            plan[key] = None
-        elif slot is not None:
-            plan[key] = (slot, weights[slot])
-        elif weights.text_encoder is not None and is_text_encoder_key(key, weights.arch):
-            plan[key] = (TEXT_ENCODER, weights.text_encoder)
-        else:
-            plan[key] = None
-    return plan
-
-
-class ChunkedLerp:
-    """`lerp_tensor` for big tensors: float32 work in small reused scratch buffers.
-
-    Gives exactly ``lerp_tensor(a, b, w)`` cast to ``out_dtype`` (float32 ``torch.lerp``
-    rounded once to the output dtype; ``w == 0`` copies A, ``w == 1`` copies B), but never
-    allocates a float32 copy of a whole tensor: allocating and faulting in fresh float32
-    temporaries costs more than the arithmetic (about 5x on the 2-core test machine). One
-    instance per merge (it owns its two scratch buffers of `CHUNK_ELEMENTS` floats).
-    """
-
-    def __init__(self, chunk: int | None = None) -> None:
-        self.chunk = chunk = chunk or CHUNK_ELEMENTS
-        self._sa = torch.empty(chunk, dtype=torch.float32)
-        self._sb = torch.empty(chunk, dtype=torch.float32)
-
-    def __call__(
-        self, a: torch.Tensor, b: torch.Tensor, w: float, out_dtype: torch.dtype
-    ) -> torch.Tensor:
-        if not a.is_floating_point():
-            return a
-        if w == 0.0 and a.dtype == out_dtype:
-            return a
-        out = torch.empty(a.shape, dtype=out_dtype)
-        if w in (0.0, 1.0):
-            return out.copy_(a if w == 0.0 else b)
-        flat_out, flat_a, flat_b = out.view(-1), a.reshape(-1), b.reshape(-1)
-        n = flat_a.numel()
-        for i in range(0, n, self.chunk):
-            m = min(self.chunk, n - i)
-            fa, fb = self._sa[:m], self._sb[:m]
-            fa.copy_(flat_a[i : i + m])
-            fb.copy_(flat_b[i : i + m])
-            torch.lerp(fa, fb, float(w), out=fa)
-            flat_out[i : i + m].copy_(fa)
-        return out
 
 
 def merge_checkpoints(
@@ -318,20 +260,9 @@ def _same_path(a: Path, b: Path) -> bool:
 def _validated_recipe(
     reader_a: CheckpointReader, reader_b: CheckpointReader, recipe: Recipe
 ) -> Recipe:
-    shapes_a, shapes_b = reader_a.shapes(), reader_b.shapes()
-    arch_a = detect_arch(shapes_a, source=f"model A ({reader_a.path})")
-    arch_b = detect_arch(shapes_b, source=f"model B ({reader_b.path})")
-    if arch_a is not arch_b:
-        first = next(find_mismatches(shapes_a, shapes_b), None)
-        raise ModelMismatchError(
-            f"checkpoints cannot be merged: model A ({reader_a.path.name}) is {arch_a.value} "
-            f"but model B ({reader_b.path.name}) is {arch_b.value}"
-            + (f"; first mismatching key: {first.key!r} ({first.problem})" if first else ""),
-            hint="merge two models of the same architecture",
-        )
-    check_same_keys_and_shapes(
-        shapes_a,
-        shapes_b,
+    arch_a = check_mergeable(
+        reader_a.shapes(),
+        reader_b.shapes(),
         name_a=f"model A ({reader_a.path.name})",
         name_b=f"model B ({reader_b.path.name})",
     )

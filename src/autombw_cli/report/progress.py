@@ -79,6 +79,7 @@ class RunView:
 
     clock: Callable[[], float] = time.monotonic
     name: str = ""
+    run_dir: Path | None = None
     budget: int | None = None
     done: int = 0
     done_at_start: int = 0
@@ -97,6 +98,7 @@ class RunView:
         now = self.clock()
         if isinstance(event, RunStarted):
             self.name = event.name
+            self.run_dir = event.run_dir
             self.budget = event.budget
             self.done = self.done_at_start = event.already_done
             self.started = now
@@ -216,7 +218,8 @@ class LiveDisplay:
                     last,
                     Text(iv.detail[:60], style="dim"),
                 )
-            return Group(self._progress.get_renderable(), best, table)
+            folder = Text(f"run folder: {v.run_dir}", style="dim") if v.run_dir else Text("")
+            return Group(self._progress.get_renderable(), best, table, folder)
 
 
 class PlainPrinter:

@@ -41,7 +41,9 @@ from autombw_cli.search.evaluation import Evaluation
 from autombw_cli.search.events import (
     EvaluationDone,
     EventSink,
+    Notice,
     PassStarted,
+    RunWarning,
     StopReason,
 )
 from autombw_cli.search.optimizers.base import (
@@ -225,6 +227,8 @@ class Campaign:
         score, per_payload = self.tally(outcome)
         evaluation = outcome.evaluation(score, per_payload)
         self.record(evaluation, outcome)
+        if self.warm_start and not self.history:
+            self._check_warm_start_scale(score)
         self.history.append(evaluation)
         self._seen.add(cand.weights.key())
         is_best = self._best is None or score > self._best.score
@@ -348,10 +352,51 @@ class Campaign:
         replayed = replay(st.optimizer, known)
         if replayed:
             log.info("pass %d: warm-started with %d evaluations", st.plan.index, replayed)
+        if self.warm_start and st.plan.index == self.passes[0].index and not self.history:
+            self.emit(Notice(message=self._warm_start_told(st)))
         if st.plan.index == self.passes[0].index:
             for w in self.initial:
                 if w.key() not in self._seen:
                     st.optimizer.enqueue(w)
+
+    def _warm_start_told(self, st: _PassState) -> str:
+        """What the first pass learnt from the --warm-start file, and what it skipped."""
+        space = st.optimizer.space
+        inside = [w for w, _ in self.warm_start if space.contains(w)]
+        outside = len(self.warm_start) - len(inside)
+        repeats = len(inside) - len({space.key(w) for w in inside})
+        scores = [score for _, score in self.warm_start]
+        told = len(inside) - repeats
+        text = (
+            f"warm start: the optimizer learnt {told} of {len(self.warm_start)} evaluations "
+            f"(scores {min(scores):.4g}..{max(scores):.4g})"
+        )
+        skipped = []
+        if repeats:
+            skipped.append(f"{repeats} repeating weights already given (at this grid's step)")
+        if outside:
+            skipped.append(
+                f"{outside} outside this search space (other frozen blocks, clamps or grid)"
+            )
+        return text + (f"; skipped: {'; '.join(skipped)}" if skipped else "")
+
+    def _check_warm_start_scale(self, score: float) -> None:
+        """The first score of this run far outside the warm-start's range means another scorer
+        or tally (auto-MBW-rt's sigmoid ImageReward ~0.6, raw ImageReward ~-2..2): the optimizer
+        would take old and new scores as one scale."""
+        scores = [s for _, s in self.warm_start]
+        lo, hi = min(scores), max(scores)
+        span = max(hi - lo, 1e-9)
+        if lo - 2 * span <= score <= hi + 2 * span:
+            return
+        self.emit(
+            RunWarning(
+                message=f"the first score of this run ({score:.4g}) is far from the warm-start "
+                f"file's scores ({lo:.4g}..{hi:.4g}): were they made with another scorer, "
+                "tally or sigmoid setting? The optimizer takes both as one scale; if they differ, "
+                "start without --warm-start"
+            )
+        )
 
     def _replay_everything(self, st: _PassState, own: list[Evaluation]) -> None:
         """Resume without lockstep: tell the new optimizer everything known, including this

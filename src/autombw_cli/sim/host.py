@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from autombw_cli import __version__
-from autombw_cli.webui.bridge.files import TensorFile
+from autombw_cli.merging.checkpoint_io import checkpoint
 from autombw_cli.webui.bridge.names import CHECKPOINT_SUFFIXES, CheckpointRef, find_checkpoint
 
 HASH_LIMIT_BYTES = 256 << 20  # hash files up to this size at refresh (A1111 hashes lazily)
@@ -78,8 +78,8 @@ class SimHost:
         return self._loaded
 
     def load_checkpoint(self, ref: CheckpointRef) -> None:
-        with TensorFile(ref.path) as tf:
-            state = {k: tf.get(k).clone() for k in tf.tensor_keys()}
+        with checkpoint(ref.path) as reader:
+            state = {k: reader.get(k).clone() for k in reader.keys()}  # noqa: SIM118
         self._model = module_from_state_dict(state)
         self._loaded = ref
         self._load_count += 1

@@ -146,24 +146,25 @@ class SimScorer:
 def merge_state(
     state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor], weights: Weights
 ) -> dict[str, torch.Tensor]:
-    """The merged state dict exactly as the bridge computes it (same kernel, same dtype)."""
+    """The merged state dict exactly as the bridge computes it (same policy, same kernel,
+    same dtype)."""
     from autombw_cli.merging.kernels import lerp_tensor
+    from autombw_cli.merging.plan import weight_of
 
-    lay = layout(weights.arch)
     out = {}
     for key, a in state_a.items():
-        slot = lay.slot_of(key)
-        out[key] = lerp_tensor(a, state_b[key].to(a.dtype), weights[slot]) if slot else a
+        step = weight_of(key, weights)
+        out[key] = a if step is None else lerp_tensor(a, state_b[key].to(a.dtype), step[1])
     return out
 
 
 def _state(arch: Arch, path: str | Path | None, seed: int) -> dict[str, torch.Tensor]:
     if path is not None:
-        from autombw_cli.webui.bridge.files import TensorFile
+        from autombw_cli.merging.checkpoint_io import checkpoint
 
         try:
-            with TensorFile(path) as tf:
-                return {k: tf.get(k) for k in tf.tensor_keys()}
+            with checkpoint(path) as reader:
+                return {k: reader.get(k) for k in reader.keys()}  # noqa: SIM118
         except Exception as exc:
             raise ScorerError(f"sim scorer: cannot read {path}: {exc}") from exc
     import torch

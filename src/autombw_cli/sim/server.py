@@ -46,6 +46,7 @@ from autombw_cli.sim.render import Renderer, RenderParams
 from autombw_cli.sim.workdir import SimFolder
 from autombw_cli.webui import endpoints as ep
 from autombw_cli.webui.bridge.core import BridgeCore
+from autombw_cli.webui.bridge.errors import ValidationError
 from autombw_cli.webui.bridge.routes import check_basic_auth, error_response, register_routes
 
 log = logging.getLogger("autombw.sim")
@@ -546,7 +547,7 @@ class SimulatedWebUI:
             try:
                 return sim.set_faults(**body).to_json()
             except Exception as exc:  # ConfigError: an unknown fault or a bad value
-                return error_response(422, "ValidationError", str(exc))
+                return error_response(ValidationError(str(exc)))
 
         def post_restart() -> dict[str, Any]:
             sim.restart()

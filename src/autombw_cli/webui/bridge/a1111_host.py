@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from autombw_cli.webui.bridge.core import BridgeCore, BridgeError
+from autombw_cli.webui.bridge.core import BridgeCore
+from autombw_cli.webui.bridge.errors import UnsupportedWebUI
 from autombw_cli.webui.bridge.names import CheckpointRef
 from autombw_cli.webui.bridge.routes import register_routes
-from autombw_cli.webui.endpoints import UNSUPPORTED_WEBUI
 
 log = logging.getLogger("autombw.bridge")
 
@@ -226,7 +226,7 @@ class RefusingCore(BridgeCore):
 
     def __init__(self, host: Any, *, version: str, message: str, hint: str) -> None:
         super().__init__(host, version=version)
-        self._refusal = BridgeError(message, status=501, kind=UNSUPPORTED_WEBUI, hint=hint)
+        self._refusal = UnsupportedWebUI(message, hint=hint)
 
     def status(self) -> dict[str, Any]:
         raise self._refusal

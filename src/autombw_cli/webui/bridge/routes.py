@@ -4,8 +4,10 @@ The handlers read and check the request first (size, JSON, fields: `register_rou
 the engine's call in a worker thread holding the host's queue lock, so a merge never runs while
 the WebUI generates or loads a model, and a bad request never waits for (or holds) that lock.
 Request bodies are plain dicts validated by hand: A1111 1.x ships pydantic 1, newer WebUIs
-pydantic 2. Errors answer in A1111's shape ``{"error", "detail", "body", "errors"}`` (plus
-``hint``) with a real status.
+pydantic 2. The routes check the request's shape (size, JSON, known fields, types of the plain
+fields); what needs the checkpoints (names, weights for the pair's architecture) is checked by
+the engine. Every refusal is a `BridgeError` carrying its status (`bridge.errors`), answered
+here in A1111's shape ``{"error", "detail", "body", "errors"}`` (plus ``hint``).
 
 Only fastapi, torch, safetensors and the standard library (copied into the WebUI extension).
 """
@@ -24,7 +26,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from autombw_cli.webui.bridge.core import BridgeCore, BridgeError
+from autombw_cli.webui.bridge.core import BridgeCore
+from autombw_cli.webui.bridge.errors import BridgeError, RequestTooLarge, ValidationError
 from autombw_cli.webui.endpoints import BRIDGE_MERGE, BRIDGE_RESTORE, BRIDGE_SAVE, BRIDGE_STATUS
 
 log = logging.getLogger("autombw.bridge")
@@ -32,13 +35,16 @@ log = logging.getLogger("autombw.bridge")
 Credentials = Callable[[], dict[str, str] | None]
 
 
-def error_response(
-    status: int, kind: str, message: str, *, hint: str = "", headers: dict[str, str] | None = None
-) -> JSONResponse:
-    """An error in AUTOMATIC1111's shape (what its API middleware answers)."""
+def error_response(exc: BridgeError) -> JSONResponse:
+    """A refusal in AUTOMATIC1111's shape (what its API middleware answers), with the status
+    the error's class carries: the one place a `BridgeError` becomes an HTTP answer."""
+    return _error_json(exc.status, exc.kind, exc.message, hint=exc.hint or "")
+
+
+def _error_json(status: int, kind: str, message: str, *, hint: str = "") -> JSONResponse:
     errors = f"{message} (hint: {hint})" if hint else message
     content = {"error": kind, "detail": message, "body": "", "errors": errors, "hint": hint}
-    return JSONResponse(status_code=status, content=content, headers=headers)
+    return JSONResponse(status_code=status, content=content)
 
 
 def check_basic_auth(request: Request, credentials: dict[str, str] | None) -> JSONResponse | None:
@@ -97,7 +103,7 @@ def register_routes(
             data = await _read_object(request) if known is not None else {}
             _check_fields(data, known or set())
         except BridgeError as exc:
-            return error_response(exc.status, exc.kind, exc.message, hint=exc.hint)
+            return error_response(exc)
         return await run_in_threadpool(locked, request, data, action)
 
     def locked(
@@ -108,10 +114,10 @@ def register_routes(
             with engine.host.queue_lock:
                 return action(engine, data)
         except BridgeError as exc:
-            return error_response(exc.status, exc.kind, exc.message, hint=exc.hint)
+            return error_response(exc)
         except Exception as exc:  # the WebUI's own errors (e.g. CUDA OOM)
             log.exception("autombw bridge: %s %s failed", request.method, request.url.path)
-            return error_response(500, type(exc).__name__, str(exc))
+            return _error_json(500, type(exc).__name__, str(exc))
 
     async def status(request: Request) -> Any:
         return await run(request, None, lambda engine, _data: engine.status())
@@ -204,10 +210,8 @@ async def _read_object(request: Request) -> dict[str, Any]:
 
 
 def _too_large(size: int) -> BridgeError:
-    return BridgeError(
-        f"the request body is {size} bytes; the bridge takes at most {MAX_BODY_BYTES}",
-        status=413,
-        kind="RequestTooLarge",
+    return RequestTooLarge(
+        f"the request body is {size} bytes; the bridge takes at most {MAX_BODY_BYTES}"
     )
 
 
@@ -231,7 +235,7 @@ def _check_fields(data: dict[str, Any], known: set[str]) -> None:
 
 # --- hand validation (no pydantic: A1111 1.x has v1, others v2) ------------------------------
 def _invalid(message: str) -> BridgeError:
-    return BridgeError(message, status=422, kind="ValidationError")
+    return ValidationError(message)
 
 
 def _require_object(body: Any) -> dict[str, Any]:

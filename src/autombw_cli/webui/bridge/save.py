@@ -1,6 +1,7 @@
 """Saving a merge as a checkpoint file: A's non-UNet tensors + the block-merged UNet.
 
-Streams one tensor at a time from A's and B's files (lerp in float32, then the output dtype)
+Streams one tensor at a time from A's and B's files (`merging.plan` gives each key's weight,
+`merging.kernels.ChunkedLerp` interpolates in float32, rounded once to the output dtype)
 into a temp file beside the target, hashing as it writes, then renames it into place; as
 ``.safetensors`` or as a ``.ckpt`` torch pickle (the writers of `autombw_cli.merging`). Only
 torch, safetensors and the standard library (copied into the WebUI extension).
@@ -16,10 +17,75 @@ from typing import Any, BinaryIO
 import torch
 from torch import Tensor
 
-from autombw_cli.blocks import Weights, is_text_encoder_key, layout
+from autombw_cli.blocks import Weights
+from autombw_cli.merging.checkpoint_io import CheckpointReader, checkpoint
 from autombw_cli.merging.ckpt_writer import CheckpointFormat, write_checkpoint_stream
+from autombw_cli.merging.kernels import ChunkedLerp
+from autombw_cli.merging.plan import weight_of
 from autombw_cli.merging.safetensors_writer import TensorEntry
-from autombw_cli.webui.bridge.files import TensorFile
+from autombw_cli.webui.bridge.errors import BadRequest, Conflict
+from autombw_cli.webui.bridge.names import (
+    CheckpointRef,
+    NameError_,
+    checkpoint_stem,
+    safe_output_path,
+)
+from autombw_cli.webui.bridge.pairs import same_or_linked
+
+# the ``dtype`` a save request may name -> float dtype of the output (None: keep A's)
+DTYPE_NAMES: dict[str, torch.dtype | None] = {
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "keep": None,
+}
+
+
+def save_target(
+    name: object,
+    folder: Path,
+    *,
+    suffix: str,
+    own: list[tuple[str, CheckpointRef]],
+    overwrite: bool,
+) -> tuple[Path, Path]:
+    """``(checkpoint path, recipe path)`` for a save named ``name`` in ``folder``.
+
+    Refuses (400 ``BadName``) a name that is not a plain file name; (409 ``OutputIsInput``)
+    one that is a file the bridge reads from (``own``: A, B, the loaded checkpoint, as
+    ``(role, ref)``) or shares its stem in the same folder (its recipe), whatever
+    ``overwrite`` says; (409 ``OutputExists``) an existing checkpoint or recipe unless
+    ``overwrite``."""
+    try:
+        target = safe_output_path(name, folder, suffix=suffix)
+    except NameError_ as exc:
+        raise BadRequest(str(exc), kind="BadName") from None
+    stem = target.name[: -len(suffix)]
+    recipe_path = target.with_name(stem + ".recipe.txt")
+    for role, ref in own:
+        same_stem = same_or_linked(ref.path.parent, target.parent) and (
+            checkpoint_stem(ref.path.name) == stem.lower()
+        )
+        if same_stem or same_or_linked(ref.path, target):
+            raise Conflict(
+                f"{target.name} would overwrite {role} ({ref.filename}) or its recipe, "
+                "which the bridge is merging from",
+                kind="OutputIsInput",
+                hint="choose another name; the bridge never overwrites its own inputs",
+            )
+    for path in (target, recipe_path):  # the recipe follows its checkpoint's rule
+        if path.exists() and not overwrite:
+            raise Conflict(
+                f"{path.name} already exists in the checkpoint folder",
+                kind="OutputExists",
+                hint="pass overwrite: true to replace it, or choose another name",
+            )
+    return target, recipe_path
 
 
 def write_merged_checkpoint(
@@ -42,7 +108,7 @@ def write_merged_checkpoint(
         hashing.append(_HashingWriter(raw))
         return hashing[-1]  # type: ignore[return-value]
 
-    with TensorFile(a_path) as fa, TensorFile(b_path) as fb:
+    with checkpoint(a_path) as fa, checkpoint(b_path) as fb:
         producers = {e.key: (e, make) for e, make in _entries(fa, fb, weights, dtype)}
         size = write_checkpoint_stream(
             target,
@@ -56,32 +122,26 @@ def write_merged_checkpoint(
 
 
 def _entries(
-    fa: TensorFile, fb: TensorFile, w: Weights, out_dtype: torch.dtype | None
+    fa: CheckpointReader, fb: CheckpointReader, w: Weights, out_dtype: torch.dtype | None
 ) -> Iterator[tuple[TensorEntry, Callable[[], Tensor]]]:
-    lay = layout(w.arch)
-    b_keys = set(fb.tensor_keys())
-    for key in fa.tensor_keys():
-        src_dtype = fa.dtype(key)
-        shape = fa.shape(key)
-        floating = src_dtype.is_floating_point
-        dtype = out_dtype if (out_dtype is not None and floating) else src_dtype
-        slot = lay.slot_of(key)
-        if slot is not None:
-            weight = w.values[slot]
-        elif w.text_encoder is not None and is_text_encoder_key(key, w.arch):
-            weight = w.text_encoder
-        else:
-            weight = 0.0
-        mix = floating and weight != 0.0 and key in b_keys and fb.shape(key) == shape
+    """Per key of A: its output entry and how to make its tensor (`merging.plan` says which
+    weight; a key B lacks, or holds in another shape, is A's: the bridge checks only the
+    UNet's keys)."""
+    b_shapes = fb.shapes()
+    lerp = ChunkedLerp()
+    for key in fa.keys():  # noqa: SIM118  (a reader, not a dict)
+        info = fa.info(key)
+        floating = info.dtype.is_floating_point
+        dtype = out_dtype if (out_dtype is not None and floating) else info.dtype
+        step = weight_of(key, w)
+        weight = 0.0 if step is None else step[1]
+        mix = floating and weight != 0.0 and b_shapes.get(key) == info.shape
 
         def produce(key: str = key, weight: float = weight, mix: bool = mix, dtype=dtype) -> Tensor:
             a = fa.get(key)
-            if not mix:
-                return a.to(dtype)
-            b = fb.get(key)
-            return torch.lerp(a.float(), b.float(), weight).to(dtype)
+            return lerp(a, fb.get(key), weight, dtype) if mix else a.to(dtype)
 
-        yield TensorEntry(key, dtype, shape), produce
+        yield TensorEntry(key, dtype, info.shape), produce
 
 
 class _HashingWriter:
