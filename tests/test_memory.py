@@ -20,6 +20,7 @@ from autombw_cli.blocks import Arch, Weights
 from autombw_cli.config import load_config
 from autombw_cli.report import summary as sm
 from autombw_cli.search import work
+from autombw_cli.search.evaluation import Evaluation
 from autombw_cli.search.events import EvaluationDone
 from search_helpers import write_search_config
 
@@ -28,16 +29,18 @@ pytestmark = pytest.mark.timeout(120)
 SRC = str(Path(rec.__file__).resolve().parents[1])  # .../src/autombw_cli
 
 
-def _record(number: int, score: float) -> rec.Record:
+def _record(number: int, score: float) -> Evaluation:
     w = Weights.uniform(Arch.SD1, (number % 11) / 10)
-    return rec.Record(number, 1, w, score, payload_scores={"p": score}, raw_scores=(score,))
+    return Evaluation(
+        number=number, weights=w, score=score, payload_scores={"p": score}, raw_scores=(score,)
+    )
 
 
 def test_record_book_keeps_the_best_and_a_compact_trace() -> None:
     rng = random.Random(3)
     scores = [round(rng.random(), 2) for _ in range(3000)]  # many ties
     gc.collect()
-    before = sum(1 for o in gc.get_objects() if type(o) is rec.Record)  # other tests' leftovers
+    before = sum(1 for o in gc.get_objects() if type(o) is Evaluation)  # other tests' leftovers
     book = rec.RecordBook(keep=5)
     for i, s in enumerate(scores, start=1):
         book.add(_record(i, s))
@@ -48,8 +51,8 @@ def test_record_book_keeps_the_best_and_a_compact_trace() -> None:
     trace = book.trace()
     assert list(trace.numbers) == list(range(1, 3001)) and list(trace.scores) == scores
     gc.collect()
-    alive = sum(1 for o in gc.get_objects() if type(o) is rec.Record) - before
-    assert alive <= 5, f"{alive} Record objects alive: the book keeps records per evaluation"
+    alive = sum(1 for o in gc.get_objects() if type(o) is Evaluation) - before
+    assert alive <= 5, f"{alive} Evaluation objects alive: the book keeps records per evaluation"
 
 
 def test_summary_from_the_best_and_a_trace_equals_the_full_summary(tmp_path: Path) -> None:
@@ -70,10 +73,8 @@ def test_summary_from_the_best_and_a_trace_equals_the_full_summary(tmp_path: Pat
         arch=Arch.SD1,
         outputs={},
     )
-    full = sm.build_summary(records=[r.as_report() for r in records], **common)
-    bounded = sm.build_summary(
-        records=[r.as_report() for r in book.top()], trace=book.trace(), **common
-    )
+    full = sm.build_summary(records=records, **common)
+    bounded = sm.build_summary(records=book.top(), trace=book.trace(), **common)
     assert bounded == full
     assert full["evaluations"] == 199 and len(full["top"]) == sm.TOP_K
 
@@ -107,8 +108,7 @@ def test_identical_image_guard_remembers_a_window_only() -> None:
 # No WebUI or scheduler here: candidates are taken from the run's campaign and completed with a
 # rendered image and a score, as the scheduler does (its memory is covered by the soak).
 _PER_EVALUATION = (
-    rec.Record,
-    sm.EvaluationRecord,
+    Evaluation,
     sm.BestImage,
     work.Outcome,
     work.RenderedImage,
@@ -116,9 +116,9 @@ _PER_EVALUATION = (
     EvaluationDone,
 )
 FIRST, LAST = 100, 400
-# Bytes our own modules may keep per evaluation. Inherent: the campaign's history (a `Scored`
-# with its `Weights`: ~1.5 KB for SD1) and two de-duplication keys (~250 bytes each); an
-# `EvaluationDone`, a `Record` with its payload dict, a tuple key or a float per weight per
+# Bytes our own modules may keep per evaluation. Inherent: the campaign's history (an
+# `Evaluation` with its `Weights`: ~1.5 KB for SD1) and two de-duplication keys (~250 bytes
+# each); an `EvaluationDone`, a second record per evaluation, a tuple key or a float per weight per
 # evaluation would push it over. Measured ~1.8 KB (random and tpe; BENCHMARKS.md "Soak").
 MAX_OWN_BYTES_PER_EVALUATION = 3000
 
@@ -185,6 +185,8 @@ def test_a_run_keeps_no_per_evaluation_objects(tmp_path: Path) -> None:
     assert len(run.records) == LAST and campaign.done == LAST
     (first, own_first), (last, own_last) = marks
     for name, n in last.items():
-        assert n - first[name] <= 2, f"{name}: {first[name]} alive at #{FIRST}, {n} at #{LAST}"
+        # the campaign's history keeps one `Evaluation` per evaluation (the book, 5 more)
+        allowed = LAST - FIRST + 2 if name == Evaluation.__name__ else 2
+        assert n - first[name] <= allowed, f"{name}: {first[name]} at #{FIRST}, {n} at #{LAST}"
     per_eval = (own_last - own_first) / (LAST - FIRST)
     assert per_eval < MAX_OWN_BYTES_PER_EVALUATION, f"{per_eval:.0f} bytes per evaluation"

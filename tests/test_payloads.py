@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from autombw_cli.errors import OutputExistsError, PayloadError
 from autombw_cli.payloads import (
-    ExpandedPrompt,
     Payload,
     derive_seed,
     expand_payload,
@@ -24,6 +23,7 @@ from autombw_cli.payloads import (
     new_payload,
     write_payload,
 )
+from autombw_cli.search.prompt import PromptSpec
 from conftest import REPO_ROOT
 
 # What auto-MBW-rt's "Create Payload" button writes (scripts/payload/create_payload.py).
@@ -242,7 +242,7 @@ def test_none_keeps_the_payload_as_written() -> None:
     [e] = expand_payload(payload(prompt="a {cat|dog}", n_iter=4, batch_size=2, seed=7), None, 0)
     assert (e.prompt, e.seed, e.seed_derived, e.images) == ("a {cat|dog}", 7, False, 8)
     assert e.txt2img_body()["n_iter"] == 4
-    assert isinstance(e, ExpandedPrompt) and e.key == "payload#0"
+    assert isinstance(e, PromptSpec) and e.key == "payload#0"
 
 
 def test_random_is_deterministic_and_seeded_by_the_run(wild: Path) -> None:

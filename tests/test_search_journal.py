@@ -33,7 +33,7 @@ def ev(n: int, score: float | None = 0.5, **kw) -> Evaluation:
         score=score,
         payload_scores={"portrait": 0.25, "landscape": -1.5} if score is not None else {},
         raw_scores=[0.1, -0.2, 0.3] if score is not None else [],
-        worker="http://127.0.0.1:7861",
+        instance="http://127.0.0.1:7861",
         merge_id=f"m{n}",
         timings={"merge_s": 0.5, "generate_s": 3.25, "score_s": 0.01, "total_s": 3.76},
         timestamp=1_700_000_000.0 + n,
@@ -167,4 +167,6 @@ def test_evaluation_states_are_checked() -> None:
     with pytest.raises(ValueError, match="needs a score"):
         Evaluation(number=1, weights=Weights.uniform(Arch.SD1, 0.5), score=None)
     with pytest.raises(ValueError, match="finished"):
-        Evaluation(1, Weights.uniform(Arch.SD1, 0.5), None, state=TrialState.RUNNING)
+        Evaluation(
+            number=1, weights=Weights.uniform(Arch.SD1, 0.5), score=None, state=TrialState.RUNNING
+        )

@@ -66,7 +66,9 @@ def test_quick_search_writes_every_output(tmp_path: Path) -> None:
     assert len(list((d / "best-images").glob("*.png"))) == 2  # one per expanded prompt
     summary = json.loads((d / "summary.json").read_text())
     assert summary["evaluations"] == 10
-    assert summary["best"]["score"] == max(e.score for e in events if isinstance(e, EvaluationDone))
+    assert summary["best"]["score"] == max(
+        e.evaluation.score for e in events if isinstance(e, EvaluationDone)
+    )
     assert summary["outputs"]["checkpoint"]  # the final merge through the bridge
     assert (d / "test-merge.safetensors").is_file()  # copied out of the simulator's folder
     assert all(i["webui_version"].startswith("autombw-sim") for i in summary["instances"].values())
@@ -89,7 +91,7 @@ def test_one_instance_killed_mid_run(tmp_path: Path, sims) -> None:  # type: ign
     assert result.exit_code == 0 and result.done == 15
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["instances"]["gpu2"]["state"] == "down"
-    numbers = [e.number for e in events if isinstance(e, EvaluationDone)]
+    numbers = [e.evaluation.number for e in events if isinstance(e, EvaluationDone)]
     assert len(numbers) == len(set(numbers)) == 15
 
 
@@ -129,8 +131,8 @@ def test_resume_continues_the_budget(tmp_path: Path) -> None:
     assert second.run_dir == first.run_dir
     assert second.done == 12
     new = [e for e in events if isinstance(e, EvaluationDone)]
-    assert sorted(e.number for e in new) == list(range(8, 13))
-    assert all(e.pass_index == 2 for e in new)
+    assert sorted(e.evaluation.number for e in new) == list(range(8, 13))
+    assert all(e.evaluation.pass_index == 2 for e in new)
 
 
 def test_unreachable_instances_fail_preflight_with_every_problem(tmp_path: Path) -> None:

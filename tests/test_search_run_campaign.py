@@ -10,7 +10,8 @@ import pytest
 pytest.importorskip("autombw_cli.search.optimizers")
 
 from autombw_cli.blocks import Arch
-from autombw_cli.search.campaign import Campaign, PassPlan, Scored
+from autombw_cli.search.campaign import Campaign, PassPlan
+from autombw_cli.search.evaluation import Evaluation
 from autombw_cli.search.events import EvaluationDone, PassStarted, StopReason
 from autombw_cli.search.optimizers import create_optimizer
 from autombw_cli.search.scheduler import Candidate, Outcome
@@ -23,6 +24,10 @@ def _space() -> SearchSpace:
 
 def _outcome(c: Candidate) -> Outcome:
     return Outcome(c, "test", "m1", (), (), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1)
+
+
+def _scored(number: int, pass_index: int, weights, score: float) -> Evaluation:
+    return Evaluation(number=number, pass_index=pass_index, weights=weights, score=score)
 
 
 def _score(c: Candidate) -> float:
@@ -55,7 +60,7 @@ def _campaign(passes, total, events, *, history=(), score=None, clock=None, max_
             total_budget=total,
             tally=tally,
             make_optimizer=lambda plan: create_optimizer(plan.optimizer, plan.settings, space, 1),
-            record=lambda o, s, pp: recorded.append((o.candidate.number, s)),
+            record=lambda e, _o: recorded.append((e.number, e.score)),
             emit=events.append,
             history=list(history),
             max_time_s=max_time,
@@ -135,7 +140,7 @@ def test_resume_counts_the_journal_and_never_repeats_weights() -> None:
         assert cand is not None
         first.complete(_outcome(cand))
         done.append(cand)
-    history = [Scored(x.number, x.pass_index, x.weights, _score(x)) for x in done]
+    history = [_scored(x.number, x.pass_index, x.weights, _score(x)) for x in done]
     resumed, _recorded = _campaign(plans, 6, events, history=history)
     rest = _drain(resumed)
     assert [x.number for x in rest] == [6]
@@ -174,7 +179,7 @@ def test_resume_fills_the_gap_a_kill_left_first() -> None:
     plans = [PassPlan(1, "random", {}, None)]
     first, _ = _campaign(plans, None, [])
     done = [first.next_candidate() for _ in range(5)]
-    history = [Scored(x.number, 1, x.weights, _score(x)) for x in done if x and x.number != 3]
+    history = [_scored(x.number, 1, x.weights, _score(x)) for x in done if x and x.number != 3]
     resumed, recorded = _campaign(plans, 6, [], history=history)
     rest = _drain(resumed)
     assert [x.number for x in rest] == [3, 6]
@@ -196,7 +201,7 @@ def test_the_stop_reason_says_early_stopping_when_the_last_pass_stopped_early() 
 # --- lockstep: a resumed one-instance run proposes exactly what an uninterrupted one does ---
 def _lockstep(plans, lag: int, history=(), seed: int = 1) -> tuple[Campaign, list]:
     space = _space()
-    recorded: list[Scored] = []
+    recorded: list[Evaluation] = []
 
     def tally(o: Outcome):
         s = _score(o.candidate)
@@ -209,9 +214,7 @@ def _lockstep(plans, lag: int, history=(), seed: int = 1) -> tuple[Campaign, lis
         make_optimizer=lambda plan: create_optimizer(
             plan.optimizer, plan.settings, space, seed + plan.index
         ),
-        record=lambda o, s, pp: recorded.append(
-            Scored(o.candidate.number, o.candidate.pass_index, o.candidate.weights, s)
-        ),
+        record=lambda e, _o: recorded.append(e),
         emit=lambda e: None,
         history=list(history),
         lockstep=lag,
@@ -264,7 +267,7 @@ def test_lockstep_resume_repeats_the_uninterrupted_run(name, settings, lag) -> N
     assert [(s.number, s.weights) for s in other_rec] == [(n, w) for n, w, _ in expected]
     for k in (4, 6, 7, 13):  # killed after k results (in pass 1, at its end, in pass 2)
         head, _ = _lockstep(plans, lag)
-        got: list[Scored] = []
+        got: list[Evaluation] = []
         _run_one_instance(head, lag, order_seed=k, stop_after=k)
         got = list(head.history)
         resumed, rest = _lockstep(plans, lag, history=got)

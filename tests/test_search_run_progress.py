@@ -8,7 +8,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from autombw_cli.blocks import Arch, Weights
 from autombw_cli.report.progress import JsonLog, LiveDisplay, PlainPrinter, RunView
+from autombw_cli.search.evaluation import Evaluation
 from autombw_cli.search.events import (
     EvaluationDone,
     EvaluationFailed,
@@ -21,14 +23,16 @@ from autombw_cli.search.events import (
 
 
 def _done(number: int, score: float, best: float, best_number: int, done: int) -> EvaluationDone:
-    return EvaluationDone(
+    evaluation = Evaluation(
         number=number,
-        pass_index=1,
-        instance="gpu0",
+        weights=Weights.uniform(Arch.SD1, 0.5),
         score=score,
         payload_scores={"p": score},
-        weights={"IN00": 0.5},
-        duration_s=2.0,
+        instance="gpu0",
+        timings={"total_s": 2.0},
+    )
+    return EvaluationDone(
+        evaluation=evaluation,
         done=done,
         budget=10,
         best_score=best,

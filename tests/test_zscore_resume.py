@@ -79,9 +79,13 @@ def test_journal_keeps_member_scores_and_gives_them_in_scoring_order(tmp_path: P
     journal = Journal(tmp_path, Arch.SD1)
     w = Weights.uniform(Arch.SD1, 0.5)
     # recorded out of scoring order (e.g. told in number order): finish times decide
-    journal.append(Evaluation(2, w, 1.0, timestamp=1000.002, member_scores={"a": [2.0]}))
-    journal.append(Evaluation(1, w, 1.0, timestamp=1000.001, member_scores={"a": [1.0]}))
-    journal.append(Evaluation(3, w, 1.0, timestamp=1000.003))  # not an ensemble row
+    journal.append(
+        Evaluation(number=2, weights=w, score=1.0, timestamp=1000.002, member_scores={"a": [2.0]})
+    )
+    journal.append(
+        Evaluation(number=1, weights=w, score=1.0, timestamp=1000.001, member_scores={"a": [1.0]})
+    )
+    journal.append(Evaluation(number=3, weights=w, score=1.0, timestamp=1000.003))  # no ensemble
     again = Journal(tmp_path, Arch.SD1)
     assert again.member_scores_in_order() == [{"a": (1.0,)}, {"a": (2.0,)}]
     assert again.read()[0].member_scores == {"a": (2.0,)}

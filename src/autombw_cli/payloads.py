@@ -38,7 +38,6 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +45,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from autombw_cli.errors import OutputExistsError, PayloadError
+from autombw_cli.search.prompt import PromptSpec
 from autombw_cli.yamlio import raise_validation_error, read_document
 
 log = logging.getLogger(__name__)
@@ -201,43 +201,15 @@ class Payload(BaseModel):
         return out
 
 
-@dataclass(frozen=True)
-class ExpandedPrompt:
-    """One concrete txt2img call every candidate renders (same prompt, same seed)."""
-
-    payload_name: str
-    index: int  # position within its payload's expansion
-    prompt: str
-    negative_prompt: str
-    seed: int
-    seed_derived: bool  # True when the payload said seed -1 and this seed was derived
-    payload: Payload  # the variant: prompt, negative prompt, seed and n_iter filled in
-
-    @property
-    def key(self) -> str:
-        return f"{self.payload_name}#{self.index}"
-
-    @property
-    def score_weight(self) -> float:
-        return self.payload.score_weight
-
-    @property
-    def reverse_scoring(self) -> bool:
-        return self.payload.reverse_scoring
-
-    @property
-    def images(self) -> int:
-        return self.payload.images_per_call
-
-    def txt2img_body(self) -> dict[str, Any]:
-        """The exact JSON body for ``POST /sdapi/v1/txt2img`` (a fresh copy each call)."""
-        body = self.payload.txt2img_fields()
-        body["prompt"] = self.prompt
-        body["negative_prompt"] = self.negative_prompt
-        body["seed"] = self.seed
-        body["n_iter"] = self.payload.n_iter
-        body.setdefault("send_images", True)
-        return body
+def _txt2img_body(variant: Payload) -> dict[str, Any]:
+    """The exact JSON body for ``POST /sdapi/v1/txt2img`` of one expanded prompt."""
+    body = variant.txt2img_fields()
+    body["prompt"] = variant.prompt
+    body["negative_prompt"] = variant.negative_prompt
+    body["seed"] = variant.seed
+    body["n_iter"] = variant.n_iter
+    body.setdefault("send_images", True)
+    return body
 
 
 # --- loading ----------------------------------------------------------------------------
@@ -804,7 +776,7 @@ def _expand_texts(payload: Payload, folder: Path | None, seed: int) -> list[list
     ]
 
 
-def expand_payload(payload: Payload, wildcard_dir: Path | None, seed: int) -> list[ExpandedPrompt]:
+def expand_payload(payload: Payload, wildcard_dir: Path | None, seed: int) -> list[PromptSpec]:
     """The concrete prompts of one payload (see the module docstring)."""
     where = f"payload {payload.name}"
     if payload._source is not None:
@@ -870,22 +842,34 @@ def expand_payload(payload: Payload, wildcard_dir: Path | None, seed: int) -> li
         if payload.wildcard_type == "random":  # jinja2 templates say their prompts themselves
             pairs = _distinct_pairs(pairs, payload, where)
     n_iter = payload.n_iter if payload.wildcard_type == "none" else 1
-    out: list[ExpandedPrompt] = []
+    out: list[PromptSpec] = []
     for i, (prompt, negative) in enumerate(pairs):
         derived = payload.seed == -1
         s = derive_seed(seed, payload.name, i, "seed") if derived else payload.seed
         variant = payload.model_copy(
             update={"prompt": prompt, "negative_prompt": negative, "seed": s, "n_iter": n_iter}
         )
-        out.append(ExpandedPrompt(payload.name, i, prompt, negative, s, derived, variant))
+        out.append(
+            PromptSpec(
+                payload_name=payload.name,
+                index=i,
+                prompt=prompt,
+                negative_prompt=negative,
+                seed=s,
+                body=_txt2img_body(variant),
+                score_weight=payload.score_weight,
+                reverse_scoring=payload.reverse_scoring,
+                seed_derived=derived,
+            )
+        )
     return out
 
 
 def expand_payloads(
     payloads: Sequence[Payload], wildcard_dir: Path | None, seed: int
-) -> list[ExpandedPrompt]:
+) -> list[PromptSpec]:
     """Expand every payload once, in order; the result is the same for the same inputs."""
-    out: list[ExpandedPrompt] = []
+    out: list[PromptSpec] = []
     for payload in payloads:
         out.extend(expand_payload(payload, wildcard_dir, seed))
     return out

@@ -20,7 +20,7 @@ from autombw_cli.errors import AutombwError
 from autombw_cli.scoring.protocol import Scorer
 from autombw_cli.scoring.registry import create_scorer
 from autombw_cli.search.events import EventSink, RunWarning
-from autombw_cli.search.work import PromptSpec
+from autombw_cli.search.prompt import PromptSpec
 from autombw_cli.webui.client import WebUIClient
 
 if TYPE_CHECKING:

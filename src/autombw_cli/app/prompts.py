@@ -12,25 +12,13 @@ from autombw_cli.config import SearchConfig
 from autombw_cli.errors import JournalError
 from autombw_cli.payloads import expand_payloads, load_payloads
 from autombw_cli.scoring.tally import evaluation_score
-from autombw_cli.search.work import Outcome, PromptSpec
+from autombw_cli.search.prompt import PromptSpec
+from autombw_cli.search.work import Outcome
 
 
 def expand_prompts(config: SearchConfig) -> list[PromptSpec]:
     payloads = load_payloads(config.payloads.files)
-    expanded = expand_payloads(payloads, config.payloads.wildcards, config.search.seed)
-    return [
-        PromptSpec(
-            payload_name=e.payload_name,
-            index=e.index,
-            prompt=e.prompt,
-            negative_prompt=e.negative_prompt,
-            seed=e.seed,
-            body=e.txt2img_body(),
-            score_weight=e.score_weight,
-            reverse_scoring=e.reverse_scoring,
-        )
-        for e in expanded
-    ]
+    return expand_payloads(payloads, config.payloads.wildcards, config.search.seed)
 
 
 def prompts_json(prompts: Sequence[PromptSpec]) -> str:

@@ -37,7 +37,8 @@ from autombw_cli.errors import AutombwError, ConfigError, JournalError
 from autombw_cli.folderlock import FolderLock
 from autombw_cli.report.summary import BEST_IMAGES_DIR, BestImage, write_best_images
 from autombw_cli.scoring.protocol import MemberScorer, Scorer
-from autombw_cli.search.campaign import Campaign, PassEndReason, PassPlan, Scored
+from autombw_cli.search.campaign import Campaign, PassEndReason, PassPlan
+from autombw_cli.search.evaluation import Evaluation
 from autombw_cli.search.events import (
     EventSink,
     Notice,
@@ -46,12 +47,18 @@ from autombw_cli.search.events import (
     RunWarning,
     StopReason,
 )
-from autombw_cli.search.journal import RunLogHandler, describe_os_error, is_file_system_error
+from autombw_cli.search.journal import (
+    Journal,
+    RunLogHandler,
+    describe_os_error,
+    is_file_system_error,
+    read_warm_start,
+)
 from autombw_cli.search.optimizers import Optimizer, create_optimizer
+from autombw_cli.search.prompt import PromptSpec
 from autombw_cli.search.scheduler import (
     Instance,
     Outcome,
-    PromptSpec,
     Scheduler,
     SchedulerSettings,
 )
@@ -69,7 +76,7 @@ class RunResult:
     run_dir: Path
     reason: StopReason
     done: int
-    best: Scored | None
+    best: Evaluation | None
     outputs: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -122,15 +129,13 @@ class Run:
             self.budget = max_evaluations
         else:
             self.budget = min(budget, max_evaluations)
-        self.journal = rec.open_journal(run_dir, self.arch)
-        journaled = rec.read_records(self.journal)  # the one read of the journal's rows
+        self.journal = Journal(run_dir, self.arch)
+        # the one read of the journal's rows: its complete evaluations, each number once
+        journaled = [e for e in self.journal.read() if e.ok]
         # bounded: the best records and (number, score) per evaluation; the journal has the rest
         self.records = rec.RecordBook(journaled)
         # what the campaign starts from (resume): every evaluation's number, pass, weights, score
-        self._history = [
-            Scored(r.number, r.pass_index, r.weights, r.score)
-            for r in sorted(journaled, key=lambda r: r.number)
-        ]
+        self._history = sorted(journaled, key=lambda e: e.number)
         self.failed = 0
         self._best_images: list[BestImage] = []
         # the journal's best (resume): a worse evaluation must not replace its saved images
@@ -370,7 +375,7 @@ class Run:
 
         warm: list[tuple[Weights, float]] = []
         if self.warm_start_path is not None:
-            warm = rec.read_warm_start(self.warm_start_path, self.arch)
+            warm = list(read_warm_start(self.warm_start_path, self.arch))
             log.info("warm start: %d evaluations from %s", len(warm), self.warm_start_path)
         starts = [space.project(initial)] if initial is not None else []
         return Campaign(
@@ -397,20 +402,20 @@ class Run:
     def _tally(self, outcome: Outcome) -> tuple[float, dict[str, float]]:
         return tally_outcome(outcome, self.config.scorer.tally, self.config.scorer.sigmoid)
 
-    def _record(self, outcome: Outcome, score: float, per_payload: dict[str, float]) -> None:
+    def _record(self, record: Evaluation, outcome: Outcome) -> None:
         """Journal one evaluation (fsync) and keep what the report needs."""
-        record = rec.Record.from_outcome(outcome, score, per_payload)
-        rec.append(self.journal, record, outcome)
+        self.journal.append(record)
         self.records.add(record)
+        score = record.score
         log.info(
             "evaluation #%d (pass %d) on %s: score %.6g in %.2fs (merge %.2fs, render %.2fs)",
             record.number,
             record.pass_index,
             record.instance,
             score,
-            record.duration_s,
-            record.merge_s,
-            record.generate_s,
+            record.timings["total_s"],
+            record.timings["merge_s"],
+            record.timings["generate_s"],
         )
         out = self.config.outputs
         if out.save_images == "all":

@@ -61,7 +61,7 @@ async def write_outputs(
     arch = cfg.models.arch
     outputs: dict[str, str] = {}
     merge_error: AutombwError | None = None
-    report = [r.as_report() for r in records.top()]
+    report = records.top()
     trace = records.trace()
 
     def wrote(what: str, path: Path) -> None:

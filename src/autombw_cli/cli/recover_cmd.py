@@ -14,7 +14,6 @@ from rich.table import Table
 from autombw_cli.blocks import Arch, Ordering, Weights, format_weight
 from autombw_cli.cli._app import app
 from autombw_cli.recover import (
-    RecoveredEvaluation,
     RecoveredSource,
     SourceKind,
     check_merge_options,
@@ -23,6 +22,7 @@ from autombw_cli.recover import (
     recover,
     write_outputs,
 )
+from autombw_cli.search.evaluation import Evaluation
 
 MAX_WARNINGS_SHOWN = 10
 
@@ -119,7 +119,7 @@ def recover_command(
     write_outputs(plan, lambda line: err.print(escape(line), soft_wrap=True))
 
 
-def _render(console: Console, result: RecoveredSource, best: RecoveredEvaluation, top: int) -> None:
+def _render(console: Console, result: RecoveredSource, best: Evaluation, top: int) -> None:
     score = "n/a (a recipe has no score)" if best.score is None else repr(best.score)
     console.print(
         f"[bold]{escape(result.source)}[/] ({result.kind.value}): "

@@ -49,15 +49,14 @@ from autombw_cli.recover.outputs import (
 )
 from autombw_cli.recover.text import LOG_MARKERS, detect_kind, read_source_text
 from autombw_cli.recover.values import (
-    RecoveredEvaluation,
     RecoveredSource,
     SourceKind,
     order_line,
 )
+from autombw_cli.search.evaluation import Evaluation
 
 __all__ = [
     "OutputPlan",
-    "RecoveredEvaluation",
     "RecoveredSource",
     "SourceKind",
     "check_merge_options",
@@ -164,5 +163,5 @@ def parse_recipe(
             recipe.position_id_fix,
             recipe.output_mode,
         )
-    evaluation = RecoveredEvaluation(recipe.weights, None, 0, "recipe weights line")
+    evaluation = Evaluation(weights=recipe.weights, score=None, location="recipe weights line")
     return RecoveredSource(source, SourceKind.RECIPE, (evaluation,), recipe=recipe)

@@ -8,7 +8,8 @@ from typing import Any
 
 from autombw_cli.errors import JournalError
 from autombw_cli.recipe import Recipe
-from autombw_cli.recover.values import RecoveredEvaluation, RecoveredSource, SourceKind
+from autombw_cli.recover.values import RecoveredSource, SourceKind
+from autombw_cli.search.evaluation import Evaluation
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
@@ -57,5 +58,5 @@ def parse_checkpoint(path: Path | str) -> RecoveredSource:
             hint="--kind checkpoint reads the recipe embedded in a merged .safetensors",
         )
     recipe = Recipe.from_safetensors_metadata(meta, source=source)
-    evaluation = RecoveredEvaluation(recipe.weights, None, 0, "safetensors metadata")
+    evaluation = Evaluation(weights=recipe.weights, score=None, location="safetensors metadata")
     return RecoveredSource(source, SourceKind.CHECKPOINT, (evaluation,), recipe=recipe)

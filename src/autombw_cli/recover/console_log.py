@@ -10,11 +10,11 @@ from autombw_cli.blocks import Arch, Ordering, Weights, layout
 from autombw_cli.errors import AutombwError
 from autombw_cli.recover.text import physical_lines
 from autombw_cli.recover.values import (
-    RecoveredEvaluation,
     RecoveredSource,
     SourceKind,
     no_evaluations,
 )
+from autombw_cli.search.evaluation import Evaluation
 
 _LOG_TOKEN = r"[^\s,\[\]|]+"
 # values separated by commas (spaces around them allowed), optionally in [brackets]
@@ -40,13 +40,13 @@ def _log_number(text: str) -> float | None:
 class _LogReader:
     source: str
     arch: Arch | None
-    evaluations: list[RecoveredEvaluation] = field(default_factory=list)
+    evaluations: list[Evaluation] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     pending: tuple[int, Weights] | None = None
     best_score: tuple[int, float] | None = None
     params: dict[int, float] | None = None
     params_line: int = 0
-    results: list[RecoveredEvaluation] = field(default_factory=list)
+    results: list[Evaluation] = field(default_factory=list)
 
     def warn(self, lineno: int, message: str) -> None:
         self.warnings.append(f"{self.source}: line {lineno}: {message}")
@@ -126,7 +126,9 @@ class _LogReader:
             self.warn(lineno, f"test score {raw[:40]!r} is not a finite number")
             return
         where = f"line {start} (testweights) + line {lineno} (test score)"
-        self.evaluations.append(RecoveredEvaluation(weights, score, start, where))
+        self.evaluations.append(
+            Evaluation(weights=weights, score=score, line=start, location=where)
+        )
 
     def finish_params(self) -> None:
         params, lineno = self.params, self.params_line
@@ -147,7 +149,9 @@ class _LogReader:
         if weights is None:
             return
         where = f"line {score_line} (Best score) + line {lineno} (Best parameter set)"
-        self.results.append(RecoveredEvaluation(weights, score, score_line, where))
+        self.results.append(
+            Evaluation(weights=weights, score=score, line=score_line, location=where)
+        )
 
     def finish(self) -> RecoveredSource:
         self.finish_params()

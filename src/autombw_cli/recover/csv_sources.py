@@ -1,51 +1,28 @@
-"""auto-MBW-rt's history CSV and autombw's own history CSV."""
+"""auto-MBW-rt's history CSV and autombw's own history CSV, as recover reads them: rows and
+completeness come from ``search/history.py`` (as for ``--resume`` and the warm start); what is
+here is recover's tolerance (column aliases, the architecture from the header) and its
+messages."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from autombw_cli.blocks import BASE, Arch, Ordering, Weights, layout
 from autombw_cli.errors import JournalError
-from autombw_cli.recover.text import csv_cells, physical_lines
 from autombw_cli.recover.values import (
-    RecoveredEvaluation,
     RecoveredSource,
     SourceKind,
     no_evaluations,
     slot_or_none,
 )
-
-_COMPLETE_STATES = frozenset({"", "complete", "completed", "ok", "done", "success"})
-
-
-@dataclass(frozen=True)
-class _CsvRow:
-    row: int  # 1-based data row
-    line: int  # 1-based physical line
-    cells: list[str]
-    torn: bool  # the last line of the file, without a line end
-
-    @property
-    def where(self) -> str:
-        return f"row {self.row} (line {self.line})"
+from autombw_cli.search.evaluation import Evaluation
+from autombw_cli.search.history import HistoryRow, is_complete, mbwrt_weight_columns, split_rows
 
 
-def _csv_rows(text: str, *, source: str) -> tuple[list[str], list[_CsvRow]]:
-    lines = physical_lines(text)
-    ends_with_newline = text.endswith("\n")
-    header_index = next((i for i, ln in enumerate(lines) if ln.strip()), None)
-    if header_index is None:
+def _csv_rows(text: str, *, source: str) -> tuple[tuple[str, ...], list[HistoryRow]]:
+    header, rows = split_rows(text)
+    if not header:
         raise JournalError(f"{source}: the file is empty")
-    header = [c.strip() for c in csv_cells(lines[header_index])]
-    rows: list[_CsvRow] = []
-    last_index = len(lines) - 1
-    for i in range(header_index + 1, len(lines)):
-        line = lines[i]
-        if not line.strip():
-            continue
-        torn = i == last_index and not ends_with_newline
-        rows.append(_CsvRow(len(rows) + 1, i + 1, csv_cells(line), torn))
     return header, rows
 
 
@@ -67,9 +44,7 @@ def parse_mbwrt_csv(
 ) -> RecoveredSource:
     """auto-MBW-rt's history CSV: columns ``0..26`` (nat order), ``score``, timing columns."""
     header, rows = _csv_rows(text, source=source)
-    n = 0
-    while n < len(header) and header[n] == str(n):
-        n += 1
+    n = mbwrt_weight_columns(header)
     arch_ = _arch_for_nat_count(n, arch, source=f"{source}: header")
     try:
         score_col = [h.lower() for h in header].index("score")
@@ -78,7 +53,7 @@ def parse_mbwrt_csv(
             f"{source}: header has no 'score' column",
             hint="expected the auto-MBW-rt header 0,1,...,26,score,eval_times,iter_times",
         ) from None
-    evaluations: list[RecoveredEvaluation] = []
+    evaluations: list[Evaluation] = []
     warnings: list[str] = []
     for row in rows:
         if len(row.cells) != len(header):
@@ -104,7 +79,9 @@ def parse_mbwrt_csv(
                 continue
             raise
         weights = Weights.from_list(arch_, values, Ordering.NAT, source=f"{source}: {row.where}")
-        evaluations.append(RecoveredEvaluation(weights, score, row.line, row.where))
+        evaluations.append(
+            Evaluation(weights=weights, score=score, line=row.line, location=row.where)
+        )
     if not evaluations:
         raise no_evaluations(source, "the CSV has a header but no data rows", warnings)
     return RecoveredSource(source, SourceKind.MBWRT_CSV, tuple(evaluations), tuple(warnings))
@@ -145,7 +122,7 @@ def parse_history_csv(
             f"{source}: header has no column for {', '.join(missing)} ({header_arch.value})",
             hint="an autombw history CSV has one column per block slot",
         )
-    evaluations: list[RecoveredEvaluation] = []
+    evaluations: list[Evaluation] = []
     warnings: list[str] = []
     skipped_states = 0
     for row in rows:
@@ -158,9 +135,8 @@ def parse_history_csv(
                 f"got {len(row.cells)}",
                 hint="the row is truncated or has extra commas",
             )
-        state = row.cells[state_col].strip().lower() if state_col is not None else ""
-        state = state.rsplit(".", 1)[-1]  # "TrialState.COMPLETE" -> "complete"
-        if state not in _COMPLETE_STATES or not row.cells[score_col].strip():
+        state = row.cells[state_col] if state_col is not None else ""
+        if not is_complete(state, row.cells[score_col]):
             skipped_states += 1
             continue
         try:
@@ -188,7 +164,7 @@ def parse_history_csv(
         if number_col is not None and row.cells[number_col].strip():
             where = f"evaluation {row.cells[number_col].strip()}, {where}"
         weights = Weights(header_arch, values, te)
-        evaluations.append(RecoveredEvaluation(weights, score, row.line, where))
+        evaluations.append(Evaluation(weights=weights, score=score, line=row.line, location=where))
     if not evaluations:
         what = "no data rows"
         if skipped_states:
@@ -198,8 +174,8 @@ def parse_history_csv(
 
 
 def _history_arch(
-    header: list[str],
-    rows: list[_CsvRow],
+    header: tuple[str, ...],
+    rows: list[HistoryRow],
     arch: Arch | None,
     arch_col: int | None,
     source: str,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from autombw_cli.errors import ConfigError, OutputExistsError
 from autombw_cli.recipe import Recipe, write_recipe_files
-from autombw_cli.recover.values import RecoveredEvaluation, RecoveredSource
+from autombw_cli.recover.values import RecoveredSource
+from autombw_cli.search.evaluation import Evaluation
 
 
 def recipe_stem(path: Path | str) -> Path:
@@ -39,7 +40,7 @@ def check_recipe_outputs(path: Path | str, *, force: bool) -> Path:
 
 
 def recipe_for(
-    evaluation: RecoveredEvaluation,
+    evaluation: Evaluation,
     *,
     model_a: str,
     model_b: str,

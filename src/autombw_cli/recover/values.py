@@ -1,4 +1,5 @@
-"""The values recover produces: what kind of source, each evaluation read, the whole result."""
+"""The values recover produces: what kind of source, the whole result (its evaluations are the
+search's `Evaluation`, with where each was found), and their JSON form."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from autombw_cli.blocks import Arch, Ordering, Weights, canonical_slot, format_weight
 from autombw_cli.errors import JournalError, WeightsError
 from autombw_cli.recipe import Recipe
+from autombw_cli.search.evaluation import Evaluation
 
 MAX_WARNINGS_IN_ERROR = 5
 
@@ -23,49 +25,26 @@ class SourceKind(StrEnum):
 
 
 @dataclass(frozen=True)
-class RecoveredEvaluation:
-    """One evaluation read back: its weights, score (None for a recipe) and where it was."""
-
-    weights: Weights
-    score: float | None
-    line: int  # 1-based physical line in the file where the evaluation starts (0: n/a)
-    location: str  # for people: "row 12 (line 13)", "line 40 (testweights) + line 44 ..."
-
-    def to_dict(self) -> dict[str, Any]:
-        w = self.weights
-        return {
-            "score": self.score,
-            "line": self.line,
-            "location": self.location,
-            "arch": w.arch.value,
-            "weights": dict(w.items()),
-            "text_encoder_weight": w.text_encoder,
-            "recipe_order": order_line(w, Ordering.RECIPE),
-            "nat_order": order_line(w, Ordering.NAT),
-        }
-
-
-@dataclass(frozen=True)
 class RecoveredSource:
     """Everything read from one source, in file order, plus what had to be skipped."""
 
     source: str
     kind: SourceKind
-    evaluations: tuple[RecoveredEvaluation, ...]
+    evaluations: tuple[Evaluation, ...]
     warnings: tuple[str, ...] = ()
     recipe: Recipe | None = field(default=None)
 
-    def ranked(self) -> list[RecoveredEvaluation]:
+    def ranked(self) -> list[Evaluation]:
         """Best first: higher score, ties to the earliest line; unscored entries last."""
         return sorted(
             self.evaluations,
             key=lambda e: (e.score is None, -(e.score if e.score is not None else 0.0), e.line),
         )
 
-    def best(self) -> RecoveredEvaluation:
+    def best(self) -> Evaluation:
         return self.ranked()[0]
 
-    def top(self, k: int) -> list[RecoveredEvaluation]:
+    def top(self, k: int) -> list[Evaluation]:
         return self.ranked()[: max(k, 0)]
 
     def to_dict(self, top: int = 1) -> dict[str, Any]:
@@ -74,9 +53,24 @@ class RecoveredSource:
             "kind": self.kind.value,
             "evaluations": len(self.evaluations),
             "warnings": list(self.warnings),
-            "best": self.best().to_dict(),
-            "top": [e.to_dict() for e in self.top(top)],
+            "best": evaluation_dict(self.best()),
+            "top": [evaluation_dict(e) for e in self.top(top)],
         }
+
+
+def evaluation_dict(evaluation: Evaluation) -> dict[str, Any]:
+    """One evaluation read back, as ``recover --json`` prints it."""
+    w = evaluation.weights
+    return {
+        "score": evaluation.score,
+        "line": evaluation.line,
+        "location": evaluation.location,
+        "arch": w.arch.value,
+        "weights": dict(w.items()),
+        "text_encoder_weight": w.text_encoder,
+        "recipe_order": order_line(w, Ordering.RECIPE),
+        "nat_order": order_line(w, Ordering.NAT),
+    }
 
 
 def order_line(weights: Weights, ordering: Ordering) -> str:

@@ -114,9 +114,9 @@ class RunView:
         elif isinstance(event, EvaluationDone):
             self.done = event.done
             self.budget = event.budget
-            view = self.instances.setdefault(event.instance, _InstanceView())
+            view = self.instances.setdefault(event.evaluation.instance, _InstanceView())
             view.evaluations += 1
-            view.last_eval_s = event.duration_s
+            view.last_eval_s = event.evaluation.duration_s
             view.last_eval_at = now
             if event.is_best or self.best_score is None:
                 self.best_score = event.best_score
@@ -262,10 +262,11 @@ class PlainPrinter:
             width = len(str(event.budget or event.done))
             budget = "?" if event.budget is None else str(event.budget)
             mark = " *" if event.is_best else ""
+            e = event.evaluation
             return (
-                f"[{event.done:>{width}}/{budget}] #{event.number} score {event.score:.4f} "
-                f"best {event.best_score:.4f} (#{event.best_number}) {event.instance} "
-                f"{event.duration_s:.1f}s ETA {format_duration(v.eta)}{mark}"
+                f"[{event.done:>{width}}/{budget}] #{e.number} score {e.score:.4f} "
+                f"best {event.best_score:.4f} (#{event.best_number}) {e.instance} "
+                f"{e.duration_s:.1f}s ETA {format_duration(v.eta)}{mark}"
             )
         if isinstance(event, EvaluationFailed):
             again = "retrying elsewhere" if event.will_retry else "giving up on it"

@@ -8,31 +8,19 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from autombw_cli.atomic import atomic_write_bytes, atomic_write_text
-from autombw_cli.blocks import Arch, Ordering, Weights, format_weight
+from autombw_cli.blocks import Arch, Ordering, format_weight
 from autombw_cli.recipe import Recipe, write_recipe_files
+from autombw_cli.search.evaluation import Evaluation
 
 SUMMARY_FILE = "summary.json"
 BEST_IMAGES_DIR = "best-images"
 PLOTS_DIR = "plots"
 TOP_K = 5
-
-
-@dataclass(frozen=True)
-class EvaluationRecord:
-    """One completed evaluation as the report sees it."""
-
-    number: int
-    pass_index: int
-    score: float
-    weights: Weights
-    instance: str = ""
-    payload_scores: Mapping[str, float] = field(default_factory=dict)
-    duration_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -51,7 +39,7 @@ class ScoreTrace:
         return len(self.numbers)
 
     @classmethod
-    def of(cls, records: Sequence[EvaluationRecord]) -> ScoreTrace:
+    def of(cls, records: Sequence[Evaluation]) -> ScoreTrace:
         return cls([r.number for r in records], [r.score for r in records])
 
 
@@ -79,12 +67,12 @@ def image_extension(data: bytes) -> str:
     return "bin"
 
 
-def top_k(records: Sequence[EvaluationRecord], k: int = TOP_K) -> list[EvaluationRecord]:
+def top_k(records: Sequence[Evaluation], k: int = TOP_K) -> list[Evaluation]:
     """The ``k`` best evaluations, best first (ties: the earlier evaluation)."""
-    return sorted(records, key=lambda r: (-r.score, r.number))[:k]
+    return sorted(records, key=lambda r: (-(r.score or 0.0), r.number))[:k]
 
 
-def best_recipe(best: EvaluationRecord, *, model_a: str, model_b: str, output: str) -> Recipe:
+def best_recipe(best: Evaluation, *, model_a: str, model_b: str, output: str) -> Recipe:
     return Recipe(model_a=model_a, model_b=model_b, output_name=output, weights=best.weights)
 
 
@@ -142,7 +130,7 @@ def build_summary(
     run_dir: Path,
     reason: str,
     exit_code: int,
-    records: Sequence[EvaluationRecord],
+    records: Sequence[Evaluation],
     budget: int | None,
     elapsed_s: float,
     failed: int,
@@ -202,7 +190,7 @@ def write_summary(summary: Mapping[str, Any], run_dir: Path) -> Path:
 
 
 def write_plots(
-    records: Sequence[EvaluationRecord],
+    records: Sequence[Evaluation],
     arch: Arch,
     run_dir: Path,
     trace: ScoreTrace | None = None,

@@ -37,6 +37,7 @@ from enum import StrEnum
 from typing import Any
 
 from autombw_cli.blocks import Weights
+from autombw_cli.search.evaluation import Evaluation
 from autombw_cli.search.events import (
     EvaluationDone,
     EventSink,
@@ -77,16 +78,6 @@ class PassPlan:
     settings: dict[str, Any]
     max_evaluations: int | None
     early_stopping: StoppingRule | None = None  # None: off
-
-
-@dataclass(frozen=True)
-class Scored:
-    """What the campaign knows about one completed evaluation."""
-
-    number: int
-    pass_index: int
-    weights: Weights
-    score: float
 
 
 @dataclass(frozen=True)
@@ -134,7 +125,8 @@ class Campaign:
     """See the module docstring. The constructor takes the inputs, which do not change; the
     rest is the campaign's own state. ``make_optimizer(plan)`` builds a pass's optimizer,
     ``tally`` turns an outcome into (score, per-payload scores), ``record`` journals one
-    evaluation, ``history`` is what a resumed run already evaluated."""
+    finished evaluation (the outcome comes along for its images), ``history`` is what a resumed
+    run already evaluated (complete evaluations, each number once)."""
 
     def __init__(
         self,
@@ -143,11 +135,11 @@ class Campaign:
         total_budget: int | None,
         tally: Callable[[Outcome], tuple[float, dict[str, float]]],
         make_optimizer: Callable[[PassPlan], Optimizer],
-        record: Callable[[Outcome, float, dict[str, float]], None],
+        record: Callable[[Evaluation, Outcome], None],
         emit: EventSink,
         max_time_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
-        history: Sequence[Scored] = (),
+        history: Sequence[Evaluation] = (),
         initial: Sequence[Weights] = (),
         warm_start: Sequence[tuple[Weights, float]] = (),
         lockstep: int | None = None,
@@ -167,7 +159,7 @@ class Campaign:
         self.warm_start = tuple(warm_start)  # known scores told to every optimizer
         self.lockstep = lockstep  # L: see the module docstring (None: tell as results arrive)
         # what happened
-        self.history: list[Scored] = list(history)
+        self.history: list[Evaluation] = list(history)
         self.stop_reason: StopReason | None = None
         self.pass_ends: list[PassEnd] = []
         self.exact_resume: bool | None = None  # after a lockstep resume: was it exact?
@@ -176,7 +168,7 @@ class Campaign:
         self._state: _PassState | None = None
         self._seen: set[bytes] = set()  # Weights.key() of recorded or in flight
         self._started: float | None = None
-        self._best: Scored | None = None
+        self._best: Evaluation | None = None
         for s in self.history:
             self._seen.add(s.weights.key())
             if self._best is None or s.score > self._best.score:
@@ -193,7 +185,7 @@ class Campaign:
         return len(self.history)
 
     @property
-    def best(self) -> Scored | None:
+    def best(self) -> Evaluation | None:
         return self._best
 
     @property
@@ -233,15 +225,15 @@ class Campaign:
         st = self._state
         cand = outcome.candidate
         score, per_payload = self.tally(outcome)
-        self.record(outcome, score, per_payload)
-        scored = Scored(cand.number, cand.pass_index, cand.weights, score)
+        evaluation = outcome.evaluation(score, per_payload)
+        self.record(evaluation, outcome)
         if self.warm_start and not self.history:
             self._check_warm_start_scale(score)
-        self.history.append(scored)
+        self.history.append(evaluation)
         self._seen.add(cand.weights.key())
         is_best = self._best is None or score > self._best.score
         if is_best:
-            self._best = scored
+            self._best = evaluation
         if st is not None and st.plan.index == cand.pass_index and cand.number in st.in_flight:
             st.in_flight.discard(cand.number)
             st.completed += 1
@@ -252,13 +244,7 @@ class Campaign:
         assert self._best is not None
         self.emit(
             EvaluationDone(
-                number=cand.number,
-                pass_index=cand.pass_index,
-                instance=outcome.instance,
-                score=score,
-                payload_scores=per_payload,
-                weights=cand.weights.to_dict(),
-                duration_s=outcome.finished_at - outcome.started_at,
+                evaluation=evaluation,
                 done=self.done,
                 budget=self.total_budget,
                 best_score=self._best.score,
@@ -412,7 +398,7 @@ class Campaign:
             )
         )
 
-    def _replay_everything(self, st: _PassState, own: list[Scored]) -> None:
+    def _replay_everything(self, st: _PassState, own: list[Evaluation]) -> None:
         """Resume without lockstep: tell the new optimizer everything known, including this
         pass's own evaluations, and replay its early stopping."""
         self._warm_start(st)
@@ -423,7 +409,7 @@ class Campaign:
                 st.stopper.update(s.score)
         st.issued = st.completed = len(own)
 
-    def _resume_exactly(self, st: _PassState, own: list[Scored]) -> _PassState:
+    def _resume_exactly(self, st: _PassState, own: list[Evaluation]) -> _PassState:
         """Lockstep resume: re-drive this pass's own evaluations (module docstring); fall back
         to ``_replay_everything`` with a fresh optimizer if a proposal differs."""
         own_keys = {s.weights.key() for s in own}
@@ -448,7 +434,7 @@ class Campaign:
         self.exact_resume = True
         return st
 
-    def _redrive_one(self, st: _PassState, s: Scored) -> None:
+    def _redrive_one(self, st: _PassState, s: Evaluation) -> None:
         assert self.lockstep is not None
         self._flush(st, s.number - self.lockstep)
         if st.closed:

@@ -15,7 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autombw_cli.search.evaluation import Evaluation
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +89,34 @@ class InstanceStateChanged(Event):
 
 @dataclass(frozen=True)
 class EvaluationDone(Event):
-    number: int
-    pass_index: int
-    instance: str
-    score: float
-    payload_scores: dict[str, float]
-    weights: dict[str, float]
-    duration_s: float  # merge + generation + scoring of this evaluation
+    """One evaluation finished and was journaled, with the run's progress at that moment."""
+
+    evaluation: Evaluation
     done: int  # completed evaluations so far (journal included)
     budget: int | None
     best_score: float
     best_number: int
     is_best: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """The evaluation's fields flat, as the JSON log has always written them."""
+        e = self.evaluation
+        return {
+            "event": self.kind,
+            "at": self.at,
+            "number": e.number,
+            "pass_index": e.pass_index,
+            "instance": e.instance,
+            "score": e.score,
+            "payload_scores": _jsonable(dict(e.payload_scores)),
+            "weights": e.weights.to_dict(),
+            "duration_s": e.duration_s,
+            "done": self.done,
+            "budget": self.budget,
+            "best_score": self.best_score,
+            "best_number": self.best_number,
+            "is_best": self.is_best,
+        }
 
 
 @dataclass(frozen=True)

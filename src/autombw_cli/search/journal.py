@@ -30,8 +30,10 @@ evaluations are never renumbered silently.
 - a UTF-8 byte-order mark at the start of ``history.csv`` (a spreadsheet saved it) is accepted;
   bytes that are not UTF-8, or a folder in place of a journal file, are refused.
 
-`read_warm_start` reads known (weights, score) pairs from one of our histories or from an
-auto-MBW-rt history CSV (header ``0..26,score,eval_times,iter_times``, nat order).
+Rows are split and judged complete by ``search/history.py``, the one reader of history CSVs
+(recover reads through it too). `read_warm_start` reads known (weights, score) pairs from one of
+our histories or from an auto-MBW-rt history CSV (header ``0..26,score,eval_times,iter_times``,
+nat order). Durations are kept to 0.1 ms.
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ from pathlib import Path
 
 from autombw_cli.blocks import BASE, Arch, Ordering, Weights, layout
 from autombw_cli.errors import AutombwError, JournalError
-from autombw_cli.search.evaluation import Evaluation
-from autombw_cli.search.optimizers.base import TrialState
+from autombw_cli.search.evaluation import Evaluation, TrialState
+from autombw_cli.search.history import is_complete, mbwrt_weight_columns, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,7 @@ class Journal:
             "state": evaluation.state.value,
             "raw_scores": list(evaluation.raw_scores),
             "payload_scores": dict(evaluation.payload_scores),
-            "timings": dict(evaluation.timings),
+            "timings": _rounded(evaluation.timings),
             "timestamp": evaluation.timestamp,
         }
         if evaluation.member_scores:
@@ -239,14 +241,14 @@ class Journal:
             "timestamp": datetime.fromtimestamp(ev.timestamp, UTC).isoformat(
                 timespec="milliseconds"
             ),
-            "worker": ev.worker,
+            "worker": ev.instance,
             "merge_id": ev.merge_id,
             "score": "" if ev.score is None else repr(float(ev.score)),
             BASE: "" if ev.weights.text_encoder is None else repr(ev.weights.text_encoder),
         }
         cells.update({s: repr(v) for s, v in ev.weights.items()})
         cells.update({PAYLOAD_PREFIX + k: repr(float(v)) for k, v in ev.payload_scores.items()})
-        cells.update({TIME_PREFIX + k: repr(float(v)) for k, v in ev.timings.items()})
+        cells.update({TIME_PREFIX + k: repr(v) for k, v in _rounded(ev.timings).items()})
         return [cells.get(col, "") for col in self._header]
 
     # --- reading ------------------------------------------------------------------------
@@ -332,6 +334,7 @@ class Journal:
             if k.startswith(TIME_PREFIX) and v
         }
         score = float(row["score"]) if row.get("score") else None
+        state = row.get("state", "")
         return Evaluation(
             number=number,
             weights=weights,
@@ -339,11 +342,13 @@ class Journal:
             pass_index=int(row.get("pass") or 1),
             payload_scores=payload,
             raw_scores=raw.get("raw_scores", ()),
-            worker=row.get("worker", ""),
+            instance=row.get("worker", ""),
             merge_id=row.get("merge_id", ""),
             timings=timings,
             timestamp=raw.get("timestamp") or datetime.fromisoformat(row["timestamp"]).timestamp(),
-            state=TrialState(row.get("state") or TrialState.COMPLETE),
+            state=TrialState.COMPLETE
+            if is_complete(state, row.get("score"))
+            else TrialState(state or TrialState.COMPLETE),
             member_scores=raw.get("member_scores") or {},
         )
 
@@ -363,8 +368,9 @@ class Journal:
 def read_warm_start(path: Path | str, arch: Arch | str) -> Iterator[tuple[Weights, float]]:
     """Known (weights, score) pairs from our ``history.csv`` or an auto-MBW-rt history CSV.
 
-    Failed evaluations and rows without a score are skipped. An auto-MBW-rt file is recognised
-    by its numbered columns (``0,1,...,score``) and read in nat order (DOMAIN.md §3).
+    Rows that are not complete (``search/history.py``: failed, no score) are skipped. An
+    auto-MBW-rt file is recognised by its numbered columns (``0,1,...,score``) and read in nat
+    order (DOMAIN.md §3).
     """
     path = Path(path)
     arch = Arch(arch)
@@ -376,12 +382,12 @@ def read_warm_start(path: Path | str, arch: Arch | str) -> Iterator[tuple[Weight
         try:
             if "score" not in row:
                 raise KeyError("score")
-            if row["score"] in ("", None) or (row.get("state") or "complete") != "complete":
+            if not is_complete(row.get("state"), row["score"]):
                 continue
             score = float(row["score"])
             if not math.isfinite(score):
-                continue
-            if "0" in row:
+                raise ValueError(f"score {row['score']!r} is not a finite number")
+            if mbwrt_weight_columns(tuple(row)):
                 values = [float(row[str(i)]) for i in range(n)]
                 weights = Weights.from_list(arch, values, Ordering.NAT, source=f"{path}:{line_no}")
             else:
@@ -400,6 +406,11 @@ def read_warm_start(path: Path | str, arch: Arch | str) -> Iterator[tuple[Weight
 
 
 # --- file helpers ---------------------------------------------------------------------------
+def _rounded(timings: Mapping[str, float]) -> dict[str, float]:
+    """Durations as the journal keeps them: seconds to 0.1 ms."""
+    return {k: round(float(v), 4) for k, v in timings.items()}
+
+
 def _append_line(path: Path, text: str) -> None:
     data = text.encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -521,21 +532,15 @@ def _cut_torn_tail(path: Path) -> None:
 
 
 def _read_csv_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    text = _complete_text(path)
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None:
-        return
-    header = [h.strip() for h in header]
-    for i, cells in enumerate(reader, start=2):
-        if not cells:
-            continue
-        if len(cells) != len(header):
+    """(line, cells by column name) of every complete line of a history CSV."""
+    header, rows = split_rows(_complete_text(path))
+    for row in rows:
+        if len(row.cells) != len(header):
             raise JournalError(
-                f"{path}, line {i}: {len(cells)} cells, the header has {len(header)}",
+                f"{path}, line {row.line}: {len(row.cells)} cells, the header has {len(header)}",
                 hint="the file was edited by hand or is not a history CSV",
             )
-        yield i, dict(zip(header, (c.strip() for c in cells), strict=True))
+        yield row.line, row.by_name(header)
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, int, dict]]:

@@ -16,7 +16,9 @@ from typing import Any, Protocol
 from PIL import Image
 
 from autombw_cli.blocks import Weights
+from autombw_cli.search.evaluation import Evaluation
 from autombw_cli.search.events import EventSink, RunWarning, WorkerState
+from autombw_cli.search.prompt import PromptSpec
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +41,6 @@ class InstanceClient(Protocol):
 
 
 @dataclass(frozen=True)
-class PromptSpec:
-    """One expanded prompt of one payload, fixed for the whole run."""
-
-    payload_name: str
-    index: int
-    prompt: str
-    negative_prompt: str
-    seed: int
-    body: dict[str, Any]  # the txt2img request
-    score_weight: float = 1.0
-    reverse_scoring: bool = False
-
-
-@dataclass(frozen=True)
 class Candidate:
     """A point to evaluate. ``trial`` is the optimizer's handle, opaque here."""
 
@@ -72,7 +60,8 @@ class RenderedImage:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A finished evaluation as the scheduler hands it to the source (not yet tallied)."""
+    """A rendered and scored candidate as the scheduler hands it to the source: its images and
+    raw scores, not yet tallied (``evaluation`` makes the finished `Evaluation` of it)."""
 
     candidate: Candidate
     instance: str
@@ -88,6 +77,28 @@ class Outcome:
     attempts: int
     # an ensemble's raw scores per member label (one per image), for the journal
     member_scores: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def evaluation(self, score: float, payload_scores: Mapping[str, float]) -> Evaluation:
+        """The finished evaluation, once its images are tallied into ``score``."""
+        c = self.candidate
+        return Evaluation(
+            number=c.number,
+            pass_index=c.pass_index,
+            weights=c.weights,
+            score=score,
+            payload_scores=payload_scores,
+            raw_scores=self.raw_scores,
+            instance=self.instance,
+            merge_id=self.merge_id,
+            timings={
+                "merge_s": self.merge_s,
+                "generate_s": self.generate_s,
+                "score_s": self.score_s,
+                "total_s": self.finished_at - self.started_at,
+            },
+            timestamp=self.finished_at,
+            member_scores=self.member_scores,
+        )
 
 
 class CandidateSource(Protocol):

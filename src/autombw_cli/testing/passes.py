@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autombw_cli.blocks import Weights
-from autombw_cli.search.campaign import Campaign, PassPlan, Scored
+from autombw_cli.search.campaign import Campaign, PassPlan
 from autombw_cli.search.evaluation import Evaluation
 from autombw_cli.search.optimizers import TrialState, create_optimizer
 from autombw_cli.search.scheduler import Candidate, Outcome
@@ -92,12 +92,8 @@ def run_passes(
         if on_evaluation is not None:
             on_evaluation(ev)
 
-    def record(o: Outcome, score: float, _per_payload: dict[str, float]) -> None:
-        c = o.candidate
-        timings = {"total_s": o.finished_at - o.started_at}
-        keep(
-            Evaluation(c.number, c.weights, score, c.pass_index, worker=o.instance, timings=timings)
-        )
+    def record(evaluation: Evaluation, _outcome: Outcome) -> None:
+        keep(evaluation)
 
     campaign = Campaign(
         passes=[
@@ -113,7 +109,7 @@ def run_passes(
         emit=lambda _event: None,
         max_time_s=limits.max_wall_time_s,
         clock=limits.clock,
-        history=[Scored(e.number, e.pass_index, e.weights, e.score) for e in past if e.ok],  # type: ignore[arg-type]
+        history=[e for e in past if e.ok],
         initial=[space.project(w) for w in initial],
         warm_start=list(warm_start),
         lockstep=0 if workers <= 1 else None,
@@ -130,19 +126,20 @@ def run_passes(
             break
         cand = in_flight.pop(order.randrange(len(in_flight)) if workers > 1 else 0)
         worker = f"worker-{cand.number % max(1, workers)}"
-        started = time.monotonic()
+        started = time.time()
         score = objective(cand.weights)
-        finished = time.monotonic()
+        finished = time.time()
         if score is None:
             timings = {"total_s": finished - started}
             keep(
                 Evaluation(
-                    cand.number,
-                    cand.weights,
-                    None,
-                    cand.pass_index,
-                    worker=worker,
+                    number=cand.number,
+                    weights=cand.weights,
+                    score=None,
+                    pass_index=cand.pass_index,
+                    instance=worker,
                     timings=timings,
+                    timestamp=finished,
                     state=TrialState.FAILED,
                 )
             )

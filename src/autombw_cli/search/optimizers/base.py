@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from autombw_cli.blocks import Weights
+from autombw_cli.search.evaluation import TrialState
 from autombw_cli.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,6 @@ log = logging.getLogger(__name__)
 MAX_PROPOSALS = 25  # backend proposals per ask before falling back to a random unseen point
 MAX_RANDOM_TRIES = 1000
 MAX_OPEN_REPEATS = 2  # repeats of in-flight points before the random fallback
-
-
-class TrialState(StrEnum):
-    RUNNING = "running"
-    COMPLETE = "complete"
-    FAILED = "failed"
 
 
 class TrialOrigin(StrEnum):
