@@ -23,7 +23,7 @@ from autombw_cli.sim.server import SimulatorHandle, write_builtin_models
 from search_helpers import write_search_config
 
 pytest.importorskip("autombw_cli.search.journal")
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 
 def digest(path: Path) -> str:

@@ -35,7 +35,11 @@ from search_helpers import write_search_config
 
 pytest.importorskip("autombw_cli.search.journal")
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.skipif(os.name != "posix", reason="SIGKILL")]
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(os.name != "posix", reason="SIGKILL"),
+    pytest.mark.slow,
+]
 
 EVALUATIONS = 24
 KILLS = 22

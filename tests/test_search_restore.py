@@ -26,7 +26,7 @@ from search_helpers import history_numbers, write_search_config
 
 pytest.importorskip("autombw_cli.search.journal")
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 
 @pytest.fixture

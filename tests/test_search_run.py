@@ -19,7 +19,7 @@ from search_helpers import write_search_config
 # the journal (search helper) is needed by every full run
 pytest.importorskip("autombw_cli.search.journal")
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 
 @pytest.fixture

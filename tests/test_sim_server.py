@@ -231,6 +231,7 @@ def test_parse_faults() -> None:
             parse_faults(bad)
 
 
+@pytest.mark.slow
 def test_cli_simulate_serves_until_stopped(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
