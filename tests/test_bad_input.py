@@ -29,7 +29,7 @@ import pytest
 
 from search_helpers import write_search_config
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +29,8 @@ def uniform(w: float) -> dict[str, float]:
 
 
 @pytest.fixture
-def sim(tmp_path: Path) -> Iterator[SimulatorHandle]:
-    handle = start_simulator_in_thread(arch="sd1", model_dir=tmp_path / "models")
-    try:
-        yield handle
-    finally:
-        handle.stop()
-
-
-@pytest.fixture
-def http(sim: SimulatorHandle) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sim.url, timeout=30) as client:
-        yield client
+def sim_options(tmp_path: Path) -> dict[str, object]:  # for conftest's `sim` and `http`
+    return {"arch": "sd1", "model_dir": tmp_path / "models"}
 
 
 def merge(http: httpx.Client, weights: dict[str, float], **extra: Any) -> httpx.Response:

@@ -16,7 +16,7 @@ import pytest
 from autombw_cli.blocks import Arch, layout
 from autombw_cli.sim.checkpoints import random_state_dict, write_checkpoint
 from autombw_cli.sim.host import SimHost
-from autombw_cli.sim.server import SimulatorHandle, start_simulator_in_thread
+from autombw_cli.sim.server import SimulatorHandle
 from autombw_cli.webui.bridge.core import BridgeCore
 from autombw_cli.webui.bridge.errors import BridgeError
 from autombw_cli.webui.bridge.names import NameError_, safe_output_path
@@ -104,12 +104,8 @@ def test_bidi_control_characters_are_refused(core: tuple[Path, BridgeCore], name
 
 
 @pytest.fixture
-def sim(tmp_path: Path) -> Iterator[SimulatorHandle]:
-    handle = start_simulator_in_thread(arch="sd1", model_dir=tmp_path / "models")
-    try:
-        yield handle
-    finally:
-        handle.stop()
+def sim_options(tmp_path: Path) -> dict[str, object]:  # for conftest's `sim`
+    return {"arch": "sd1", "model_dir": tmp_path / "models"}
 
 
 def test_save_route_with_overwrite_keeps_a_and_b(sim: SimulatorHandle) -> None:

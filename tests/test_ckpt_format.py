@@ -231,6 +231,7 @@ def test_bridge_save_route_takes_a_format(tmp_path: Path) -> None:
 
 
 # --- a whole search -----------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("via", ["bridge", "offline"])
 def test_search_final_merge_as_ckpt(tmp_path: Path, via: str, capsys) -> None:  # type: ignore[no-untyped-def]
     from autombw_cli.cli import main

@@ -19,7 +19,7 @@ from search_helpers import history_numbers, write_search_config
 # the journal (search helper) is needed by every full run
 pytest.importorskip("autombw_cli.search.journal")
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 

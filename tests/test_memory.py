@@ -129,6 +129,7 @@ def _own_bytes(snapshot: tracemalloc.Snapshot) -> int:
     )
 
 
+@pytest.mark.slow
 def test_a_run_keeps_no_per_evaluation_objects(tmp_path: Path) -> None:
     import io
     import os

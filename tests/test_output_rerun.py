@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,11 +19,11 @@ from autombw_cli.cli import main
 from autombw_cli.config import load_config
 from autombw_cli.search.events import RunWarning
 from autombw_cli.sim.checkpoints import random_state_dict, write_checkpoint
-from autombw_cli.sim.server import SimulatorHandle, start_simulator_in_thread, write_builtin_models
+from autombw_cli.sim.server import SimulatorHandle, write_builtin_models
 from search_helpers import write_search_config
 
 pytest.importorskip("autombw_cli.search.journal")
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 
 def digest(path: Path) -> str:
@@ -31,17 +31,13 @@ def digest(path: Path) -> str:
 
 
 @pytest.fixture
-def sim(tmp_path: Path) -> Iterator[SimulatorHandle]:
+def sim(tmp_path: Path, start_sim: Callable[..., SimulatorHandle]) -> SimulatorHandle:
     folder = tmp_path / "webui-models"
     write_builtin_models(folder, "sd1")
     # the previous run's merge (and its recipe), already in the WebUI's checkpoint folder
     write_checkpoint(folder / "test-merge.safetensors", random_state_dict(Arch.SD1, "tiny", 9))
     (folder / "test-merge.recipe.txt").write_text("the previous run's recipe\n")
-    handle = start_simulator_in_thread(0, arch="sd1", model_dir=folder, latency_per_image=0.01)
-    try:
-        yield handle
-    finally:
-        handle.stop()
+    return start_sim(arch="sd1", model_dir=folder, latency_per_image=0.01)
 
 
 def _search(tmp_path: Path, sim: SimulatorHandle, outputs: str) -> tuple[Path, list]:

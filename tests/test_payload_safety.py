@@ -129,6 +129,7 @@ def test_the_escape_in_a_negative_prompt_is_named(tmp_path: Path) -> None:
     assert "''.__class__" in info.value.message
 
 
+@pytest.mark.slow
 def test_cli_payload_expand_refuses_the_escape(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     template = ESCAPES[0][1].replace("{m}", str(marker))
@@ -217,6 +218,7 @@ def test_deep_but_finite_nesting_is_refused_past_the_limit(tmp_path: Path) -> No
     assert e.prompt == "end"
 
 
+@pytest.mark.slow
 def test_cli_recursive_wildcard_is_an_error_not_a_traceback(tmp_path: Path) -> None:
     (tmp_path / "wildcards").mkdir()
     (tmp_path / "wildcards" / "a.txt").write_text("__a__ x\n")

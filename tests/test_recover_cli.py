@@ -281,6 +281,7 @@ def test_recover_log_warnings_are_capped(
     assert len(json.loads(out)["warnings"]) == 15
 
 
+@pytest.mark.slow
 def test_console_script_user_error_has_no_traceback(tmp_path: Path) -> None:
     import subprocess
     import sys

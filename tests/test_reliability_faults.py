@@ -15,26 +15,25 @@ with a message naming the instance and the problem, and record nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from autombw_cli.app.run import Run
 from autombw_cli.config import load_config
 from autombw_cli.errors import WebUIError
 from autombw_cli.sim.faults import FaultPlan
-from autombw_cli.sim.server import SimulatorHandle, start_simulator_in_thread
+from autombw_cli.sim.server import SimulatorHandle
 from search_helpers import write_search_config
 
 pytest.importorskip("autombw_cli.search.journal")
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 EVALUATIONS = 12
 WEIGHT_COLUMNS_SKIP = {"number", "pass", "state", "timestamp", "worker", "merge_id", "score"}
@@ -71,20 +70,13 @@ class RenderLog:
         sim.txt2img = txt2img  # type: ignore[method-assign]
 
 
-@pytest.fixture
-def sims() -> Iterator[list[SimulatorHandle]]:
-    handles: list[SimulatorHandle] = []
-    yield handles
-    for h in handles:
-        with contextlib.suppress(Exception):  # some were stopped by the test already
-            h.stop(timeout=3)
-
-
-def _start(sims: list[SimulatorHandle], n: int, **options: Any) -> list[SimulatorHandle]:
-    new = [start_simulator_in_thread(0, arch="sd1", **{"latency_per_image": 0.01, **options})]
-    new += [start_simulator_in_thread(0, arch="sd1", latency_per_image=0.01) for _ in range(n - 1)]
-    sims.extend(new)
-    return new
+def _start(
+    start_sim: Callable[..., SimulatorHandle], n: int, **options: Any
+) -> list[SimulatorHandle]:
+    """``n`` simulators (conftest's `start_sim`); ``options`` apply to the first (gpu0) only."""
+    first = start_sim(arch="sd1", stop_timeout=3, **{"latency_per_image": 0.01, **options})
+    rest = [start_sim(arch="sd1", latency_per_image=0.01, stop_timeout=3) for _ in range(n - 1)]
+    return [first, *rest]
 
 
 def _instances(handles: list[SimulatorHandle], first_extra: str = "") -> str:
@@ -148,29 +140,41 @@ def _all_rendered(handles: list[SimulatorHandle], **wrap: Any) -> RenderLog:
     return rendered
 
 
-def test_instance_killed_mid_generation(tmp_path: Path, sims: list[SimulatorHandle]) -> None:
-    handles = _start(sims, 3, latency_per_image=0.05)
+def test_instance_killed_mid_generation(
+    tmp_path: Path, start_sim: Callable[..., SimulatorHandle]
+) -> None:
+    """gpu0's server is stopped while its first render runs. Every gpu0 render stalls until its
+    server stops and then drops the half-sent answer (the simulator's stall fault), so the kill
+    lands mid-generation whatever the load; the first render is certain to come, because each
+    instance takes a candidate as the run starts (gpu0 first)."""
+    stall = FaultPlan(stall_every=1, stall_seconds=600)
+    handles = _start(start_sim, 3, faults=stall)
     victim = handles[0]
+    stopper = threading.Thread(target=victim.stop, kwargs={"timeout": 3})
 
     def before(n: int) -> None:
-        if n == 3:  # stop the server while this render is running
-            threading.Timer(0.02, victim.stop, kwargs={"timeout": 3}).start()
-            # keep rendering past uvicorn's 2 s graceful shutdown, so the server really dies
-            # with the answer unsent (not a polite finish of the last request)
-            time.sleep(3)
+        if n == 1:  # stop the server while this render is running
+            stopper.start()
 
     rendered = _all_rendered(handles, before0=before)
     result = _run(tmp_path, _instances(handles))
+    assert stopper.ident is not None, "gpu0 never rendered"
+    stopper.join()
     assert result.exit_code == 0 and result.done == EVALUATIONS
-    _check_history(result.run_dir, rendered)
+    rows = _check_history(result.run_dir, rendered)
+    assert all(r["worker"] != "gpu0" for r in rows), "the killed instance recorded a score"
+    with pytest.raises(httpx.ConnectError):  # the server is gone, not just one answer
+        httpx.get(victim.url + "/internal/ping", timeout=5)
     log = _log(result.run_dir)
-    # the render in flight dies with the server ("connection dropped"/"disconnected"), then
-    # "cannot reach" until the instance is parked; which one shows first depends on timing
-    assert "gpu0: evaluation failed: gpu0:" in log, log
+    # the render in flight dies with the server (gpu0's first failure), then gpu0 cannot be
+    # reached until it is parked
+    assert "gpu0: evaluation failed: gpu0: txt2img:" in log, log
 
 
-def test_instance_restarts_and_comes_back(tmp_path: Path, sims: list[SimulatorHandle]) -> None:
-    handles = _start(sims, 2, faults=FaultPlan(restart_every=3))
+def test_instance_restarts_and_comes_back(
+    tmp_path: Path, start_sim: Callable[..., SimulatorHandle]
+) -> None:
+    handles = _start(start_sim, 2, faults=FaultPlan(restart_every=3))
     rendered = _all_rendered(handles)
     result = _run(tmp_path, _instances(handles))
     assert result.exit_code == 0 and result.done == EVALUATIONS
@@ -181,9 +185,9 @@ def test_instance_restarts_and_comes_back(tmp_path: Path, sims: list[SimulatorHa
     assert "gpu0: back up" in log, log
 
 
-def test_instance_that_stalls(tmp_path: Path, sims: list[SimulatorHandle]) -> None:
+def test_instance_that_stalls(tmp_path: Path, start_sim: Callable[..., SimulatorHandle]) -> None:
     # the stall (8 s) is far longer than the stall limit (1 s) plus autombw's 2 s progress polls
-    handles = _start(sims, 2, faults=FaultPlan(stall_every=2, stall_seconds=8))
+    handles = _start(start_sim, 2, faults=FaultPlan(stall_every=2, stall_seconds=8))
     rendered = _all_rendered(handles)
     result = _run(tmp_path, _instances(handles, "timeouts: {stall: 1}"))
     assert result.exit_code == 0 and result.done == EVALUATIONS
@@ -192,8 +196,10 @@ def test_instance_that_stalls(tmp_path: Path, sims: list[SimulatorHandle]) -> No
     assert "gpu0: txt2img made no progress" in log, log
 
 
-def test_instance_answering_out_of_memory(tmp_path: Path, sims: list[SimulatorHandle]) -> None:
-    handles = _start(sims, 2, faults=FaultPlan(oom_every=3))
+def test_instance_answering_out_of_memory(
+    tmp_path: Path, start_sim: Callable[..., SimulatorHandle]
+) -> None:
+    handles = _start(start_sim, 2, faults=FaultPlan(oom_every=3))
     rendered = _all_rendered(handles)
     result = _run(tmp_path, _instances(handles))
     assert result.exit_code == 0 and result.done == EVALUATIONS
@@ -201,8 +207,10 @@ def test_instance_answering_out_of_memory(tmp_path: Path, sims: list[SimulatorHa
     assert "out of memory" in _log(result.run_dir).lower()
 
 
-def test_connection_dropped_mid_answer(tmp_path: Path, sims: list[SimulatorHandle]) -> None:
-    handles = _start(sims, 2, faults=FaultPlan(drop_every=3))
+def test_connection_dropped_mid_answer(
+    tmp_path: Path, start_sim: Callable[..., SimulatorHandle]
+) -> None:
+    handles = _start(start_sim, 2, faults=FaultPlan(drop_every=3))
     rendered = _all_rendered(handles)
     result = _run(tmp_path, _instances(handles))
     assert result.exit_code == 0 and result.done == EVALUATIONS
@@ -210,10 +218,10 @@ def test_connection_dropped_mid_answer(tmp_path: Path, sims: list[SimulatorHandl
     assert "gpu0" in _log(result.run_dir)
 
 
-def test_merge_silently_lost(tmp_path: Path, sims: list[SimulatorHandle]) -> None:
+def test_merge_silently_lost(tmp_path: Path, start_sim: Callable[..., SimulatorHandle]) -> None:
     """Every 3rd render the WebUI reloads its checkpoint first (as a user clicking in the UI
     would): the bridge's merge is gone, the image shows plain A. It must never be scored."""
-    handles = _start(sims, 2)
+    handles = _start(start_sim, 2)
     victim = handles[0].sim
 
     def before(n: int) -> None:
@@ -231,11 +239,11 @@ def test_merge_silently_lost(tmp_path: Path, sims: list[SimulatorHandle]) -> Non
 
 
 def test_credentials_revoked_mid_run(
-    tmp_path: Path, sims: list[SimulatorHandle], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, start_sim: Callable[..., SimulatorHandle], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REL_USER", "user")
     monkeypatch.setenv("REL_PASSWORD", "s3cret-pw")
-    handles = _start(sims, 2, auth=("user", "s3cret-pw"))
+    handles = _start(start_sim, 2, auth=("user", "s3cret-pw"))
 
     def before(n: int) -> None:
         if n == 2:
@@ -254,11 +262,11 @@ def test_credentials_revoked_mid_run(
 
 
 def test_wrong_credentials_stop_in_preflight(
-    tmp_path: Path, sims: list[SimulatorHandle], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, start_sim: Callable[..., SimulatorHandle], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REL_USER", "user")
     monkeypatch.setenv("REL_PASSWORD", "not-the-password")
-    handles = _start(sims, 2, auth=("user", "right-password"))
+    handles = _start(start_sim, 2, auth=("user", "right-password"))
     with pytest.raises(WebUIError) as exc:
         _run(
             tmp_path, _instances(handles, "auth: {user_env: REL_USER, password_env: REL_PASSWORD}")
@@ -270,9 +278,9 @@ def test_wrong_credentials_stop_in_preflight(
 
 
 def test_instance_without_the_bridge_stops_in_preflight(
-    tmp_path: Path, sims: list[SimulatorHandle]
+    tmp_path: Path, start_sim: Callable[..., SimulatorHandle]
 ) -> None:
-    handles = _start(sims, 2, bridge=False)
+    handles = _start(start_sim, 2, bridge=False)
     with pytest.raises(WebUIError) as exc:
         _run(tmp_path, _instances(handles))
     message = exc.value.message

@@ -24,18 +24,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from autombw_cli.sim.server import SimulatorHandle, start_simulator_in_thread
+from autombw_cli.sim.server import SimulatorHandle
 from search_helpers import write_search_config
 
 pytest.importorskip("autombw_cli.search.journal")
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.skipif(os.name != "posix", reason="SIGKILL")]
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(os.name != "posix", reason="SIGKILL"),
+    pytest.mark.slow,
+]
 
 EVALUATIONS = 24
 KILLS = 22
@@ -43,11 +47,8 @@ SECRET_SEED = 20261126
 
 
 @pytest.fixture
-def sims() -> Iterator[list[SimulatorHandle]]:
-    handles = [start_simulator_in_thread(0, arch="sd1", latency_per_image=0.03) for _ in range(2)]
-    yield handles
-    for h in handles:
-        h.stop(timeout=3)
+def sims(start_sim: Callable[..., SimulatorHandle]) -> list[SimulatorHandle]:
+    return [start_sim(arch="sd1", latency_per_image=0.03, stop_timeout=3) for _ in range(2)]
 
 
 def _rows(run_dir: Path) -> int:

@@ -91,6 +91,7 @@ def _cli(args: list[str], cwd: Path, capsys: Any, monkeypatch: Any) -> tuple[int
 
 
 # --- 1. one process per run folder ---------------------------------------------------------
+@pytest.mark.slow
 def test_second_resume_of_a_folder_in_use_is_refused(
     run_dir: Path, capsys: Any, monkeypatch: Any
 ) -> None:
@@ -126,6 +127,7 @@ def test_second_resume_of_a_folder_in_use_is_refused(
     assert _numbers(run_dir / "history.csv") == list(range(1, BUDGET + 1))
 
 
+@pytest.mark.slow
 def test_two_runs_of_one_folder_in_one_process(run_dir: Path) -> None:
     first = Run.resume(run_dir)
     with pytest.raises(JournalError, match=f"in use by another autombw \\(pid {os.getpid()}\\)"):
@@ -173,6 +175,7 @@ def test_history_lost_while_raw_scores_has_records_is_refused(
     assert _raw_numbers(run_dir / "raw_scores.jsonl") == list(range(1, DONE + 1))
 
 
+@pytest.mark.slow
 def test_duplicate_history_rows_count_once_with_a_warning(
     run_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -188,6 +191,7 @@ def test_duplicate_history_rows_count_once_with_a_warning(
     assert "appear in several rows" in (run_dir / "run.log").read_text()
 
 
+@pytest.mark.slow
 def test_torn_history_row_drops_its_orphan_raw_record(
     run_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -205,6 +209,7 @@ def test_torn_history_row_drops_its_orphan_raw_record(
     assert "removed the record of evaluation #6" in (run_dir / "run.log").read_text()
 
 
+@pytest.mark.slow
 def test_history_with_a_byte_order_mark_resumes(run_dir: Path) -> None:
     history = run_dir / "history.csv"
     history.write_bytes(b"\xef\xbb\xbf" + history.read_bytes())  # saved by a spreadsheet
@@ -234,6 +239,7 @@ def test_unreadable_history_is_a_clear_error(
 
 
 # --- 3. a full disk, a read-only folder ------------------------------------------------------
+@pytest.mark.slow
 def test_disk_full_names_the_file_and_is_not_masked_by_the_log(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -271,6 +277,7 @@ def _immutable(folder: Path) -> Iterator[None]:
         subprocess.run(["chattr", "-i", str(folder)], check=False)
 
 
+@pytest.mark.slow
 def test_read_only_run_folder_in_the_wrap_up(run_dir: Path, capsys: Any, monkeypatch: Any) -> None:
     """The run folder turns read-only (``chattr +i``: even root cannot create files in it)
     after the search started: the journal still appends, the wrap-up cannot write its
@@ -371,6 +378,7 @@ def test_client_and_webui_errors_redact_urls() -> None:
 
 
 # --- 6. simulator folders -------------------------------------------------------------------
+@pytest.mark.slow
 def test_simulator_folders_of_killed_processes_are_removed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -78,6 +78,7 @@ def _config(tmp_path: Path, url: str) -> Path:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="posix")
 def test_credentials_never_reach_any_output(tmp_path: Path) -> None:
     with start_simulator_in_thread(0, auth=(USER, SECRET), latency_per_image=0.01) as sim:
@@ -203,6 +204,7 @@ def _evil_ckpt(path: Path, marker: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_malicious_ckpt_is_refused_by_merge_and_recover(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     write_checkpoint(tmp_path / "a.safetensors", random_state_dict("sd1", "tiny", 2))

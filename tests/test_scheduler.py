@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -25,7 +24,6 @@ from autombw_cli.search.scheduler import (
     Scheduler,
     SchedulerSettings,
 )
-from autombw_cli.sim.server import start_simulator_in_thread
 from autombw_cli.webui.client import WebUIClient
 from autombw_cli.webui.errors import (
     BridgeMissing,
@@ -135,11 +133,8 @@ def _run(handles, source, *, settings=FAST, scorer=None, events=None):  # type: 
 
 
 @pytest.fixture
-def sims() -> Iterator[list]:
-    handles = [start_simulator_in_thread(0, arch="sd1", latency_per_image=0.01) for _ in range(2)]
-    yield handles
-    for h in handles:
-        h.stop()
+def sims(start_sim) -> list:  # type: ignore[no-untyped-def]
+    return [start_sim(arch="sd1", latency_per_image=0.01) for _ in range(2)]
 
 
 def _numbers(outcomes: list[Outcome]) -> list[int]:

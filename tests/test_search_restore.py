@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,20 +21,17 @@ from safetensors.torch import load_file
 from autombw_cli.app.run import Run
 from autombw_cli.config import load_config
 from autombw_cli.search.events import EvaluationDone, RunFinished, StopReason
-from autombw_cli.sim.server import SimulatorHandle, start_simulator_in_thread
+from autombw_cli.sim.server import SimulatorHandle
 from search_helpers import history_numbers, write_search_config
 
 pytest.importorskip("autombw_cli.search.journal")
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 
 @pytest.fixture
-def sims() -> Iterator[list[SimulatorHandle]]:
-    handles = [start_simulator_in_thread(0, arch="sd1", latency_per_image=0.02) for _ in range(2)]
-    yield handles
-    for h in handles:
-        h.stop()
+def sims(start_sim: Callable[..., SimulatorHandle]) -> list[SimulatorHandle]:
+    return [start_sim(arch="sd1", latency_per_image=0.02) for _ in range(2)]
 
 
 def _listed(handles: list[SimulatorHandle]) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,21 +14,17 @@ from autombw_cli.config import load_config
 from autombw_cli.errors import WebUIError
 from autombw_cli.search.events import EvaluationDone, RunFinished, StopReason
 from autombw_cli.search.scheduler import SchedulerSettings
-from autombw_cli.sim.server import start_simulator_in_thread
 from search_helpers import write_search_config
 
 # the journal (search helper) is needed by every full run
 pytest.importorskip("autombw_cli.search.journal")
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 
 @pytest.fixture
-def sims() -> Iterator[list]:
-    handles = [start_simulator_in_thread(0, arch="sd1", latency_per_image=0.01) for _ in range(3)]
-    yield handles
-    for h in handles:
-        h.stop()
+def sims(start_sim) -> list:  # type: ignore[no-untyped-def]
+    return [start_sim(arch="sd1", latency_per_image=0.01) for _ in range(3)]
 
 
 def _listed(handles) -> str:  # type: ignore[no-untyped-def]

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -34,18 +33,8 @@ SMALL = {"prompt": "a lighthouse", "seed": 5, "steps": 6, "width": 48, "height":
 
 
 @pytest.fixture
-def sim(tmp_path: Path) -> Iterator[SimulatorHandle]:
-    handle = start_simulator_in_thread(arch="sd1", model_dir=tmp_path)
-    try:
-        yield handle
-    finally:
-        handle.stop()
-
-
-@pytest.fixture
-def http(sim: SimulatorHandle) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sim.url, timeout=30) as client:
-        yield client
+def sim_options(tmp_path: Path) -> dict[str, object]:  # for conftest's `sim` and `http`
+    return {"arch": "sd1", "model_dir": tmp_path}
 
 
 def decode(b64: str) -> Image.Image:
@@ -242,6 +231,7 @@ def test_parse_faults() -> None:
             parse_faults(bad)
 
 
+@pytest.mark.slow
 def test_cli_simulate_serves_until_stopped(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

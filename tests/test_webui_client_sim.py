@@ -4,7 +4,7 @@ the whole A1111 + bridge surface, auth, and every fault the simulator can inject
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from autombw_cli.blocks import Arch, Weights
 from autombw_cli.sim.faults import FaultPlan
-from autombw_cli.sim.server import SimulatorHandle, start_simulator_in_thread
+from autombw_cli.sim.server import SimulatorHandle
 from autombw_cli.webui.client import WebUIClient
 from autombw_cli.webui.errors import (
     ApiNotEnabled,
@@ -31,15 +31,6 @@ pytestmark = pytest.mark.anyio
 
 FAST = ClientTimeouts(poll_interval=0.05, stall=1.0, read=10.0)
 BODY: dict[str, Any] = {"prompt": "a red fox", "seed": 7, "steps": 4, "width": 64, "height": 64}
-
-
-@pytest.fixture
-def sim() -> Iterator[SimulatorHandle]:
-    handle = start_simulator_in_thread(arch="sd1")
-    try:
-        yield handle
-    finally:
-        handle.stop()
 
 
 def connect(handle: SimulatorHandle, **kw: Any) -> WebUIClient:
@@ -164,79 +155,71 @@ async def test_unknown_sampler_fallback_is_reported(
     assert r.info["sampler_name"] == "Euler" and "'No Such Sampler' is unknown" in caplog.text
 
 
-async def test_auth() -> None:
-    handle = start_simulator_in_thread(arch="sd1", auth=("alice", "pw-42"))
-    try:
-        async with connect(handle) as c:
-            with pytest.raises(WebUIAuthError, match="wants a user name"):
-                await c.sd_models()
-        async with connect(handle, auth=("alice", "nope")) as c:
-            with pytest.raises(WebUIAuthError) as exc:
-                await c.sd_models()
-            assert "nope" not in str(exc.value)
-        async with connect(handle, auth=("alice", "pw-42")) as c:
-            assert len(await c.sd_models()) == 2
-            assert (await c.bridge_status()).version
-        handle.sim.set_faults(refuse_auth=True)
-        async with connect(handle, auth=("alice", "pw-42")) as c:
-            with pytest.raises(WebUIAuthError):
-                await c.progress()
-    finally:
-        handle.stop()
+async def test_auth(start_sim: Callable[..., SimulatorHandle]) -> None:
+    handle = start_sim(arch="sd1", auth=("alice", "pw-42"))
+    async with connect(handle) as c:
+        with pytest.raises(WebUIAuthError, match="wants a user name"):
+            await c.sd_models()
+    async with connect(handle, auth=("alice", "nope")) as c:
+        with pytest.raises(WebUIAuthError) as exc:
+            await c.sd_models()
+        assert "nope" not in str(exc.value)
+    async with connect(handle, auth=("alice", "pw-42")) as c:
+        assert len(await c.sd_models()) == 2
+        assert (await c.bridge_status()).version
+    handle.sim.set_faults(refuse_auth=True)
+    async with connect(handle, auth=("alice", "pw-42")) as c:
+        with pytest.raises(WebUIAuthError):
+            await c.progress()
 
 
-async def test_missing_api_and_missing_bridge() -> None:
-    handle = start_simulator_in_thread(arch="sd1", api=False, bridge=False)
-    try:
-        async with connect(handle) as c:
-            await c.ping()
-            with pytest.raises(ApiNotEnabled, match="--api"):
-                await c.get_options()
-            with pytest.raises(BridgeMissing, match="install-extension"):
-                await c.bridge_status()
-    finally:
-        handle.stop()
+async def test_missing_api_and_missing_bridge(start_sim: Callable[..., SimulatorHandle]) -> None:
+    handle = start_sim(arch="sd1", api=False, bridge=False)
+    async with connect(handle) as c:
+        await c.ping()
+        with pytest.raises(ApiNotEnabled, match="--api"):
+            await c.get_options()
+        with pytest.raises(BridgeMissing, match="install-extension"):
+            await c.bridge_status()
 
 
-async def test_api_only_webui_is_reachable_without_internal_ping() -> None:
+async def test_api_only_webui_is_reachable_without_internal_ping(
+    start_sim: Callable[..., SimulatorHandle],
+) -> None:
     """A1111 with --nowebui serves no /internal/ping: its router's 404 still means "up", for
     the client's ping, the preflight and (through ping) the scheduler's health probe."""
     from autombw_cli.app.preflight import check_instance
 
-    handle = start_simulator_in_thread(arch="sd1", api=False, nowebui=True)
-    try:
-        async with connect(handle) as c:
-            with pytest.raises(WebUIHTTPError) as exc:  # the route really is missing
-                await c._request("GET", "/internal/ping")
-            assert exc.value.status_code == 404
-            assert (await c.ping()).elapsed_s >= 0
-            report = await check_instance(
-                c,
-                label="sim0",
-                url=handle.url,
-                model_a="simA",
-                model_b="simB",
-                samplers={"Euler"},
-                arch=Arch.SD1,
-            )
-            assert report.state == "ready", report.problems
-    finally:
-        handle.stop()
-
-
-async def test_ping_still_fails_on_a_routes_own_404() -> None:
-    handle = start_simulator_in_thread(arch="sd1", nowebui=True)
-    try:
-        handle.sim.app.add_api_route(  # a 404 of a route, not of the router: not "up"
-            "/internal/ping",
-            lambda: JSONResponse(status_code=404, content={"detail": "gone"}),
-            methods=["GET"],
+    handle = start_sim(arch="sd1", api=False, nowebui=True)
+    async with connect(handle) as c:
+        with pytest.raises(WebUIHTTPError) as exc:  # the route really is missing
+            await c._request("GET", "/internal/ping")
+        assert exc.value.status_code == 404
+        assert (await c.ping()).elapsed_s >= 0
+        report = await check_instance(
+            c,
+            label="sim0",
+            url=handle.url,
+            model_a="simA",
+            model_b="simB",
+            samplers={"Euler"},
+            arch=Arch.SD1,
         )
-        async with connect(handle) as c:
-            with pytest.raises(WebUIHTTPError):
-                await c.ping()
-    finally:
-        handle.stop()
+        assert report.state == "ready", report.problems
+
+
+async def test_ping_still_fails_on_a_routes_own_404(
+    start_sim: Callable[..., SimulatorHandle],
+) -> None:
+    handle = start_sim(arch="sd1", nowebui=True)
+    handle.sim.app.add_api_route(  # a 404 of a route, not of the router: not "up"
+        "/internal/ping",
+        lambda: JSONResponse(status_code=404, content={"detail": "gone"}),
+        methods=["GET"],
+    )
+    async with connect(handle) as c:
+        with pytest.raises(WebUIHTTPError):
+            await c.ping()
 
 
 async def test_txt2img_sends_a_scheduler_so_a1111_does_not_autocorrect(

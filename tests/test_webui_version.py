@@ -82,6 +82,7 @@ def test_doctor_shows_each_instances_webui_version(tmp_path: Path, capsys) -> No
     assert all("autombw-sim" in row for row in rows), out
 
 
+@pytest.mark.slow
 def test_search_preflight_prints_versions_and_the_summary_keeps_them(
     tmp_path: Path,
     capsys,  # type: ignore[no-untyped-def]

@@ -72,6 +72,7 @@ def test_deep_nesting_is_an_error_not_a_traceback(tmp_path: Path) -> None:
         read_document(path, what="config")
 
 
+@pytest.mark.slow
 def test_cli_config_check_refuses_the_bomb(tmp_path: Path) -> None:
     path = write_search_config(tmp_path)
     path.write_text(path.read_text() + _laughs(9) + "x-bomb: *a8\n")

@@ -143,6 +143,7 @@ def _check_scores_use(run_dir: Path, stats: RunningStats) -> int:
     return checked
 
 
+@pytest.mark.slow
 def test_a_stopped_and_resumed_zscore_search_scores_like_an_uninterrupted_one(
     tmp_path: Path,
     capsys,  # type: ignore[no-untyped-def]
