@@ -6,17 +6,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import pytest
 
-from autombw_cli.sim.server import SimulatorHandle, start_simulator_in_thread
+if TYPE_CHECKING:  # imported in the fixtures: the GPU machine runs `-m gpu` without uvicorn
+    import httpx
+
+    from autombw_cli.sim.server import SimulatorHandle
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"  # copies of ../shared/fixtures
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-StartSim = Callable[..., SimulatorHandle]
+StartSim = Callable[..., "SimulatorHandle"]
 
 
 def _cuda_available() -> bool:
@@ -46,6 +48,8 @@ def start_sim() -> Iterator[StartSim]:
     with contextlib.ExitStack() as started:
 
         def start(*, stop_timeout: float = 10.0, **options: Any) -> SimulatorHandle:
+            from autombw_cli.sim.server import start_simulator_in_thread
+
             handle = start_simulator_in_thread(**options)
             started.callback(handle.stop, stop_timeout)
             return handle
@@ -69,5 +73,7 @@ def sim(start_sim: StartSim, sim_options: dict[str, Any]) -> SimulatorHandle:
 @pytest.fixture
 def http(sim: SimulatorHandle) -> Iterator[httpx.Client]:
     """An httpx client on the `sim` fixture's URL."""
+    import httpx
+
     with httpx.Client(base_url=sim.url, timeout=30) as client:
         yield client
