@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -458,3 +459,32 @@ def test_expansion_is_the_same_in_another_process(tmp_path: Path, wild: Path) ->
         runs.append(json.loads(out))
     here = [e.txt2img_body() for e in expand_payload(load_payload(path), wild, 11)]
     assert runs[0] == runs[1] == here
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX pseudo-terminal")
+def test_warnings_on_a_terminal_go_through_rich_and_plain_elsewhere(wild: Path) -> None:
+    """ARCHITECTURE.md: rich's handler on a TTY, plain lines otherwise (pipes, log files)."""
+    import pty
+
+    path = write_json(
+        wild.parent / "few.json",
+        {"prompt": "__sub/animal__", "wildcard_type": "random", "n_iter": 4},
+    )
+    args = [sys.executable, "-m", "autombw_cli", "payload", "expand", str(path)]
+    args += ["--wildcards", str(wild)]
+    plain = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0 and "WARNING autombw_cli.payloads:" in plain.stderr
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": "200", "TERM": "xterm"}
+    proc = subprocess.run(
+        args, stdout=subprocess.DEVNULL, stderr=follower, timeout=120, env=env, check=False
+    )
+    os.close(follower)
+    shown = b""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(leader, 65536):
+            shown += chunk
+    os.close(leader)
+    text = shown.decode("utf-8", "replace")
+    assert proc.returncode == 0 and "only 2 distinct" in text
+    assert "\x1b[" in text and "WARNING autombw_cli.payloads:" not in text  # rich's layout

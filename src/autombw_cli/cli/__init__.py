@@ -54,10 +54,22 @@ def root(
     lets an optimizer choose the next block weights. Start with `autombw search CONFIG`.
     """
     state.debug = debug
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.DEBUG if debug else logging.WARNING
+    if sys.stderr.isatty():  # a terminal: rich's handler (levels in colour, long lines wrapped)
+        from rich.console import Console
+        from rich.highlighter import NullHighlighter
+        from rich.logging import RichHandler
+
+        handler = RichHandler(
+            console=Console(stderr=True),
+            show_time=False,
+            show_path=False,
+            markup=False,
+            highlighter=NullHighlighter(),
+        )
+        logging.basicConfig(level=level, format="%(name)s: %(message)s", handlers=[handler])
+    else:  # a pipe or a log file: plain lines
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 def main(argv: list[str] | None = None) -> None:
