@@ -172,24 +172,31 @@ def test_bridge_routes_use_the_api_auth_credentials(tmp_path: Path) -> None:
         assert httpx.get(handle.url + "/internal/ping").status_code == 200
 
 
+def render_in_background(handle: SimulatorHandle) -> tuple[threading.Thread, threading.Event]:
+    """Start a txt2img in a thread and return once the simulator is rendering it (it holds the
+    queue lock); the event is set when the render has answered."""
+    done = threading.Event()
+
+    def generate() -> None:
+        httpx.post(
+            handle.url + "/sdapi/v1/txt2img",
+            json={"steps": 5, "width": 16, "height": 16},
+            timeout=30,
+        )
+        done.set()
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    while httpx.get(handle.url + "/sdapi/v1/progress").json()["state"]["job_count"] == 0:
+        assert worker.is_alive()
+        time.sleep(0.01)
+    return worker, done
+
+
 def test_merge_waits_for_the_running_generation(tmp_path: Path) -> None:
     """The bridge holds the queue lock: a merge sent while an image renders runs after it."""
     with start_simulator_in_thread(model_dir=tmp_path, latency_per_image=1.0) as handle:
-        done = threading.Event()
-
-        def generate() -> None:
-            httpx.post(
-                handle.url + "/sdapi/v1/txt2img",
-                json={"steps": 5, "width": 16, "height": 16},
-                timeout=30,
-            )
-            done.set()
-
-        worker = threading.Thread(target=generate)
-        worker.start()
-        while httpx.get(handle.url + "/sdapi/v1/progress").json()["state"]["job_count"] == 0:
-            assert worker.is_alive()
-            time.sleep(0.01)
+        worker, done = render_in_background(handle)
         r = httpx.post(
             handle.url + "/autombw/v1/merge",
             json={"model_a": "simA", "model_b": "simB", "weights": uniform(0.5)},
@@ -269,21 +276,7 @@ def test_not_json_is_a_422(http: httpx.Client) -> None:
 def test_a_bad_request_does_not_wait_for_the_queue_lock(tmp_path: Path) -> None:
     """Validation happens before the lock: a refused request answers while an image renders."""
     with start_simulator_in_thread(model_dir=tmp_path, latency_per_image=3.0) as handle:
-        done = threading.Event()
-
-        def generate() -> None:
-            httpx.post(
-                handle.url + "/sdapi/v1/txt2img",
-                json={"steps": 5, "width": 16, "height": 16},
-                timeout=30,
-            )
-            done.set()
-
-        worker = threading.Thread(target=generate)
-        worker.start()
-        while httpx.get(handle.url + "/sdapi/v1/progress").json()["state"]["job_count"] == 0:
-            assert worker.is_alive()
-            time.sleep(0.01)
+        worker, done = render_in_background(handle)
         r = httpx.post(
             handle.url + "/autombw/v1/merge",
             json={"model_a": "x" * 5_000_000, "model_b": "simB", "weights": uniform(0.5)},
