@@ -734,14 +734,16 @@ def _distinct_pairs(
     variant gets its own seed, so the images differ); with a fixed seed they are dropped, and a
     warning says so."""
     want = payload.n_iter
-    picked: list[tuple[str, str]] = []
-    for pair in draws:
-        if pair not in picked:
-            picked.append(pair)
-            if len(picked) == want:
-                return picked
+    picked = list(dict.fromkeys(draws))  # distinct, in draw order
+    if len(picked) >= want:
+        return picked[:want]
     if payload.seed == -1:
-        repeats = [pair for i, pair in enumerate(draws) if pair in draws[:i]]
+        seen: set[tuple[str, str]] = set()
+        repeats = []  # each draw after its first, in draw order
+        for pair in draws:
+            if pair in seen:
+                repeats.append(pair)
+            seen.add(pair)
         return picked + repeats[: want - len(picked)]
     log.warning(
         "%s: n_iter is %d but its wildcards gave only %d distinct prompt(s) in %d draws; "
