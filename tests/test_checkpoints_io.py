@@ -211,8 +211,38 @@ def test_reader_without_positional_reads_gives_the_same_tensors(tmp_path, monkey
     tensors = _tensors()
     path = tmp_path / "lib.safetensors"
     save_file(tensors, path)
+    monkeypatch.setattr(checkpoint_io, "_MAP_FILES", False)  # Windows: not mapped either
     monkeypatch.setattr(checkpoint_io, "_HAS_PREADV", False)
     monkeypatch.delattr(os, "preadv", raising=False)
     with checkpoint(path) as r:
         for k in reversed(list(tensors)):  # out of file order: every read seeks
             assert torch.equal(r.get(k), tensors[k]), k
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_tensors_outlive_the_reader_and_writes_never_reach_the_file(tmp_path, mapped) -> None:
+    """Mapped (POSIX) or read into fresh memory: a tensor handed out stays valid after the
+    reader is closed and collected (the bridge's cache keeps them), and writing to it changes
+    this process's copy only, not the checkpoint on disk."""
+    import gc
+
+    from autombw_cli.merging.checkpoint_io import SafetensorsReader
+
+    tensors = _tensors()
+    path = tmp_path / "lib.safetensors"
+    save_file(tensors, path)
+    before = path.read_bytes()
+    reader = SafetensorsReader(path, mapped=mapped)
+    assert reader.mapped is (mapped and os.name == "posix")
+    got = {k: reader.get(k) for k in tensors}
+    reader.close()
+    del reader
+    gc.collect()
+    for k, t in tensors.items():
+        assert torch.equal(got[k], t), k
+    got["b.f32"].add_(1.0)
+    got["a.f16"].zero_()
+    assert torch.equal(got["b.f32"], tensors["b.f32"] + 1.0)
+    assert path.read_bytes() == before
+    with checkpoint(path) as again:
+        assert torch.equal(again.get("b.f32"), tensors["b.f32"])

@@ -4,7 +4,8 @@ A's tensors are copied from the live model when it holds A's originals (so a res
 for bit), or read from A's file when it does not (``a_from_file``); B's are always read from
 B's file, in the live model's dtype. Tensors are grouped by slot (the UNet block slots and
 ``BASE`` for the text encoder) and keyed by the live model's keys relative to the slot's module.
-Checkpoints are read with `merging.checkpoint_io` (the one reader). torch and the stdlib only
+Checkpoints are read with `merging.checkpoint_io` (the one reader), mapped: the tensors cached
+from a file are views of its pages, as with ``safetensors.safe_open``. torch and the stdlib only
 (copied into the WebUI extension).
 """
 
@@ -140,12 +141,12 @@ class TensorCache:
     @contextlib.contextmanager
     def _reader(self, path: Path) -> Iterator[CheckpointReader]:
         if self._readers is None:  # outside `reading`: open and close
-            reader = open_checkpoint(path)
+            reader = open_checkpoint(path, mapped=True)
             try:
                 yield reader
             finally:
                 reader.close()
             return
         if path not in self._readers:
-            self._readers[path] = open_checkpoint(path)
+            self._readers[path] = open_checkpoint(path, mapped=True)
         yield self._readers[path]
