@@ -56,6 +56,7 @@ from autombw_cli.search.journal import (
 )
 from autombw_cli.search.optimizers import Optimizer, create_optimizer
 from autombw_cli.search.prompt import PromptSpec
+from autombw_cli.search.pruning import PruningRule
 from autombw_cli.search.scheduler import (
     Instance,
     Outcome,
@@ -130,8 +131,9 @@ class Run:
         else:
             self.budget = min(budget, max_evaluations)
         self.journal = Journal(run_dir, self.arch)
-        # the one read of the journal's rows: its complete evaluations, each number once
-        journaled = [e for e in self.journal.read() if e.ok]
+        # the one read of the journal's rows: its complete and pruned evaluations, each number
+        # once (a pruned one used the budget and was told to the optimizer: not run again)
+        journaled = [e for e in self.journal.read() if e.counted]
         # bounded: the best records and (number, score) per evaluation; the journal has the rest
         self.records = rec.RecordBook(journaled)
         # what the campaign starts from (resume): every evaluation's number, pass, weights, score
@@ -390,6 +392,7 @@ class Run:
             initial=starts,
             warm_start=warm,
             lockstep=lockstep,
+            pruning=pruning_rule(cfg),
         )
 
     def _restore_scorer_stats(self, scorer: Scorer) -> None:
@@ -408,10 +411,13 @@ class Run:
         self.records.add(record)
         score = record.score
         log.info(
-            "evaluation #%d (pass %d) on %s: score %.6g in %.2fs (merge %.2fs, render %.2fs)",
+            "evaluation #%d (pass %d) on %s: %s %.6g in %.2fs (merge %.2fs, render %.2fs)",
             record.number,
             record.pass_index,
             record.instance,
+            f"pruned after {len(record.raw_scores)} image(s), estimate"
+            if record.pruned
+            else "score",
             score,
             record.timings["total_s"],
             record.timings["merge_s"],
@@ -421,7 +427,7 @@ class Run:
         if out.save_images == "all":
             folder = self.run_dir / "images" / f"{record.number:05d}"
             write_best_images(rec.best_images(outcome), folder, image_format=out.image_format)
-        if self._best_score is None or score > self._best_score:
+        if record.ok and (self._best_score is None or score > self._best_score):
             self._best_score = score
             self._best_images = rec.best_images(outcome)
             if out.save_images != "none":
@@ -597,4 +603,14 @@ def settings_from_config(config: SearchConfig) -> SchedulerSettings:
         values["all_down_after_s"] = knobs.all_down_after
     if knobs.probe_backoff_max is not None:
         values["probe_backoff_max_s"] = knobs.probe_backoff_max
+    if config.search.pruning is not None:
+        values["prune_after"] = config.search.pruning.after
     return SchedulerSettings(**values)
+
+
+def pruning_rule(config: SearchConfig) -> PruningRule | None:
+    """``search.pruning`` as the campaign's rule (None: off)."""
+    p = config.search.pruning
+    if p is None:
+        return None
+    return PruningRule(after=p.after, confidence=p.confidence, min_evaluations=p.min_evaluations)
