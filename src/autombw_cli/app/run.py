@@ -29,6 +29,7 @@ from autombw_cli.app import instances as inst_mod
 from autombw_cli.app import records as rec
 from autombw_cli.app.instances import Endpoint
 from autombw_cli.app.prompts import expand_prompts, prompts_json, read_prompts, tally_outcome
+from autombw_cli.app.validate import ValidationReport, validate
 from autombw_cli.app.wrapup import exit_code_for, write_outputs
 from autombw_cli.atomic import atomic_write_text
 from autombw_cli.blocks import Weights
@@ -143,7 +144,9 @@ class Run:
         # the journal's best (resume): a worse evaluation must not replace its saved images
         best = self.records.best
         self._best_score: float | None = None if best is None else best.score
-        self._scheduler: Scheduler | None = None
+        self._scheduler: Scheduler | None = None  # the search's, then the validation's
+        self._busy: dict[str, float] | None = None  # the search's busy fractions, once validating
+        self._validation: ValidationReport | None = None
         self._sigints = 0
         self._log_handler: logging.Handler | None = None
         self._started = time.monotonic()
@@ -318,6 +321,8 @@ class Run:
             reason = reason or campaign.stop_reason or StopReason.BUDGET
             if self._sigints and reason is not StopReason.ALL_DOWN:
                 reason = StopReason.INTERRUPTED
+            if reason not in _NO_VALIDATION:
+                reason = await self._validate(reason, instances, scorer, emit, handle_signals)
             if handle_signals:
                 self._install_sigint(emit)  # a Ctrl-C during the wrap-up aborts it
             try:
@@ -345,6 +350,46 @@ class Run:
             )
         )
         return result
+
+    async def _validate(
+        self,
+        reason: StopReason,
+        instances: list[Instance],
+        scorer: Scorer,
+        emit: EventSink,
+        handle_signals: bool,
+    ) -> StopReason:
+        """The validation stage (``app/validate.py``); Ctrl-C stops it like the search."""
+        assert self._scheduler is not None
+        self._busy = self._scheduler.busy_fractions()  # the search's, for the summary
+
+        def use(scheduler: Scheduler) -> None:
+            self._scheduler = scheduler
+
+        if handle_signals:
+            self._install_sigint(emit)
+        try:
+            self._validation = await validate(
+                config=self.config,
+                run_dir=self.run_dir,
+                records=self.records,
+                prompts=self.prompts,
+                instances=instances,
+                scorer=scorer,
+                settings=self.scheduler_settings,
+                tally=self._tally,
+                emit=emit,
+                on_scheduler=use,
+            )
+        except AutombwError as exc:
+            emit(RunWarning(message=f"the validation failed: {exc.message}; writing the outputs"))
+            with contextlib.suppress(Exception):
+                await self._wrap_up(StopReason.FAILED, instances, [], emit)
+            raise
+        finally:
+            if handle_signals:
+                self._remove_sigint()
+        return StopReason.INTERRUPTED if self._sigints else reason
 
     def _campaign(self, emit: EventSink, *, lockstep: int | None = None) -> Campaign:
         cfg = self.config
@@ -492,11 +537,15 @@ class Run:
             records=self.records,
             instances=instances,
             endpoints=endpoints,
-            busy=self._scheduler.busy_fractions() if self._scheduler else {},
+            busy=self._busy if self._busy is not None else self._scheduler_busy(),
             budget=self.budget,
             started=self._started,
             emit=emit,
+            validation=self._validation,
         )
+
+    def _scheduler_busy(self) -> dict[str, float]:
+        return self._scheduler.busy_fractions() if self._scheduler else {}
 
     # --- logging ------------------------------------------------------------------------
     def _attach_log(self) -> None:
@@ -524,6 +573,10 @@ class Run:
             with contextlib.suppress(OSError):  # a full disk must not mask the run's own error
                 self._log_handler.close()
             self._log_handler = None
+
+
+# a run that ended this way is not validated (the final merge is not made either)
+_NO_VALIDATION = (StopReason.INTERRUPTED, StopReason.FAILED, StopReason.ALL_DOWN)
 
 
 def _new_run_folder(root: Path, base: str) -> tuple[Path, Path]:

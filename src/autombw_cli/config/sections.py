@@ -261,6 +261,25 @@ def _save_images(value: Any) -> Any:
     return value
 
 
+class ValidateConfig(StrictModel):
+    """After the search: render the best ``top`` candidates again with ``seeds`` fresh seed
+    sets; the final merge takes the best validated one."""
+
+    top: int = Field(3, ge=1, le=5, description="Best distinct candidates to validate")
+    seeds: int = Field(2, ge=1, le=16, description="Fresh seed sets (each prompt once per set)")
+
+
+def _validate_shorthand(value: Any) -> Any:
+    """``false``/``null``: off; ``true``: the defaults; a number: ``top``."""
+    if value is False:
+        return None
+    if value is True:
+        return {}
+    if isinstance(value, int):
+        return {"top": value}
+    return value
+
+
 class OutputsConfig(StrictModel):
     """Where the run writes, and the final merge."""
 
@@ -290,6 +309,12 @@ class OutputsConfig(StrictModel):
         False,
         description="Replace an existing checkpoint named models.output (and its recipe "
         "files); off: the final merge takes the first free name, e.g. <output>-2",
+    )
+    validation: Annotated[ValidateConfig | None, BeforeValidator(_validate_shorthand)] = Field(
+        None,
+        description="Re-render the top candidates with fresh seeds after the search; the "
+        "final merge uses the validated winner (off by default; true, a number of candidates, "
+        "or {top, seeds})",
     )
 
     @field_validator("run_name")
