@@ -19,12 +19,14 @@ overlapped (SD1.5 at 512 px, ~25 steps, on a mid-range GPU). The tally is the ar
 
 Pruning: off vs ``after`` 2 and 4 images at 95%; an hour of virtual GPU time per run; reported:
 evaluations per hour, the best found after one hour (its true quality ``GAP * f``, and its
-bias: observed score minus its expected score on the run's seeds, the "lucky winner" effect), how many were pruned, and the false-prune rate (pruned, yet its full score
-would have beaten the best score at that moment; the benchmark renders the rest anyway to know).
+bias: observed score minus its expected score on the run's seeds, the "lucky winner" effect),
+how many were pruned, and the false-prune rate (pruned, yet its full score would have beaten
+the best score at that moment; the benchmark renders the rest anyway to know).
 
 Validation: after each hour, the top ``TOP`` distinct complete evaluations are rendered again
 with ``SEEDS`` fresh seed sets (new ``c`` and ``eta``); reported: how often the validated winner
-differs from the raw one, and the true quality of each.
+differs from the raw one, the true quality of each, the gain (validated minus raw, per run) and
+in how many runs the validated winner is truly worse.
 
     python benchmarks/pruning_validation.py [--runs 10]
 """
@@ -198,7 +200,7 @@ def main() -> None:
     print(
         f"{'noise':<7}{'pruning':<9}{'evals/h':>14}{'pruned %':>10}{'false %':>9}"
         f"{'best bias':>17}{'best true':>17}{'valid. differs':>16}{'raw true':>15}"
-        f"{'valid. true':>15}{'cpu s':>7}"
+        f"{'valid. true':>15}{'gain':>15}{'worse':>7}{'cpu s':>7}"
     )
     for noise, sigma in (("noisy", 0.35), ("quiet", 0.15)):
         for label, rule in settings:
@@ -219,6 +221,8 @@ def main() -> None:
                 f"{f'{differs}/{len(results)}':>16}"
                 f"{_mean_ci([r.raw_winner_true for r in results]):>15}"
                 f"{_mean_ci([r.validated_winner_true for r in results]):>15}"
+                f"{_mean_ci([r.validated_winner_true - r.raw_winner_true for r in results]):>15}"
+                f"{sum(r.validated_winner_true < r.raw_winner_true for r in results):>7}"
                 f"{cpu:>7.1f}",
                 flush=True,
             )

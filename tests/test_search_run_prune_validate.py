@@ -18,9 +18,9 @@ from autombw_cli.recipe import read_recipe_file
 from autombw_cli.search.evaluation import Evaluation
 from autombw_cli.search.prompt import PromptSpec
 from autombw_cli.search.validation import (
+    Validated,
     ValidationLog,
     ValidationRule,
-    Validated,
     fresh_prompts,
     winner,
 )
@@ -51,7 +51,8 @@ def test_pruned_evaluations_are_journaled_shown_and_not_run_again(tmp_path: Path
     rows = _rows(d / "history.csv")
     pruned = [r for r in rows if r["state"] == "pruned"]
     assert len(rows) == 14 and pruned, "the sim's random search prunes some candidates"
-    raw = {r["number"]: r for r in map(json.loads, (d / "raw_scores.jsonl").read_text().split("\n")[:-1])}
+    lines = (d / "raw_scores.jsonl").read_text().splitlines()
+    raw = {r["number"]: r for r in map(json.loads, lines)}
     for r in pruned:
         assert len(raw[int(r["number"])]["raw_scores"]) == 1  # one image rendered, not three
     complete = [r for r in rows if r["state"] == "complete"]
