@@ -93,6 +93,8 @@ def test_validation_picks_the_winner_on_fresh_seeds_and_resumes(tmp_path: Path) 
     winner_weights = next(t["weights"] for t in summary["top"] if t["number"] == v["winner"])
     recipe = read_recipe_file(d / "test-merge.recipe.txt")
     assert recipe.weights.to_dict() == pytest.approx(winner_weights)
+    assert result.validation is not None and result.validation.winner.number == v["winner"]
+    assert result.validation.describe().startswith(f"validated winner: #{v['winner']}, validated")
     rows = _rows(d / "validation.csv")
     assert sorted(int(r["number"]) for r in rows) == sorted(top3)
     # the history is the search's: validation rows never go there

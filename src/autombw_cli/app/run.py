@@ -80,6 +80,7 @@ class RunResult:
     done: int
     best: Evaluation | None
     outputs: dict[str, str] = field(default_factory=dict)
+    validation: ValidationReport | None = None  # outputs.validation: who the recipe is
 
     @property
     def exit_code(self) -> int:
@@ -338,7 +339,7 @@ class Run:
                 )
             )
         best = campaign.best
-        result = RunResult(self.run_dir, reason, len(self.records), best, outputs)
+        result = RunResult(self.run_dir, reason, len(self.records), best, outputs, self._validation)
         emit(
             RunFinished(
                 reason=reason,

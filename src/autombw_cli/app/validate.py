@@ -41,6 +41,20 @@ class ValidationReport:
     winner: Evaluation
     complete: bool
 
+    def describe(self) -> str:
+        """One line for people: the winner, both of its scores, and whether it is the search's
+        best."""
+        v = next((r for r in self.results if r.number == self.winner.number), None)
+        if v is None:
+            return f"validation: nothing validated; the search's best #{self.winner.number} stands"
+        same = self.top and self.top[0].number == self.winner.number
+        return (
+            f"validated winner: #{self.winner.number}, validated {v.validated_score:.4f} "
+            f"(search {v.search_score:.4f})"
+            + ("" if same else f"; the search's best was #{self.top[0].number}")
+            + ("" if self.complete else f" ({len(self.results)} of {len(self.top)} validated)")
+        )
+
     def to_dict(self) -> dict[str, Any]:
         scores = {v.number: v for v in self.results}
         return {
