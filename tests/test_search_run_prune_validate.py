@@ -143,3 +143,55 @@ def test_the_validation_log_drops_a_torn_row_and_appends_on_a_fresh_line(tmp_pat
     again = ValidationLog(tmp_path)
     again.append(Validated(5, 0.4, 0.35, 4, "gpu0", 2.0))
     assert [(v.number, v.validated_score) for v in again.read()] == [(3, 0.4), (5, 0.35)]
+
+
+@pytest.mark.parametrize(
+    ("pruning", "expected"),
+    [
+        ("false", None),
+        ("true", (2, 0.95, 5)),
+        ("3", (3, 0.95, 5)),
+        ("{after: 1, confidence: 0.9, min_evaluations: 4}", (1, 0.9, 4)),
+    ],
+)
+def test_the_pruning_config_reaches_the_rule_and_the_scheduler(
+    tmp_path: Path, pruning: str, expected: tuple | None
+) -> None:
+    from autombw_cli.app.run import pruning_rule, settings_from_config
+
+    cfg = load_config(write_search_config(tmp_path, extra_search=f"  pruning: {pruning}"))
+    rule = pruning_rule(cfg)
+    got = None if rule is None else (rule.after, rule.confidence, rule.min_evaluations)
+    assert got == expected
+    assert settings_from_config(cfg).prune_after == (None if expected is None else expected[0])
+
+
+@pytest.mark.parametrize(
+    ("validation", "expected"),
+    [("false", None), ("true", (3, 2)), ("2", (2, 2)), ("{top: 5, seeds: 1}", (5, 1))],
+)
+def test_the_validation_config(tmp_path: Path, validation: str, expected: tuple | None) -> None:
+    from autombw_cli.app.validate import validation_rule
+
+    outputs = f"{{run_dir: runs, validation: {validation}}}"
+    rule = validation_rule(load_config(write_search_config(tmp_path, outputs=outputs)))
+    assert (None if rule is None else (rule.top, rule.seeds)) == expected
+
+
+@pytest.mark.parametrize(
+    ("extra_search", "outputs"),
+    [
+        ("  pruning: {after: 0}", "{run_dir: runs}"),
+        ("  pruning: {confidence: 1.0}", "{run_dir: runs}"),
+        ("", "{run_dir: runs, validation: {top: 6}}"),
+        ("", "{run_dir: runs, validation: {seeds: 0}}"),
+    ],
+)
+def test_bad_pruning_and_validation_settings_are_config_errors(
+    tmp_path: Path, extra_search: str, outputs: str
+) -> None:
+    from autombw_cli.errors import ConfigError
+
+    path = write_search_config(tmp_path, extra_search=extra_search, outputs=outputs)
+    with pytest.raises(ConfigError):
+        load_config(path)
