@@ -77,17 +77,6 @@ class PruningConfig(StrictModel):
     )
 
 
-def pruning_shorthand(value: Any) -> Any:
-    """``false``/``null``: off; ``true``: the defaults; a number: ``after``."""
-    if value is False:
-        return None
-    if value is True:
-        return {}
-    if isinstance(value, int):
-        return {"after": value}
-    return value
-
-
 class PassConfig(StrictModel):
     """One search pass; pass 2 and 3 start from the previous pass's best."""
 

@@ -29,6 +29,7 @@ from autombw_cli.config.fields import (
     ResolvedPath,
     StrictModel,
     not_found,
+    switch_shorthand,
     validation_context,
 )
 from autombw_cli.errors import ConfigError
@@ -269,17 +270,6 @@ class ValidateConfig(StrictModel):
     seeds: int = Field(2, ge=1, le=16, description="Fresh seed sets (each prompt once per set)")
 
 
-def _validate_shorthand(value: Any) -> Any:
-    """``false``/``null``: off; ``true``: the defaults; a number: ``top``."""
-    if value is False:
-        return None
-    if value is True:
-        return {}
-    if isinstance(value, int):
-        return {"top": value}
-    return value
-
-
 class OutputsConfig(StrictModel):
     """Where the run writes, and the final merge."""
 
@@ -310,7 +300,7 @@ class OutputsConfig(StrictModel):
         description="Replace an existing checkpoint named models.output (and its recipe "
         "files); off: the final merge takes the first free name, e.g. <output>-2",
     )
-    validation: Annotated[ValidateConfig | None, BeforeValidator(_validate_shorthand)] = Field(
+    validation: Annotated[ValidateConfig | None, BeforeValidator(switch_shorthand("top"))] = Field(
         None,
         description="Re-render the top candidates with fresh seeds after the search; the "
         "final merge uses the validated winner (off by default; true, a number of candidates, "
