@@ -15,7 +15,7 @@ from autombw_cli.config import SearchConfig
 from autombw_cli.payloads import derive_seed
 from autombw_cli.scoring.protocol import Scorer
 from autombw_cli.search.evaluation import Evaluation
-from autombw_cli.search.events import EventSink, Notice
+from autombw_cli.search.events import EventSink, Notice, RunWarning
 from autombw_cli.search.prompt import PromptSpec
 from autombw_cli.search.scheduler import Instance, Outcome, Scheduler, SchedulerSettings
 from autombw_cli.search.validation import (
@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ValidationReport:
-    """What the validation found: the candidates, their validated scores, the winner (the
-    search's best when nothing was validated) and whether every candidate was validated."""
+    """What the validation found: the candidates, their validated scores, the winner and
+    whether every candidate was validated (if not, the winner is the search's best: a partial
+    validation does not overrule the search)."""
 
     rule: ValidationRule
     top: tuple[Evaluation, ...]
@@ -45,14 +46,16 @@ class ValidationReport:
         """One line for people: the winner, both of its scores, and whether it is the search's
         best."""
         v = next((r for r in self.results if r.number == self.winner.number), None)
-        if v is None:
-            return f"validation: nothing validated; the search's best #{self.winner.number} stands"
-        same = self.top and self.top[0].number == self.winner.number
+        if not self.complete or v is None:
+            return (
+                f"validation incomplete ({len(self.results)} of {len(self.top)} candidates): "
+                f"the search's best #{self.winner.number} stands"
+            )
+        same = self.top[0].number == self.winner.number
         return (
             f"validated winner: #{self.winner.number}, validated {v.validated_score:.4f} "
             f"(search {v.search_score:.4f})"
             + ("" if same else f"; the search's best was #{self.top[0].number}")
-            + ("" if self.complete else f" ({len(self.results)} of {len(self.top)} validated)")
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,8 +92,9 @@ def report_of(
     if not top:
         return None
     found = winner(top, results)
-    best, complete = found if found is not None else (top[0], False)
-    return ValidationReport(rule, top, tuple(results), best, complete)
+    if found is None or not found[1]:  # a partial validation does not overrule the search
+        return ValidationReport(rule, top, tuple(results), top[0], False)
+    return ValidationReport(rule, top, tuple(results), found[0], True)
 
 
 async def validate(
@@ -146,7 +150,9 @@ async def validate(
         said = "not validated" if v is None else f"validated {v.validated_score:.4f}"
         emit(Notice(message=f"validation: #{e.number} search {e.score:.4f}, {said}"))
     best = report.top[0]
-    if report.winner.number != best.number:
+    if not report.complete:
+        emit(RunWarning(message=report.describe() + "; `--resume` validates the rest"))
+    elif report.winner.number != best.number:
         emit(
             Notice(
                 message=f"validated winner: #{report.winner.number} (the search's best, "
