@@ -195,3 +195,22 @@ def test_bad_pruning_and_validation_settings_are_config_errors(
     path = write_search_config(tmp_path, extra_search=extra_search, outputs=outputs)
     with pytest.raises(ConfigError):
         load_config(path)
+
+
+def test_a_partial_validation_leaves_the_search_best_as_the_winner() -> None:
+    from autombw_cli.app.records import RecordBook
+    from autombw_cli.app.validate import report_of
+
+    w = [Weights(Arch.SD1, dict.fromkeys(layout(Arch.SD1).slots, v / 10)) for v in range(3)]
+    book = RecordBook(
+        Evaluation(number=n, weights=w[n - 1], score=s) for n, s in ((1, 0.9), (2, 0.8), (3, 0.7))
+    )
+    rule = ValidationRule(top=3, seeds=2)
+    partial = [Validated(2, 0.8, 0.6, 4), Validated(3, 0.7, 0.65, 4)]
+    report = report_of(rule, book, partial)
+    assert report is not None and not report.complete and report.winner.number == 1
+    assert report.describe().startswith("validation incomplete (2 of 3 candidates)")
+    full = report_of(rule, book, [*partial, Validated(1, 0.9, 0.5, 4)])
+    assert full is not None and full.complete and full.winner.number == 3
+    assert full.to_dict()["winner"] == 3 and full.to_dict()["search_best"] == 1
+    assert "the search's best was #1" in full.describe()
