@@ -29,6 +29,7 @@ differs from the raw one, the true quality of each, the gain (validated minus ra
 in how many runs the validated winner is truly worse.
 
     python benchmarks/pruning_validation.py [--runs 10]
+    python benchmarks/pruning_validation.py --sim 120   # the real run on a simulated WebUI
 """
 
 from __future__ import annotations
@@ -183,10 +184,67 @@ def _mean_ci(values: list[float]) -> str:
     return f"{m:.3f} ± {half:.3f}"
 
 
+def sim_search(seconds: float, pruning: str, latency: float) -> dict[str, float]:
+    """One timed search on a simulated WebUI over HTTP (the real scheduler, scorer thread and
+    journal), 4 payloads of one image each, ``latency`` seconds per image."""
+    import asyncio
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from autombw_cli.app.run import Run
+    from autombw_cli.config import load_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        names = []
+        for i in range(4):
+            body = {"prompt": f"a photo, subject {i}", "negative_prompt": "", "seed": 10 + i,
+                    "steps": 20, "width": 64, "height": 64}  # fmt: skip
+            (folder / f"p{i}.json").write_text(json.dumps(body))
+            names.append(f"p{i}.json")
+        (folder / "c.yaml").write_text(
+            f"""models: {{a: simA.safetensors, b: simB.safetensors, output: b, arch: sd1}}
+instances: {{simulate: 1, latency: {latency}}}
+payloads: {{files: [{", ".join(names)}]}}
+scorer: {{name: sim, device: cpu, tally: arithmetic}}
+search: {{frozen: {{TIME_EMBED: 0.0}}, early_stopping: false, max_evaluations: 100000,
+  max_time: {seconds}, seed: 0, pruning: {pruning}}}
+outputs: {{run_dir: runs, save_images: none, final_merge: false}}
+"""
+        )
+        run = Run.create(load_config(folder / "c.yaml"))
+        result = asyncio.run(run.execute(lambda _e: None, handle_signals=False))
+        summary = json.loads((result.run_dir / "summary.json").read_text())
+        return {
+            "evaluations": summary["evaluations"],
+            "pruned": summary["pruned"],
+            "best": summary["best"]["score"],
+        }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=10, help="seeded runs per setting (default 10)")
+    ap.add_argument(
+        "--sim",
+        type=float,
+        default=0.0,
+        help="instead: timed searches of this many seconds on the simulated WebUI (HTTP), "
+        "pruning off vs after 1 and 2 images",
+    )
     args = ap.parse_args()
+    if args.sim:
+        print(f"simulated WebUI, 4 images/evaluation, 0.25 s/image, {args.sim:g} s per search")
+        print(f"{'pruning':<30}{'evaluations':>12}{'per min':>9}{'pruned':>8}{'best':>8}")
+        for pruning in ("false", "{after: 1}", "{after: 2}"):
+            r = sim_search(args.sim, pruning, 0.25)
+            print(
+                f"{pruning:<30}{r['evaluations']:>12}{60 * r['evaluations'] / args.sim:>9.1f}"
+                f"{r['pruned']:>8}{r['best']:>8.4f}",
+                flush=True,
+            )
+        return
     random.seed(0)
     settings: list[tuple[str, PruningRule | None]] = [
         ("off", None),
