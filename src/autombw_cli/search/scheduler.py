@@ -6,6 +6,11 @@ the scoring stage → take the next candidate at once. The scoring stage runs th
 batched) scorer in its own thread and batches across workers; the optimizer and the journal run
 in another single thread. So a WebUI never waits on scoring or on the optimizer.
 
+Pruning (``settings.prune_after``): once a candidate has that many images, the worker scores
+them in the scorer's thread and asks the source ``judge_partial``; told an estimate, it stops
+rendering that candidate and hands the partial evaluation on (``Outcome.pruned_score``). The
+scoring stage scores only the images a look did not.
+
 Failures never become scores: a failed evaluation goes back to the retry queue (preferring
 another instance) up to ``max_attempts``, then the source is told to abandon it. What a failure
 does to its instance (parked, probed with backoff, disabled, every instance down for
