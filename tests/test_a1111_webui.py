@@ -14,6 +14,7 @@ render, restore, save, caches), with pixels and tensors compared exactly.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -372,6 +373,53 @@ def test_search_with_text_encoder_weight_scores_merged_conds(
 
     rendered = np.asarray(Image.open(images[0]).convert("RGB"))
     assert not np.array_equal(rendered, plain_a), "the search scored A's cached conds"
+
+
+def test_search_with_pruning_and_validation(
+    webui: WebUI, install: Install, tmp_path: Path, auth_env: None
+) -> None:
+    """Pruning stops a candidate after its first payload's image inside A1111; validation
+    renders the top candidates again with fresh seeds and the final merge takes its winner."""
+    output = f"autombw-it-val-{int(time.time())}"
+    cfg = write_config(tmp_path / "cfg.yaml", install, webui.url, output=output, auth=True,
+                       evaluations=8, final_merge=True, run_dir=tmp_path / "runs")  # fmt: skip
+    text = cfg.read_text().replace("payloads: {files: [payload.json]}",
+                                   "payloads: {files: [payload.json, dog.json]}")  # fmt: skip
+    text = text.replace("  seed: 0\n", "  seed: 0\n  pruning: {after: 1, confidence: 0.5, "
+                        "min_evaluations: 2}\n")  # fmt: skip
+    text += "  validation: {top: 2, seeds: 2}\n"
+    cfg.write_text(text, encoding="utf-8")
+    dog = (tmp_path / "payload.json").read_text().replace("a photo of a cat", "a dog, painting")
+    (tmp_path / "dog.json").write_text(dog.replace("1234", "77"), encoding="utf-8")
+    t0 = time.monotonic()
+    search = run_cli("search", str(cfg), "--plain", cwd=tmp_path)
+    elapsed = time.monotonic() - t0
+    assert search.returncode == 0, search.stdout[-3000:] + search.stderr[-3000:]
+    try:
+        rows = history_rows(tmp_path / "runs")
+        assert len(rows) == 8 and {r["state"] for r in rows} <= {"complete", "pruned"}
+        pruned = [r for r in rows if r["state"] == "pruned"]
+        assert pruned, search.stdout[-3000:]
+        (run,) = (tmp_path / "runs").glob("*/summary.json")
+        summary = json.loads(run.read_text())
+        assert summary["pruned"] == len(pruned)
+        v = summary["validation"]
+        assert v["complete"] and len(v["candidates"]) == 2
+        assert all(c["images"] == 4 for c in v["candidates"])  # 2 payloads x 2 fresh seeds
+        # fresh seeds: other images, so other scores than the search's
+        assert all(c["validated_score"] != c["search_score"] for c in v["candidates"])
+        winner = next(t for t in summary["top"] if t["number"] == v["winner"])
+        from autombw_cli.recipe import read_recipe_file
+
+        (recipe,) = (tmp_path / "runs").glob("*/*.recipe.txt")
+        assert read_recipe_file(recipe).weights.to_dict() == pytest.approx(winner["weights"])
+        assert (install.models / f"{output}.safetensors").is_file()
+        record({"what": "search: 8 evaluations with pruning, validation of 2 x 2 seeds, final "
+                "merge", "s": round(elapsed, 1), "pruned": len(pruned),
+                "validated_winner_differs": v["winner"] != v["search_best"]})  # fmt: skip
+    finally:
+        for p in install.models.glob(f"{output}*"):
+            p.unlink()
 
 
 def test_config_check_refuses_an_output_naming_model_a(install: Install, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """What a run keeps in memory about its evaluations, and its best images.
 
-`RecordBook` is bounded: the ``TOP_K`` best `Evaluation` values in full and 16 bytes (number,
-score) per evaluation for the score plot and the counts. Everything else about an evaluation
+`RecordBook` is bounded: the ``TOP_K`` best `Evaluation` values in full and 17 bytes (number,
+score, pruned) per evaluation for the score plot and the counts. Everything else about an evaluation
 lives only in the journal (``search/journal.py``), which takes and gives the same `Evaluation`.
 """
 
@@ -19,8 +19,9 @@ from autombw_cli.search.work import Outcome
 class RecordBook:
     """A run's completed evaluations as the run needs them in memory (bounded).
 
-    Keeps the ``keep`` best records in full (best first; ties: the earlier number) and every
-    evaluation's number and score in two flat arrays (8 + 8 bytes each). Nothing per
+    Keeps the ``keep`` best complete records in full (best first; ties: the earlier number)
+    and every evaluation's number, score and whether it was pruned in three flat arrays
+    (8 + 8 + 1 bytes each); a pruned one is never among the best. Nothing per
     evaluation is kept as an object: a run of any length holds ``keep`` records here.
     """
 
@@ -30,6 +31,7 @@ class RecordBook:
         self.keep = keep
         self._numbers = array("q")
         self._scores = array("d")
+        self._pruned = array("b")
         self._top: list[Evaluation] = []
         self._top_keys: list[tuple[float, int]] = []  # (-score, number), ascending
         for r in records:
@@ -38,6 +40,9 @@ class RecordBook:
     def add(self, record: Evaluation) -> None:
         self._numbers.append(record.number)
         self._scores.append(record.score)
+        self._pruned.append(record.pruned)
+        if not record.ok:
+            return  # a pruned evaluation's score is an estimate: never among the best
         key = (-record.score, record.number)
         if len(self._top) < self.keep or key < self._top_keys[-1]:
             i = bisect.bisect_right(self._top_keys, key)
@@ -58,7 +63,11 @@ class RecordBook:
 
     def trace(self) -> ScoreTrace:
         """Every evaluation's number and score, in the order they were recorded."""
-        return ScoreTrace(numbers=array("q", self._numbers), scores=array("d", self._scores))
+        return ScoreTrace(
+            numbers=array("q", self._numbers),
+            scores=array("d", self._scores),
+            pruned=array("b", self._pruned),
+        )
 
 
 def best_images(outcome: Outcome) -> list[BestImage]:

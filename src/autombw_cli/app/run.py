@@ -29,6 +29,7 @@ from autombw_cli.app import instances as inst_mod
 from autombw_cli.app import records as rec
 from autombw_cli.app.instances import Endpoint
 from autombw_cli.app.prompts import expand_prompts, prompts_json, read_prompts, tally_outcome
+from autombw_cli.app.validate import ValidationReport, validate
 from autombw_cli.app.wrapup import exit_code_for, write_outputs
 from autombw_cli.atomic import atomic_write_text
 from autombw_cli.blocks import Weights
@@ -56,6 +57,7 @@ from autombw_cli.search.journal import (
 )
 from autombw_cli.search.optimizers import Optimizer, create_optimizer
 from autombw_cli.search.prompt import PromptSpec
+from autombw_cli.search.pruning import PruningRule
 from autombw_cli.search.scheduler import (
     Instance,
     Outcome,
@@ -78,6 +80,7 @@ class RunResult:
     done: int
     best: Evaluation | None
     outputs: dict[str, str] = field(default_factory=dict)
+    validation: ValidationReport | None = None  # outputs.validation: who the recipe is
 
     @property
     def exit_code(self) -> int:
@@ -130,8 +133,9 @@ class Run:
         else:
             self.budget = min(budget, max_evaluations)
         self.journal = Journal(run_dir, self.arch)
-        # the one read of the journal's rows: its complete evaluations, each number once
-        journaled = [e for e in self.journal.read() if e.ok]
+        # the one read of the journal's rows: its complete and pruned evaluations, each number
+        # once (a pruned one used the budget and was told to the optimizer: not run again)
+        journaled = [e for e in self.journal.read() if e.counted]
         # bounded: the best records and (number, score) per evaluation; the journal has the rest
         self.records = rec.RecordBook(journaled)
         # what the campaign starts from (resume): every evaluation's number, pass, weights, score
@@ -141,7 +145,9 @@ class Run:
         # the journal's best (resume): a worse evaluation must not replace its saved images
         best = self.records.best
         self._best_score: float | None = None if best is None else best.score
-        self._scheduler: Scheduler | None = None
+        self._scheduler: Scheduler | None = None  # the search's, then the validation's
+        self._busy: dict[str, float] | None = None  # the search's busy fractions, once validating
+        self._validation: ValidationReport | None = None
         self._sigints = 0
         self._log_handler: logging.Handler | None = None
         self._started = time.monotonic()
@@ -316,6 +322,8 @@ class Run:
             reason = reason or campaign.stop_reason or StopReason.BUDGET
             if self._sigints and reason is not StopReason.ALL_DOWN:
                 reason = StopReason.INTERRUPTED
+            if reason not in _NO_VALIDATION:
+                reason = await self._validate(reason, instances, scorer, emit, handle_signals)
             if handle_signals:
                 self._install_sigint(emit)  # a Ctrl-C during the wrap-up aborts it
             try:
@@ -331,7 +339,7 @@ class Run:
                 )
             )
         best = campaign.best
-        result = RunResult(self.run_dir, reason, len(self.records), best, outputs)
+        result = RunResult(self.run_dir, reason, len(self.records), best, outputs, self._validation)
         emit(
             RunFinished(
                 reason=reason,
@@ -343,6 +351,46 @@ class Run:
             )
         )
         return result
+
+    async def _validate(
+        self,
+        reason: StopReason,
+        instances: list[Instance],
+        scorer: Scorer,
+        emit: EventSink,
+        handle_signals: bool,
+    ) -> StopReason:
+        """The validation stage (``app/validate.py``); Ctrl-C stops it like the search."""
+        assert self._scheduler is not None
+        self._busy = self._scheduler.busy_fractions()  # the search's, for the summary
+
+        def use(scheduler: Scheduler) -> None:
+            self._scheduler = scheduler
+
+        if handle_signals:
+            self._install_sigint(emit)
+        try:
+            self._validation = await validate(
+                config=self.config,
+                run_dir=self.run_dir,
+                records=self.records,
+                prompts=self.prompts,
+                instances=instances,
+                scorer=scorer,
+                settings=self.scheduler_settings,
+                tally=self._tally,
+                emit=emit,
+                on_scheduler=use,
+            )
+        except AutombwError as exc:
+            emit(RunWarning(message=f"the validation failed: {exc.message}; writing the outputs"))
+            with contextlib.suppress(Exception):
+                await self._wrap_up(StopReason.FAILED, instances, [], emit)
+            raise
+        finally:
+            if handle_signals:
+                self._remove_sigint()
+        return StopReason.INTERRUPTED if self._sigints else reason
 
     def _campaign(self, emit: EventSink, *, lockstep: int | None = None) -> Campaign:
         cfg = self.config
@@ -390,6 +438,7 @@ class Run:
             initial=starts,
             warm_start=warm,
             lockstep=lockstep,
+            pruning=pruning_rule(cfg),
         )
 
     def _restore_scorer_stats(self, scorer: Scorer) -> None:
@@ -408,10 +457,13 @@ class Run:
         self.records.add(record)
         score = record.score
         log.info(
-            "evaluation #%d (pass %d) on %s: score %.6g in %.2fs (merge %.2fs, render %.2fs)",
+            "evaluation #%d (pass %d) on %s: %s %.6g in %.2fs (merge %.2fs, render %.2fs)",
             record.number,
             record.pass_index,
             record.instance,
+            f"pruned after {len(record.raw_scores)} image(s), estimate"
+            if record.pruned
+            else "score",
             score,
             record.timings["total_s"],
             record.timings["merge_s"],
@@ -421,7 +473,7 @@ class Run:
         if out.save_images == "all":
             folder = self.run_dir / "images" / f"{record.number:05d}"
             write_best_images(rec.best_images(outcome), folder, image_format=out.image_format)
-        if self._best_score is None or score > self._best_score:
+        if record.ok and (self._best_score is None or score > self._best_score):
             self._best_score = score
             self._best_images = rec.best_images(outcome)
             if out.save_images != "none":
@@ -486,11 +538,15 @@ class Run:
             records=self.records,
             instances=instances,
             endpoints=endpoints,
-            busy=self._scheduler.busy_fractions() if self._scheduler else {},
+            busy=self._busy if self._busy is not None else self._scheduler_busy(),
             budget=self.budget,
             started=self._started,
             emit=emit,
+            validation=self._validation,
         )
+
+    def _scheduler_busy(self) -> dict[str, float]:
+        return self._scheduler.busy_fractions() if self._scheduler else {}
 
     # --- logging ------------------------------------------------------------------------
     def _attach_log(self) -> None:
@@ -518,6 +574,10 @@ class Run:
             with contextlib.suppress(OSError):  # a full disk must not mask the run's own error
                 self._log_handler.close()
             self._log_handler = None
+
+
+# a run that ended this way is not validated (the final merge is not made either)
+_NO_VALIDATION = (StopReason.INTERRUPTED, StopReason.FAILED, StopReason.ALL_DOWN)
 
 
 def _new_run_folder(root: Path, base: str) -> tuple[Path, Path]:
@@ -597,4 +657,14 @@ def settings_from_config(config: SearchConfig) -> SchedulerSettings:
         values["all_down_after_s"] = knobs.all_down_after
     if knobs.probe_backoff_max is not None:
         values["probe_backoff_max_s"] = knobs.probe_backoff_max
+    if config.search.pruning is not None:
+        values["prune_after"] = config.search.pruning.after
     return SchedulerSettings(**values)
+
+
+def pruning_rule(config: SearchConfig) -> PruningRule | None:
+    """``search.pruning`` as the campaign's rule (None: off)."""
+    p = config.search.pruning
+    if p is None:
+        return None
+    return PruningRule(after=p.after, confidence=p.confidence, min_evaluations=p.min_evaluations)

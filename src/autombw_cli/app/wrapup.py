@@ -1,5 +1,8 @@
 """The wrap-up of a run: best recipe, plots, best images, the final merge and ``summary.json``.
 
+The recipe and the final merge are the search's best, or the validated winner when the run was
+validated (``app/validate.py``); ``summary.json`` then has a ``validation`` section.
+
 Called once the scheduler has stopped (also after Ctrl-C, when every instance is down, or before
 a fatal error is raised); everything it writes is atomic.
 """
@@ -16,6 +19,7 @@ from pathlib import Path
 from autombw_cli import exit_codes
 from autombw_cli.app.instances import Endpoint
 from autombw_cli.app.records import RecordBook
+from autombw_cli.app.validate import ValidationReport
 from autombw_cli.atomic import atomic_path
 from autombw_cli.config import SearchConfig
 from autombw_cli.errors import AutombwError, OutputExistsError
@@ -54,9 +58,11 @@ async def write_outputs(
     budget: int | None,
     started: float,
     emit: EventSink,
+    validation: ValidationReport | None = None,
 ) -> dict[str, str]:
     """Write every output of a run; returns {what: path}. ``records`` holds the best
-    evaluations in full and every evaluation's number and score (the rest is in the journal)."""
+    evaluations in full and every evaluation's number and score (the rest is in the journal).
+    With a ``validation``, the recipe and the final merge are its winner's."""
     cfg = config
     arch = cfg.models.arch
     outputs: dict[str, str] = {}
@@ -69,6 +75,8 @@ async def write_outputs(
         emit(OutputWritten(path=path, what=what))
 
     best = sm.top_k(report, 1)
+    if best and validation is not None:
+        best = [validation.winner]
     if best:
         recipe = sm.best_recipe(
             best[0], model_a=cfg.models.a, model_b=cfg.models.b, output=cfg.models.output
@@ -120,6 +128,8 @@ async def write_outputs(
             for i, p in enumerate(cfg.search.passes)
         ],
     )
+    if validation is not None:
+        summary["validation"] = validation.to_dict()
     wrote("summary", sm.write_summary(summary, run_dir))
     if merge_error is not None and not exit_code_for(reason):  # else the run fails already
         raise _final_merge_failed(merge_error, outputs)

@@ -114,6 +114,8 @@ def _execute(run: Run, *, plain: bool, json_log: Path | None) -> int:
             jlog.close()
     best = "none" if result.best is None else f"{result.best.score:.4f} (#{result.best.number})"
     print(f"{result.reason.value}: {result.done} evaluations, best {best}; {result.run_dir}")
+    if result.validation is not None:
+        print(result.validation.describe())
     if "recipe" in result.outputs:
         print(f"best recipe: {result.outputs['recipe']}")
     if result.reason in (StopReason.INTERRUPTED, StopReason.ALL_DOWN, StopReason.FAILED):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -86,3 +86,19 @@ def parse_duration(value: Any) -> Any:
 
 
 Duration = Annotated[float | None, BeforeValidator(parse_duration)]
+
+
+def switch_shorthand(number_key: str) -> Callable[[Any], Any]:
+    """A before-validator for an optional section: ``false``/``null`` is off, ``true`` the
+    defaults, a number the section's ``number_key`` (``pruning: 3``, ``validation: 2``)."""
+
+    def shorthand(value: Any) -> Any:
+        if value is False:
+            return None
+        if value is True:
+            return {}
+        if isinstance(value, int):
+            return {number_key: value}
+        return value
+
+    return shorthand

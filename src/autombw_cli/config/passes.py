@@ -1,4 +1,4 @@
-"""Search passes: optimizer names and settings, and early stopping.
+"""Search passes: optimizer names and settings, early stopping and pruning.
 
 Optimizer names and settings are checked by the optimizer registry
 (`autombw_cli.search.optimizers.registry`, the one table of names), so a config that loads
@@ -62,6 +62,19 @@ class EarlyStoppingConfig(StrictModel):
         if isinstance(data, int):
             return {"patience": data}
         return data
+
+
+class PruningConfig(StrictModel):
+    """Stop rendering a candidate whose first images are clearly worse than the best's
+    (``search/pruning.py``: a paired upper confidence bound below zero)."""
+
+    after: int = Field(2, ge=1, description="Images rendered and scored before the one look")
+    confidence: float = Field(
+        0.95, ge=0.5, lt=1.0, description="One-sided confidence that the candidate is worse"
+    )
+    min_evaluations: int = Field(
+        5, ge=2, description="Complete evaluations before anything is pruned (the spread)"
+    )
 
 
 class PassConfig(StrictModel):

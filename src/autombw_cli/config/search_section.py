@@ -25,8 +25,12 @@ from autombw_cli.blocks import (
     layout,
     parse_weights,
 )
-from autombw_cli.config.fields import Duration, ExistingFile, StrictModel
-from autombw_cli.config.passes import EarlyStoppingConfig, PassConfig
+from autombw_cli.config.fields import Duration, ExistingFile, StrictModel, switch_shorthand
+from autombw_cli.config.passes import (
+    EarlyStoppingConfig,
+    PassConfig,
+    PruningConfig,
+)
 from autombw_cli.errors import AutombwError
 from autombw_cli.yamlio import FieldError, error_text, format_path
 
@@ -158,6 +162,11 @@ class SearchSettings(StrictModel):
     max_time: Duration = Field(None, gt=0, description="Time budget in seconds (or 90m, 2h, 1h30m)")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of optimizers and payload seeds")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    pruning: Annotated[PruningConfig | None, BeforeValidator(switch_shorthand("after"))] = Field(
+        None,
+        description="Stop hopeless candidates after their first images (off by default; "
+        "true, a number of images, or {after, confidence, min_evaluations})",
+    )
 
     @model_validator(mode="after")
     def _pass_defaults(self) -> SearchSettings:

@@ -29,6 +29,7 @@ from autombw_cli.config.fields import (
     ResolvedPath,
     StrictModel,
     not_found,
+    switch_shorthand,
     validation_context,
 )
 from autombw_cli.errors import ConfigError
@@ -261,6 +262,14 @@ def _save_images(value: Any) -> Any:
     return value
 
 
+class ValidateConfig(StrictModel):
+    """After the search: render the best ``top`` candidates again with ``seeds`` fresh seed
+    sets; the final merge takes the best validated one."""
+
+    top: int = Field(3, ge=1, le=5, description="Best distinct candidates to validate")
+    seeds: int = Field(2, ge=1, le=16, description="Fresh seed sets (each prompt once per set)")
+
+
 class OutputsConfig(StrictModel):
     """Where the run writes, and the final merge."""
 
@@ -290,6 +299,12 @@ class OutputsConfig(StrictModel):
         False,
         description="Replace an existing checkpoint named models.output (and its recipe "
         "files); off: the final merge takes the first free name, e.g. <output>-2",
+    )
+    validation: Annotated[ValidateConfig | None, BeforeValidator(switch_shorthand("top"))] = Field(
+        None,
+        description="Re-render the top candidates with fresh seeds after the search; the "
+        "final merge uses the validated winner (off by default; true, a number of candidates, "
+        "or {top, seeds})",
     )
 
     @field_validator("run_name")

@@ -40,15 +40,35 @@ def best_so_far(scores: Sequence[float]) -> list[float]:
     return out
 
 
-def plot_scores(numbers: Sequence[int], scores: Sequence[float], path: Path) -> Path:
-    """Score of every evaluation (dots) and the best so far (line), in evaluation order."""
+def plot_scores(
+    numbers: Sequence[int],
+    scores: Sequence[float],
+    path: Path,
+    pruned: Sequence[bool] = (),
+) -> Path:
+    """Score of every evaluation (dots; a pruned one's estimate as a grey cross) and the best
+    so far (line, complete evaluations only), in evaluation order."""
     fig = _figure(8, 4)
     ax = fig.add_subplot(1, 1, 1)
     order = sorted(range(len(numbers)), key=lambda i: numbers[i])
+    cut = [bool(pruned[i]) if pruned else False for i in order]
     xs = [numbers[i] for i in order]
     ys = [scores[i] for i in order]
-    ax.scatter(xs, ys, s=12, alpha=0.6, label="evaluation")
-    ax.step(xs, best_so_far(ys), where="post", color="tab:red", label="best so far")
+    full = [(x, y) for x, y, c in zip(xs, ys, cut, strict=True) if not c]
+    ax.scatter([x for x, _ in full], [y for _, y in full], s=12, alpha=0.6, label="evaluation")
+    if any(cut):
+        px = [x for x, c in zip(xs, cut, strict=True) if c]
+        py = [y for y, c in zip(ys, cut, strict=True) if c]
+        ax.scatter(px, py, s=14, marker="x", color="grey", label="pruned (estimate)")
+    if full:
+        fx = [x for x, _ in full]
+        ax.step(
+            fx,
+            best_so_far([y for _, y in full]),
+            where="post",
+            color="tab:red",
+            label="best so far",
+        )
     ax.set_xlabel("evaluation")
     ax.set_ylabel("score")
     ax.set_title("Score per evaluation")

@@ -263,8 +263,13 @@ class PlainPrinter:
             budget = "?" if event.budget is None else str(event.budget)
             mark = " *" if event.is_best else ""
             e = event.evaluation
+            what = (
+                f"pruned after {len(e.raw_scores)} image(s), estimate {e.score:.4f}"
+                if e.pruned
+                else f"score {e.score:.4f}"
+            )
             return (
-                f"[{event.done:>{width}}/{budget}] #{e.number} score {e.score:.4f} "
+                f"[{event.done:>{width}}/{budget}] #{e.number} {what} "
                 f"best {event.best_score:.4f} (#{event.best_number}) {e.instance} "
                 f"{e.duration_s:.1f}s ETA {format_duration(v.eta)}{mark}"
             )

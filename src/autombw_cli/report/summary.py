@@ -30,17 +30,30 @@ class ScoreTrace:
 
     numbers: Sequence[int]
     scores: Sequence[float]
+    pruned: Sequence[
+        bool
+    ] = ()  # per evaluation: its score is a pruned one's estimate (empty: none)
 
     def __post_init__(self) -> None:
         if len(self.numbers) != len(self.scores):
             raise ValueError("numbers and scores differ in length")
+        if self.pruned and len(self.pruned) != len(self.numbers):
+            raise ValueError("pruned and numbers differ in length")
+
+    @property
+    def n_pruned(self) -> int:
+        return sum(1 for p in self.pruned if p)
 
     def __len__(self) -> int:
         return len(self.numbers)
 
     @classmethod
     def of(cls, records: Sequence[Evaluation]) -> ScoreTrace:
-        return cls([r.number for r in records], [r.score for r in records])
+        return cls(
+            [r.number for r in records],
+            [r.score for r in records],
+            [r.pruned for r in records] if any(r.pruned for r in records) else (),
+        )
 
 
 @dataclass(frozen=True)
@@ -68,8 +81,9 @@ def image_extension(data: bytes) -> str:
 
 
 def top_k(records: Sequence[Evaluation], k: int = TOP_K) -> list[Evaluation]:
-    """The ``k`` best evaluations, best first (ties: the earlier evaluation)."""
-    return sorted(records, key=lambda r: (-(r.score or 0.0), r.number))[:k]
+    """The ``k`` best complete evaluations, best first (ties: the earlier evaluation)."""
+    ok = [r for r in records if r.ok]
+    return sorted(ok, key=lambda r: (-(r.score or 0.0), r.number))[:k]
 
 
 def best_recipe(best: Evaluation, *, model_a: str, model_b: str, output: str) -> Recipe:
@@ -169,6 +183,7 @@ def build_summary(
         "exit_code": exit_code,
         "models": {"a": model_a, "b": model_b, "arch": arch.value},
         "evaluations": len(trace),
+        "pruned": trace.n_pruned,  # of those, stopped after their first images
         "failed_attempts": failed,  # evaluation attempts that failed (retried or given up)
         "budget": budget,
         "elapsed_s": round(elapsed_s, 3),
@@ -206,7 +221,7 @@ def write_plots(
     folder = run_dir / PLOTS_DIR
     best = top_k(records, 1)[0]
     return [
-        plots.plot_scores(trace.numbers, trace.scores, folder / "scores.png"),
+        plots.plot_scores(trace.numbers, trace.scores, folder / "scores.png", trace.pruned),
         plots.plot_weights(
             arch,
             best.weights.to_dict(),

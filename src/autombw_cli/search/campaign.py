@@ -32,7 +32,7 @@ import heapq
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -53,6 +53,7 @@ from autombw_cli.search.optimizers.base import (
     TrialState,
     replay,
 )
+from autombw_cli.search.pruning import PruningRule, judge
 from autombw_cli.search.stopping import EarlyStopping, StoppingRule
 from autombw_cli.search.work import Candidate, Outcome
 
@@ -143,6 +144,7 @@ class Campaign:
         initial: Sequence[Weights] = (),
         warm_start: Sequence[tuple[Weights, float]] = (),
         lockstep: int | None = None,
+        pruning: PruningRule | None = None,
     ) -> None:
         if lockstep is not None and lockstep < 0:
             raise ValueError("lockstep must be >= 0")
@@ -158,6 +160,7 @@ class Campaign:
         self.initial = tuple(initial)  # points evaluated first (initial weights)
         self.warm_start = tuple(warm_start)  # known scores told to every optimizer
         self.lockstep = lockstep  # L: see the module docstring (None: tell as results arrive)
+        self.pruning = pruning  # None: every candidate renders all its images
         # what happened
         self.history: list[Evaluation] = list(history)
         self.stop_reason: StopReason | None = None
@@ -171,7 +174,7 @@ class Campaign:
         self._best: Evaluation | None = None
         for s in self.history:
             self._seen.add(s.weights.key())
-            if self._best is None or s.score > self._best.score:
+            if s.ok and (self._best is None or s.score > self._best.score):
                 self._best = s
         used = {s.number for s in self.history}
         self._next_number = max(used, default=0) + 1
@@ -221,17 +224,50 @@ class Campaign:
                 continue
             return cand
 
+    def judge_partial(self, outcome: Outcome) -> float | None:
+        """Pruning's one look at a candidate's first images (``outcome`` holds them, scored):
+        the estimate of its full score to tell the optimizer when it is pruned, else None.
+
+        The estimate is the best score moved by how much worse the same images tallied:
+        ``best.score + tally(its images) - tally(the best's scores for those images)``."""
+        best = self._best
+        if self.pruning is None or best is None or not outcome.images:
+            return None
+        n = len(best.raw_scores)
+        k = len(outcome.raw_scores)
+        if k >= n or n == 0:
+            return None
+        signs = [-1.0 if ri.spec.reverse_scoring else 1.0 for ri in outcome.images]
+        signs += [1.0] * (n - k)  # the rest of the images are not known yet
+        verdict = judge(self.pruning, outcome.raw_scores, signs, best, self.history)
+        if verdict is None or not verdict.prune:
+            return None
+        own, _ = self.tally(outcome)
+        theirs, _ = self.tally(replace(outcome, raw_scores=tuple(best.raw_scores[:k])))
+        estimate = best.score + own - theirs
+        log.info(
+            "evaluation #%d pruned after %d image(s): %s; told %.6g",
+            outcome.candidate.number,
+            k,
+            verdict.describe(),
+            estimate,
+        )
+        return estimate
+
     def complete(self, outcome: Outcome) -> None:
         st = self._state
         cand = outcome.candidate
         score, per_payload = self.tally(outcome)
         evaluation = outcome.evaluation(score, per_payload)
+        if outcome.pruned_score is not None:  # told the estimate; never a best
+            score = outcome.pruned_score
+            evaluation = replace(evaluation, score=score, state=TrialState.PRUNED)
         self.record(evaluation, outcome)
         if self.warm_start and not self.history:
             self._check_warm_start_scale(score)
         self.history.append(evaluation)
         self._seen.add(cand.weights.key())
-        is_best = self._best is None or score > self._best.score
+        is_best = evaluation.ok and (self._best is None or score > self._best.score)
         if is_best:
             self._best = evaluation
         if st is not None and st.plan.index == cand.pass_index and cand.number in st.in_flight:

@@ -18,10 +18,13 @@ from autombw_cli.blocks import Weights
 
 
 class TrialState(StrEnum):
-    """Where a trial (one proposed set of weights) is: handed out, evaluated, or failed."""
+    """Where a trial (one proposed set of weights) is: handed out, evaluated, stopped early
+    (pruned: its first images were clearly worse than the best's, ``search/pruning.py``), or
+    failed."""
 
     RUNNING = "running"
     COMPLETE = "complete"
+    PRUNED = "pruned"
     FAILED = "failed"
 
 
@@ -29,7 +32,8 @@ class TrialState(StrEnum):
 class Evaluation:
     """One finished (or failed) evaluation.
 
-    ``score`` is the tallied score (None when the evaluation failed), ``payload_scores`` the
+    ``score`` is the tallied score (None when the evaluation failed; for a pruned one the
+    estimate of its full score the optimizer was told, never a best), ``payload_scores`` the
     per-payload tallies, ``raw_scores`` the scorer's raw value per image in render order,
     ``instance`` the WebUI that rendered it (the journal's ``worker`` column), ``timings``
     named durations in seconds (``merge_s``, ``generate_s``, ``score_s``, ``total_s``...),
@@ -61,6 +65,9 @@ class Evaluation:
         object.__setattr__(self, "timings", dict(self.timings))
         members = {str(k): tuple(float(v) for v in vs) for k, vs in self.member_scores.items()}
         object.__setattr__(self, "member_scores", members)
+        pruned = self.state is TrialState.PRUNED
+        if pruned and (self.score is None or not math.isfinite(self.score)):
+            raise ValueError(f"evaluation {self.number}: a pruned evaluation needs its estimate")
         if self.state is TrialState.COMPLETE:
             unscored = self.score is None and not self.location
             if unscored or (self.score is not None and not math.isfinite(self.score)):
@@ -71,6 +78,15 @@ class Evaluation:
     @property
     def ok(self) -> bool:
         return self.state is TrialState.COMPLETE
+
+    @property
+    def pruned(self) -> bool:
+        return self.state is TrialState.PRUNED
+
+    @property
+    def counted(self) -> bool:
+        """Complete or pruned: it used the budget and its score was told to the optimizer."""
+        return self.state in (TrialState.COMPLETE, TrialState.PRUNED)
 
     @property
     def duration_s(self) -> float | None:

@@ -101,7 +101,9 @@ class EvaluationDone(Event):
     def to_dict(self) -> dict[str, Any]:
         """The evaluation's fields flat, as the JSON log has always written them."""
         e = self.evaluation
+        pruned = {"state": e.state.value} if e.pruned else {}  # its score is an estimate
         return {
+            **pruned,
             "event": self.kind,
             "at": self.at,
             "number": e.number,

@@ -6,6 +6,11 @@ the scoring stage → take the next candidate at once. The scoring stage runs th
 batched) scorer in its own thread and batches across workers; the optimizer and the journal run
 in another single thread. So a WebUI never waits on scoring or on the optimizer.
 
+Pruning (``settings.prune_after``): once a candidate has that many images, the worker scores
+them in the scorer's thread and asks the source ``judge_partial``; told an estimate, it stops
+rendering that candidate and hands the partial evaluation on (``Outcome.pruned_score``). The
+scoring stage scores only the images a look did not.
+
 Failures never become scores: a failed evaluation goes back to the retry queue (preferring
 another instance) up to ``max_attempts``, then the source is told to abandon it. What a failure
 does to its instance (parked, probed with backoff, disabled, every instance down for
@@ -24,6 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
@@ -241,6 +247,17 @@ class Scheduler:
 
 
 # --- one run ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Look:
+    """What pruning's look at a candidate's first images found (``done`` False: not looked)."""
+
+    done: bool = False
+    scores: tuple[float, ...] = ()
+    members: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    score_s: float = 0.0
+    pruned_score: float | None = None
+
+
 class _Run:
     """Everything one ``Scheduler.run`` needs: the workers, the retry queue, the scoring stage
     and their two threads."""
@@ -450,7 +467,13 @@ class _Run:
             self._start_prefetch(inst)
             self._set_state(inst, WorkerState.GENERATING, f"#{job.candidate.number}")
             images: list[RenderedImage] = []
+            look = _Look()
             for spec in self.prompts:
+                after = self.settings.prune_after
+                if after is not None and not look.done and len(images) >= after:
+                    look = await self._look(job, inst, merge.merge_id, images, merged)
+                    if look.pruned_score is not None:
+                        break  # clearly worse than the best: the rest is not rendered
                 result = await client.txt2img(spec.body)
                 if result.info.get("version"):
                     inst.webui_version = str(result.info["version"])  # A1111 says it per render
@@ -476,7 +499,61 @@ class _Run:
             generate_s=ended - merged,
             started_at=time.time() - (ended - started),
             queued_at=ended,
+            prescored=look.scores,
+            prescored_members=look.members,
+            prescore_s=look.score_s,
+            pruned_score=look.pruned_score,
         )
+
+    async def _look(
+        self,
+        job: Job,
+        inst: Instance,
+        merge_id: str,
+        images: list[RenderedImage],
+        merged: float,
+    ) -> _Look:
+        """Pruning's one look: score the images so far (in the scorer's thread) and ask the
+        source whether to stop rendering this candidate."""
+        self._set_state(inst, WorkerState.SCORING, f"#{job.candidate.number} (pruning look)")
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        try:
+            scores, members = await loop.run_in_executor(
+                self.score_pool,
+                self._score_all,
+                [ri.image for ri in images],
+                [ri.spec.prompt for ri in images],
+            )
+        except AutombwError as exc:  # the scorer failed: the run fails, as in the scoring stage
+            self.stop.fail(exc)
+            await self.notify()
+            raise
+        except Exception as exc:
+            error = ScorerError(f"the scorer {self.scorer.name!r} failed: {exc}")
+            self.stop.fail(error)
+            await self.notify()
+            raise error from exc
+        score_s = time.monotonic() - t0
+        raw = tuple(float(v) for v in scores)
+        partial = Outcome(
+            candidate=job.candidate,
+            instance=inst.label,
+            merge_id=merge_id,
+            images=tuple(images),
+            raw_scores=raw,
+            merge_s=0.0,
+            generate_s=time.monotonic() - merged,
+            score_s=score_s,
+            queue_s=0.0,
+            started_at=time.time(),
+            finished_at=time.time(),
+            attempts=job.attempts,
+        )
+        pruned = await self._call_source(self.source.judge_partial, partial)
+        self._set_state(inst, WorkerState.GENERATING, f"#{job.candidate.number}")
+        member_raw = {k: tuple(float(x) for x in v) for k, v in members.items()}
+        return _Look(True, raw, member_raw, score_s, pruned)
 
     def _failed(self, inst: Instance, exc: WebUIError) -> None:
         verdict = self.health.failed(inst, exc)
@@ -559,8 +636,9 @@ class _Run:
                 await self._score_batch([item])
 
     async def _score_batch(self, batch: list[Rendered]) -> None:
-        images = [ri.image for r in batch for ri in r.images]
-        prompts = [ri.spec.prompt for r in batch for ri in r.images]
+        # the images a pruning look scored already are not scored again
+        images = [ri.image for r in batch for ri in r.images[len(r.prescored) :]]
+        prompts = [ri.spec.prompt for r in batch for ri in r.images[len(r.prescored) :]]
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         try:
@@ -574,9 +652,14 @@ class _Run:
         score_s = time.monotonic() - t0
         pos = 0
         for r in batch:
-            n = len(r.images)
-            raw = tuple(float(s) for s in scores[pos : pos + n])
-            member_raw = {k: tuple(v[pos : pos + n]) for k, v in members.items()}
+            n = len(r.images) - len(r.prescored)
+            raw = r.prescored + tuple(float(s) for s in scores[pos : pos + n])
+            member_raw = {
+                k: tuple(r.prescored_members.get(k, ())) + tuple(v[pos : pos + n])
+                for k, v in members.items()
+            }
+            if not members and r.prescored_members:
+                member_raw = dict(r.prescored_members)
             pos += n
             self.guard.check(r)
             outcome = Outcome(
@@ -587,12 +670,13 @@ class _Run:
                 raw_scores=raw,
                 merge_s=r.merge_s,
                 generate_s=r.generate_s,
-                score_s=score_s * n / max(len(images), 1),
+                score_s=score_s * n / max(len(images), 1) + r.prescore_s,
                 queue_s=t0 - r.queued_at,
                 started_at=r.started_at,
                 finished_at=time.time(),
                 attempts=r.job.attempts,
                 member_scores=member_raw,
+                pruned_score=r.pruned_score,
             )
             await self._call_source(self.source.complete, outcome)
             self.scoring_depth -= 1

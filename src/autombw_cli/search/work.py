@@ -77,6 +77,8 @@ class Outcome:
     attempts: int
     # an ensemble's raw scores per member label (one per image), for the journal
     member_scores: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    # pruned after its first images: the score the campaign estimated for it (None: complete)
+    pruned_score: float | None = None
 
     def evaluation(self, score: float, payload_scores: Mapping[str, float]) -> Evaluation:
         """The finished evaluation, once its images are tallied into ``score``."""
@@ -115,6 +117,8 @@ class CandidateSource(Protocol):
 
     def abandon(self, candidate: Candidate, reason: str) -> None: ...
 
+    def judge_partial(self, outcome: Outcome) -> float | None: ...  # pruning's look (see there)
+
 
 @dataclass(frozen=True)
 class SchedulerSettings:
@@ -127,6 +131,7 @@ class SchedulerSettings:
     cache_device: str = "auto"
     identical_image_warnings: int = 3  # how many times to warn about identical images
     prefetch: bool = True  # ask for an instance's next candidate while it renders
+    prune_after: int | None = None  # images scored before the source may prune (None: never)
 
 
 @dataclass
@@ -168,6 +173,11 @@ class Rendered:
     generate_s: float
     started_at: float
     queued_at: float
+    # the first images, scored while the rest rendered (pruning's look), and their members
+    prescored: tuple[float, ...] = ()
+    prescored_members: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    prescore_s: float = 0.0
+    pruned_score: float | None = None  # the source pruned it after ``prescored``
 
 
 class IdenticalImageGuard:
