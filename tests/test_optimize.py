@@ -18,7 +18,7 @@ from autombw_cli.errors import AutombwError
 from autombw_cli.search.events import StopReason, null_sink
 from autombw_cli.search.journal import read_warm_start
 from autombw_cli.testing.landscapes import coupled
-from tests.search_helpers import write_search_config
+from search_helpers import write_search_config
 
 
 def test_it_is_the_package_entry_point() -> None:

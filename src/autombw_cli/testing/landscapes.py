@@ -25,8 +25,9 @@ lies on the 0.1 grid (so every grid search can reach it) and a random point scor
   noise comes from a generator seeded with the landscape's seed, so a run repeats exactly;
   ``value(weights)`` is the noise-free score (the benchmark judges the point a search picked by
   it).
-- ``flat``: a coupled bowl over 6 blocks that matter; the other 21 blocks move the score by at
-  most a few hundredths in all (their curvature is 2% of the others'): flat directions.
+- ``flat``: a coupled bowl where 6 blocks matter (each costs 0.25-0.95 at its worst value) and
+  the other 21 barely do (their curvature is 2% of the others': each costs about 0.02 at its
+  worst value): flat directions.
 
 Every landscape but ``noisy`` is deterministic: the same seed and weights give the same score.
 """
