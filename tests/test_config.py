@@ -366,10 +366,10 @@ FIELD_CASES: list[tuple[str, dict, Any, Any]] = [
         9,
     ),
     (
-        "search.early_stopping false",
-        {"search": {"early_stopping": False}},
+        "search.early_stopping true",
+        {"search": {"early_stopping": True}},
         lambda c: c.search.passes[-1].early_stopping.patience,
-        None,
+        27,
     ),
     (
         "search.early_stopping.min_delta_abs",
@@ -380,7 +380,7 @@ FIELD_CASES: list[tuple[str, dict, Any, Any]] = [
     (
         "search.early_stopping.min_delta_rel",
         {"search": {"early_stopping": {"min_delta_rel": 0.02}}},
-        lambda c: c.search.passes[0].early_stopping.min_delta_rel,
+        lambda c: c.search.passes[-1].early_stopping.min_delta_rel,
         0.02,
     ),
     (
