@@ -120,6 +120,17 @@ VARIANTS = (
     staged("gp50-tpe", ("gp", 50, None), ("tpe", None, None)),
     staged("gp50-HC", ("gp", 50, None), HC_TO_END),
     staged("gp30-HC", ("gp", 30, None), HC_TO_END),  # (local runs only: slow)
+    Candidate(
+        "cmaes-sw27-Bayesian",
+        "cmaes ≤150 (switch after 27 stale), then Bayesian (GFO, resample, 1000 candidates)",
+        {
+            "passes": [
+                {"optimizer": "cmaes", "max_evaluations": 150, "early_stopping": {"patience": 27}},
+                {"optimizer": "Bayesian", "settings": {"n_candidates": 1000}},
+            ],
+            "early_stopping": False,
+        },
+    ),
     staged("cmaes100-HC", ("cmaes", 100, None), HC_TO_END),
     staged("cmaes-sw27-HC", ("cmaes", 150, 27), HC_TO_END),  # the shipped default, spelt out
     staged("gp30-cmaes-HC", ("gp", 30, None), ("cmaes", 70, None), HC_TO_END),
