@@ -17,7 +17,7 @@ from autombw_cli.config import load_config
 from autombw_cli.errors import AutombwError
 from autombw_cli.search.events import StopReason, null_sink
 from autombw_cli.search.journal import read_warm_start
-from autombw_cli.testing.landscapes import coupled
+from autombw_cli.testing.landscapes import coupled, skip_pairs
 from search_helpers import write_search_config
 
 
@@ -130,6 +130,31 @@ def test_history_continues_a_search_exactly() -> None:
     assert [e.weights.key() for e in resumed.evaluations] == [
         e.weights.key() for e in full.evaluations
     ]
+
+
+def test_the_default_switches_on_a_stall_uses_its_budget_and_resumes_exactly() -> None:
+    """The default: cmaes until 27 evaluations bring nothing, then HillClimbing to the budget
+    (no early stop); a search continued from any point repeats the uninterrupted one."""
+    land = skip_pairs(2)
+    full = autombw_cli.optimize(land, search={"max_evaluations": 60}, seed=2)
+    passes = [e.pass_index for e in full.evaluations]
+    switch = passes.index(2)
+    assert set(passes[:switch]) == {1} and set(passes[switch:]) == {2}
+    assert full.stop_reasons == [
+        "pass 1: no improvement in 27 evaluations",
+        "pass 2: evaluation budget",
+    ]
+    assert len(full.evaluations) == 60
+    scores = [e.score for e in full.evaluations[:switch]]
+    best_at = scores.index(max(scores))
+    assert switch - 1 - best_at == 27  # the stall that switched
+    for k in (switch - 5, switch, switch + 7):
+        resumed = autombw_cli.optimize(
+            land, search={"max_evaluations": 60}, seed=2, history=full.evaluations[:k]
+        )
+        assert [(e.weights.key(), e.pass_index) for e in resumed.evaluations] == [
+            (e.weights.key(), e.pass_index) for e in full.evaluations
+        ]
 
 
 def test_it_proposes_what_autombw_search_proposes(tmp_path: Path) -> None:
