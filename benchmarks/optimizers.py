@@ -1,31 +1,35 @@
-"""Optimizer quality on synthetic block-weight landscapes with interactions between blocks.
+"""Optimizer quality on synthetic block-weight landscapes, the shipped default as shipped.
 
-For each landscape (``autombw_cli.testing.landscapes``: optimum 1.0, a random point ~0) and
-each optimizer, runs one sequential search of ``--budget`` evaluations per seed (the seed also
-draws the landscape's hidden optimum) and reports the median over seeds of the best score after
-50, 100 and 270 evaluations, and of the evaluations needed to reach 95% of the optimum (runs
-that never get there count as budget+1; ``>270`` means the median run did not).
+Every row runs through `autombw_cli.optimize` (the search core ``autombw search`` runs) with a
+``search:`` mapping: the **shipped default** row passes only ``max_evaluations`` (optimizer,
+passes and early stopping are whatever ``autombw search`` resolves by default); each single
+optimizer row passes ``passes: [{optimizer: X}]`` and ``early_stopping: false``. For each
+landscape (``autombw_cli.testing.landscapes``: optimum 1.0, a random point ~0; the seed also
+draws the hidden optimum) the table gives the median over seeds of the best score after 50,
+100, 150 and 270 evaluations and how many evaluations the run used. On the ``noisy`` landscape
+the best is judged by its noise-free value: the true score of the point with the best observed
+score so far (what the user would pick). ``--workers N`` keeps N evaluations in flight,
+finishing in a seeded random order (N WebUI instances).
+
+A row whose behaviour depends on its budget (``per_budget``; the default when it stops early
+or stages by budget) is run once per checkpoint budget; the others run once at the largest
+budget and are read at each checkpoint (the same as a run at that budget: the optimizers do not
+know the budget).
 
 The baseline is auto-MBW-rt's default: gradient-free-optimizers' BayesianOptimizer on a grid
 of 20 intervals with GFO's default settings, whose acquisition candidates are GFO's own one-off
 random sub-grid (``candidates: subgrid``), run the way auto-MBW-rt runs it: Hyperactive with
 ``memory`` on counts ``n_iter`` iterations, and a proposal that repeats a scored point is
 answered from memory (no images generated) but uses an iteration. So the baseline's x axis is
-iterations, and the table also gives how many distinct points it evaluated in its 270 (which
-is what a run of it costs in WebUI time). One deviation, to fit the time budget: each ask scores
-20,000 random rows of that sub-grid instead of GFO's default 1,000,000 (``sampling``); which
-values each block can take is exactly GFO's.
+iterations. One deviation, to fit the time budget: each ask scores 20,000 random rows of that
+sub-grid instead of GFO's default 1,000,000 (``sampling``). It runs with one worker only.
 
     .venv/bin/python benchmarks/optimizers.py --results runs.jsonl   # the full table
-    .venv/bin/python benchmarks/optimizers.py --seeds 3 --budget 100   # a quick look
+    .venv/bin/python benchmarks/optimizers.py --seeds 2 --budget 100 --landscapes coupled
 
-The full table is about 5 CPU-hours (auto-MBW-rt's default refits GFO's Gaussian process on
-every ask: minutes per run); ``--results FILE`` appends every finished run as a JSON line and
-skips runs already there, so it can be spread over several sittings or machines and the table
-printed from the file alone (``--report-only``).
-
-Also prints, per landscape, how many evaluations each candidate needs (median curve) to reach
-the baseline's median result after the full budget: the goal is a third of the budget or less.
+``--results FILE`` appends every finished run as a JSON line and skips runs already there;
+``--shard i/n`` runs every n-th task, so shards on several machines fill one file between them
+and ``--report-only`` prints the tables from the merged file.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ import statistics
 import sys
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,35 +52,104 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @dataclass(frozen=True)
 class Candidate:
+    key: str  # what --optimizers selects
     label: str
-    optimizer: str
-    settings: dict[str, Any]
-    intervals: int = 10
+    search: dict[str, Any] = field(default_factory=dict)  # the search: section, less the budget
     max_seeds: int | None = None  # fewer seeds for a slow one (said in the table)
+    per_budget: bool = False  # run once per checkpoint budget (its behaviour depends on it)
+    max_budget: int | None = None  # a slow one runs only this far (said in the table: "-")
+    sequential_only: bool = False  # only with one evaluation in flight
 
 
-CANDIDATES = (
-    Candidate("tpe (Optuna, multivariate)", "tpe", {}),
-    Candidate("cmaes (Optuna)", "cmaes", {}),
-    Candidate("Bayesian (GFO, resample)", "Bayesian", {"n_candidates": 1000}),
-    Candidate("random (Optuna)", "random", {}),
+def single(key: str, label: str, optimizer: str, settings: dict[str, Any] | None = None,
+           **kw: Any) -> Candidate:  # fmt: skip
+    return Candidate(
+        key,
+        label,
+        {"passes": [{"optimizer": optimizer, "settings": settings or {}}], "early_stopping": False},
+        **kw,
+    )
+
+
+def staged(key: str, *stages: tuple[str, int | None, int | None]) -> Candidate:
+    """Passes of (optimizer, max evaluations, early-stopping patience that ends the pass:
+    a switch on evidence); each pass warm-starts from the earlier ones. The last pass runs to
+    the budget."""
+    passes = []
+    for i, (name, n, patience) in enumerate(stages):
+        p: dict[str, Any] = {"optimizer": name}
+        if n is not None:
+            p["max_evaluations"] = n
+        if i < len(stages) - 1 and patience is not None:
+            p["early_stopping"] = {"patience": patience}
+        passes.append(p)
+    label = ", then ".join(
+        f"{name}" + (f" ≤{n}" if n else "") + (f" (switch after {pt} stale)" if pt else "")
+        for name, n, pt in stages
+    )
+    return Candidate(key, label, {"passes": passes, "early_stopping": False})
+
+
+DEFAULT = Candidate("default", "**shipped default** (`autombw search` as resolved)", {})
+SINGLES = (
+    single("cmaes", "cmaes (Optuna)", "cmaes"),
+    single("tpe", "tpe (Optuna, multivariate)", "tpe"),
+    single("gp", "gp (Optuna)", "gp", max_seeds=3, max_budget=100, sequential_only=True),
+    single("Bayesian", "Bayesian (GFO, resample)", "Bayesian", {"n_candidates": 1000}, max_seeds=4),
+    single("HillClimbing", "HillClimbing (GFO)", "HillClimbing"),
+    single("EvolutionStrategy", "EvolutionStrategy (GFO)", "EvolutionStrategy"),
+    single("random", "random (Optuna)", "random"),
 )
 BASELINE = Candidate(
+    "baseline",
     "auto-MBW-rt default: GFO Bayesian, 20 intervals (x: iterations)",
-    "Bayesian",
-    {"candidates": "subgrid", "sampling": {"random": 20000}},
-    intervals=20,
+    {},
+    max_seeds=4,
+    sequential_only=True,
 )
-CHECKPOINTS = (50, 100, 270)
+# other defaults worth measuring (--optimizers by key); the shipped one is DEFAULT
+HC_TO_END = ("HillClimbing", None, None)
+VARIANTS = (
+    Candidate(
+        "cmaes-es27",
+        "cmaes, early stopping patience 27 (the old default)",
+        {"passes": [{"optimizer": "cmaes"}], "early_stopping": {"patience": 27}},
+    ),
+    staged("gp50-cmaes", ("gp", 50, None), ("cmaes", None, None)),
+    staged("gp30-cmaes", ("gp", 30, None), ("cmaes", None, None)),
+    staged("gp50-tpe", ("gp", 50, None), ("tpe", None, None)),
+    staged("gp50-HC", ("gp", 50, None), HC_TO_END),
+    staged("gp30-HC", ("gp", 30, None), HC_TO_END),  # (local runs only: slow)
+    Candidate(
+        "cmaes-sw27-Bayesian",
+        "cmaes ≤150 (switch after 27 stale), then Bayesian (GFO, resample, 1000 candidates)",
+        {
+            "passes": [
+                {"optimizer": "cmaes", "max_evaluations": 150, "early_stopping": {"patience": 27}},
+                {"optimizer": "Bayesian", "settings": {"n_candidates": 1000}},
+            ],
+            "early_stopping": False,
+        },
+    ),
+    staged("cmaes100-HC", ("cmaes", 100, None), HC_TO_END),
+    staged("cmaes-sw27-HC", ("cmaes", 150, 27), HC_TO_END),  # the shipped default, spelt out
+    staged("gp30-cmaes-HC", ("gp", 30, None), ("cmaes", 70, None), HC_TO_END),
+    staged("gp30-cmaes-sw27-HC", ("gp", 30, None), ("cmaes", 120, 27), HC_TO_END),
+)
+CANDIDATES = (DEFAULT, *SINGLES, *VARIANTS, BASELINE)
+CHECKPOINTS = (50, 100, 150, 270)
 
 
 @dataclass(frozen=True)
 class RunResult:
-    label: str
+    key: str
     landscape: str
     seed: int
-    curve: list[float]  # best so far after each evaluation (baseline: each iteration)
+    workers: int
+    budget: int
+    curve: list[float]  # best so far (noise-free value) after each evaluation / iteration
     evaluations: int  # distinct points evaluated
+    stop: str  # why the run ended
     elapsed_s: float
 
 
@@ -84,39 +157,52 @@ def run_one(args: tuple[Candidate, str, int, int, int]) -> RunResult:
     """One search of ``budget`` evaluations (the baseline: iterations)."""
     cand, landscape_name, seed, budget, workers = args
     warnings.filterwarnings("ignore")
-    from autombw_cli.search.space import SearchSpace
+    from autombw_cli import optimize
     from autombw_cli.testing.landscapes import LANDSCAPES
-    from autombw_cli.testing.passes import PassSpec, run_passes
 
     land = LANDSCAPES[landscape_name](seed)
-    space = SearchSpace.build("sd1", intervals=cand.intervals)
     started = time.perf_counter()
-    if cand.label == BASELINE.label:
-        curve, evaluations = auto_mbw_rt_iterations(space, cand, land, seed, budget)
+    if cand.key == BASELINE.key:
+        curve, evaluations = auto_mbw_rt_iterations(land, seed, budget)
+        stop = "iterations"
     else:
-        spec = PassSpec(cand.optimizer, cand.settings, budget)
-        result = run_passes(space, [spec], land, seed=seed, workers=workers)
-        curve, best = [], float("-inf")
-        for e in result.evaluations:
-            best = max(best, e.score)  # type: ignore[arg-type]
-            curve.append(best)
-        evaluations = len(result.evaluations)
+        result = optimize(
+            land, arch="sd1", search={**cand.search, "max_evaluations": budget}, seed=seed,
+            workers=workers,
+        )  # fmt: skip
+        curve = incumbent_curve(land, [(e.weights, e.score) for e in result.evaluations if e.ok])
+        evaluations = len(curve)
+        stop = "; ".join(result.stop_reasons)
     elapsed = time.perf_counter() - started
-    return RunResult(cand.label, landscape_name, seed, curve, evaluations, elapsed)
+    return RunResult(
+        cand.key, landscape_name, seed, workers, budget, curve, evaluations, stop, elapsed
+    )
 
 
-def auto_mbw_rt_iterations(
-    space: Any, cand: Candidate, land: Any, seed: int, budget: int
-) -> tuple[list[float], int]:
+def incumbent_curve(land: Any, scored: list[tuple[Any, float]]) -> list[float]:
+    """After each evaluation, the noise-free value of the best-scoring point so far."""
+    curve: list[float] = []
+    best_seen, best_value = float("-inf"), float("-inf")
+    for weights, score in scored:
+        if score > best_seen:
+            best_seen, best_value = score, land.value(weights)
+        curve.append(best_value)
+    return curve
+
+
+def auto_mbw_rt_iterations(land: Any, seed: int, budget: int) -> tuple[list[float], int]:
     """auto-MBW-rt's loop (Hyperactive, ``memory`` on): ``budget`` iterations, where a repeat
     of a scored point is answered from memory but still uses an iteration. Drives the GFO
     adapter's backend hooks directly: what its own ``ask`` does, minus our re-asking on
-    repeats. Returns the best so far per iteration and the number of distinct points."""
+    repeats. Returns the incumbent's value per iteration and the number of distinct points."""
     from autombw_cli.search.optimizers import TrialOrigin, create_optimizer
+    from autombw_cli.search.space import SearchSpace
 
-    opt = create_optimizer(cand.optimizer, dict(cand.settings), space, seed)
-    memory: dict[tuple[float, ...], float] = {}
-    curve, best = [], float("-inf")
+    space = SearchSpace.build("sd1", intervals=20)
+    settings = {"candidates": "subgrid", "sampling": {"random": 20000}}
+    opt = create_optimizer("Bayesian", settings, space, seed)
+    memory: dict[bytes, float] = {}
+    scored: list[tuple[Any, float]] = []
     for _ in range(budget):
         proposal = opt._backend_ask()
         if proposal is None:
@@ -132,21 +218,24 @@ def auto_mbw_rt_iterations(
             trial = opt._issue(weights, token, TrialOrigin.OPTIMIZER)
             memory[key] = float(land(weights))
             opt.tell(trial, memory[key])
-        best = max(best, memory[key])
-        curve.append(best)
-    return curve, len(memory)
+        scored.append((weights, memory[key]))
+    return incumbent_curve(land, scored), len(memory)
 
 
-def first_reaching(curve: list[float], level: float, budget: int) -> int:
-    for i, v in enumerate(curve, start=1):
-        if v >= level:
-            return i
-    return budget + 1
-
-
-def median_curve(curves: list[list[float]], budget: int) -> list[float]:
-    padded = [c + [c[-1]] * (budget - len(c)) for c in curves]
-    return [statistics.median(col) for col in zip(*padded, strict=True)]
+def tasks_for(
+    cands: list[Candidate], landscapes: list[str], seeds: int, budget: int, workers: list[int]
+) -> list[tuple[Candidate, str, int, int, int]]:
+    tasks = []
+    for w in workers:
+        for land in landscapes:
+            for cand in cands:
+                if cand.sequential_only and w != 1:
+                    continue  # auto-MBW-rt is sequential; gp is too slow for more
+                top = min(budget, cand.max_budget or budget)
+                budgets = [c for c in CHECKPOINTS if c <= top] if cand.per_budget else [top]
+                for seed in range(min(seeds, cand.max_seeds or seeds)):
+                    tasks.extend((cand, land, seed, b, w) for b in budgets)
+    return tasks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,103 +243,152 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--budget", type=int, default=270)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--landscapes", default="coupled,skip-pairs,sim")
+    parser.add_argument("--landscapes", default="coupled,skip-pairs,sim,rugged,noisy,flat")
     parser.add_argument("--results", type=Path, help="JSON lines of finished runs (appended)")
     parser.add_argument("--report-only", action="store_true", help="print the table, run nothing")
+    parser.add_argument("--shard", default="0/1", help="i/n: run every n-th task from the i-th")
     parser.add_argument(
         "--workers",
-        type=int,
-        default=1,
-        help="trials in flight, finishing in random order, like N WebUI instances (not the "
-        "baseline: auto-MBW-rt is sequential)",
+        default="1",
+        help="evaluations in flight, comma-separated settings (e.g. 1,4): finishing in random "
+        "order, like N WebUI instances (not the baseline: auto-MBW-rt is sequential)",
     )
-    parser.add_argument("--optimizers", help="only these (comma-separated names, 'baseline')")
+    parser.add_argument(
+        "--optimizers",
+        help="only these keys, comma-separated: "
+        + ", ".join(c.key for c in CANDIDATES)
+        + " (default: all but the variants)",
+    )
     args = parser.parse_args(argv)
     landscapes = args.landscapes.split(",")
-    everyone = (*CANDIDATES, BASELINE)
+    workers = [int(w) for w in args.workers.split(",")]
     if args.optimizers:
-        wanted = set(args.optimizers.split(","))
-        everyone = tuple(
-            c for c in everyone if c.optimizer in wanted or (c is BASELINE and "baseline" in wanted)
-        )
-    tasks = [
-        (cand, land, seed, args.budget, args.workers)
-        for land in landscapes
-        for cand in everyone
-        for seed in range(min(args.seeds, cand.max_seeds or args.seeds))
-    ]
-    results = _load(args.results, args.budget, args.workers) if args.results else []
-    done = {(r.label, r.landscape, r.seed) for r in results}
-    tasks = [t for t in tasks if (t[0].label, t[1], t[2]) not in done]
-    tasks.sort(key=lambda t: (t[0] is not BASELINE, t[0].optimizer != "Bayesian"))  # slow first
+        wanted = args.optimizers.split(",")
+        by_key = {c.key: c for c in CANDIDATES}
+        unknown = [k for k in wanted if k not in by_key]
+        if unknown:
+            parser.error(f"unknown keys {unknown}; known: {', '.join(by_key)}")
+        cands = [by_key[k] for k in wanted]
+    else:
+        cands = [c for c in CANDIDATES if c not in VARIANTS]
+    tasks = tasks_for(cands, landscapes, args.seeds, args.budget, workers)
+    results = _load(args.results) if args.results else []
+    done = {(r.key, r.landscape, r.seed, r.budget, r.workers) for r in results}
+    tasks = [t for t in tasks if (t[0].key, t[1], t[2], t[3], t[4]) not in done]
+    index, count = (int(x) for x in args.shard.split("/"))
+    tasks = tasks[index::count]
+    tasks.sort(key=lambda t: -_cost(t))  # slow first: the pool ends evenly
     started = time.perf_counter()
     if tasks and not args.report_only:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            for i, res in enumerate(pool.map(run_one, tasks), start=1):
+            futures = [pool.submit(run_one, t) for t in tasks]
+            for i, future in enumerate(as_completed(futures), start=1):
+                res = future.result()  # written as it finishes: a cut-short run keeps it
                 results.append(res)
                 if args.results:
-                    _append(args.results, res, args.budget, args.workers)
+                    _append(args.results, res)
                 print(
-                    f"  {i}/{len(tasks)} {res.label} / {res.landscape} / seed {res.seed}: "
-                    f"{res.elapsed_s:.1f} s",
+                    f"  {i}/{len(tasks)} {res.key} / {res.landscape} / seed {res.seed} / "
+                    f"{res.workers} in flight / budget {res.budget}: {res.elapsed_s:.1f} s",
                     file=sys.stderr,
                     flush=True,
                 )
     wall = time.perf_counter() - started
     print(
-        f"# optimizer quality: median over seeds, budget {args.budget}, {args.workers} in flight, "
-        f"wall {wall:.0f} s on {args.jobs} processes ({sys.platform}, {os.cpu_count()} cpus)"
+        f"# optimizer quality: median over seeds, up to {args.budget} evaluations, wall {wall:.0f}"
+        f" s on {args.jobs} processes ({sys.platform}, {os.cpu_count()} cpus)"
     )
-    for land in landscapes:
-        _report(land, [r for r in results if r.landscape == land], everyone, args.budget)
+    for w in workers:
+        for land in landscapes:
+            rows = [r for r in results if r.landscape == land and r.workers == w]
+            _report(land, w, rows, cands, args.budget)
     return 0
 
 
+def _cost(task: tuple[Candidate, str, int, int, int]) -> float:
+    cand, land, _, budget, _ = task
+    slow = {"baseline": 40, "Bayesian": 25, "gp": 60, "tpe": 3}.get(cand.key, 1)
+    slow += 8 if cand.key.startswith("gp") else 0
+    return slow * budget * (3 if land == "sim" else 1)
+
+
+def value_at(cand: Candidate, runs: list[RunResult], seed: int, n: int) -> tuple[float, int] | None:
+    """(best after ``n``, evaluations used) of one seed: from the run at budget ``n`` for a
+    per-budget candidate, else from the longest run's curve."""
+    mine = [r for r in runs if r.seed == seed]
+    if cand.per_budget:
+        mine = [r for r in mine if r.budget == n]
+    if not mine:
+        return None
+    run = max(mine, key=lambda r: r.budget)
+    if run.budget < n:
+        return None
+    curve = run.curve
+    return (curve[min(n, len(curve)) - 1], min(n, len(curve)))
+
+
 def _report(
-    land: str, results: list[RunResult], everyone: tuple[Candidate, ...], budget: int
+    land: str, workers: int, results: list[RunResult], cands: list[Candidate], budget: int
 ) -> None:
-    by_label: dict[str, list[RunResult]] = {}
-    for r in results:
-        by_label.setdefault(r.label, []).append(r)
-    base_runs = by_label.get(BASELINE.label)
-    base_final = median_curve([r.curve for r in base_runs], budget)[-1] if base_runs else None
     checkpoints = [c for c in CHECKPOINTS if c <= budget] or [budget]
-    print(f"\n## landscape {land} (optimum 1.0)\n")
-    head = ["optimizer", "seeds", *(f"best@{c}" for c in checkpoints), "evals to 95%"]
-    head += ["evals to baseline@end", "distinct points", "s/run"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for cand in everyone:
-        runs = by_label.get(cand.label)
+    medians: dict[str, list[float | None]] = {}
+    used: dict[str, str] = {}
+    seeds: dict[str, int] = {}
+    secs: dict[str, float] = {}
+    for cand in cands:
+        runs = [r for r in results if r.key == cand.key]
         if not runs:
             continue
-        curves = [r.curve for r in runs]
-        bests = [
-            f"{statistics.median(c[min(n, len(c)) - 1] for c in curves):.3f}" for n in checkpoints
-        ]
-        reach = statistics.median(first_reaching(c, 0.95, budget) for c in curves)
-        reach_s = f">{budget}" if reach > budget else f"{reach:.0f}"
-        to_base_s = "-"
-        if base_final is not None:
-            to_base = first_reaching(median_curve(curves, budget), base_final, budget)
-            to_base_s = f">{budget}" if to_base > budget else str(to_base)
-        distinct = statistics.median(r.evaluations for r in runs)
-        secs = statistics.median(r.elapsed_s for r in runs)
+        row: list[float | None] = []
+        for n in checkpoints:
+            got = [value_at(cand, runs, s, n) for s in sorted({r.seed for r in runs})]
+            vals = [g for g in got if g is not None]
+            row.append(statistics.median(v for v, _ in vals) if vals else None)
+            if n == checkpoints[-1] and vals:
+                used[cand.key] = f"{statistics.median(u for _, u in vals):.0f}"
+        medians[cand.key] = row
+        seeds[cand.key] = len({r.seed for r in runs})
+        secs[cand.key] = statistics.median(r.elapsed_s for r in runs if r.budget == max(
+            x.budget for x in runs))  # fmt: skip
+    if not medians:
+        return
+    print(f"\n### landscape {land}, {workers} in flight (optimum 1.0)\n")
+    head = ["optimizer", "seeds", *(f"best@{c}" for c in checkpoints), "evals used", "s/run"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    singles = [c.key for c in SINGLES if c.key in medians]
+    for cand in cands:
+        if cand.key not in medians:
+            continue
+        cells = []
+        for i, v in enumerate(medians[cand.key]):
+            top = max((medians[k][i] for k in medians if medians[k][i] is not None), default=None)
+            text = "-" if v is None else f"{v:.3f}"
+            cells.append(f"**{text}**" if v is not None and v == top else text)
         print(
-            f"| {cand.label} | {len(runs)} | {' | '.join(bests)} | {reach_s} | {to_base_s} | "
-            f"{distinct:.0f} | {secs:.1f} |"
+            f"| {cand.label} | {seeds[cand.key]} | {' | '.join(cells)} | "
+            f"{used.get(cand.key, '-')} | {secs[cand.key]:.1f} |"
         )
+    if DEFAULT.key in medians and singles:
+        gaps = []
+        for i, n in enumerate(checkpoints):
+            mine = medians[DEFAULT.key][i]
+            rivals = [(medians[k][i], k) for k in singles if medians[k][i] is not None]
+            if mine is None or not rivals:
+                continue
+            best, who = max(rivals)
+            gaps.append(f"@{n}: {mine - best:+.3f} vs {who}")
+        print(f"\ndefault minus the best single optimizer: {', '.join(gaps)}")
 
 
-def _append(path: Path, res: RunResult, budget: int, workers: int) -> None:
-    row = {"budget": budget, "workers": workers, **asdict(res)}
+def _append(path: Path, res: RunResult) -> None:
     with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(json.dumps(asdict(res)) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
-def _load(path: Path, budget: int, workers: int) -> list[RunResult]:
+def _load(path: Path) -> list[RunResult]:
     if not path.exists():
         return []
     out = []
@@ -259,7 +397,7 @@ def _load(path: Path, budget: int, workers: int) -> list[RunResult]:
             row = json.loads(line)
         except ValueError:
             continue  # a torn last line from a killed run
-        if (row.pop("budget"), row.pop("workers", 1)) == (budget, workers):
+        if "key" in row:  # this version's rows (earlier files had labels)
             out.append(RunResult(**row))
     return out
 

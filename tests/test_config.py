@@ -69,9 +69,14 @@ def test_defaults(project: Path) -> None:
     assert cfg.models.arch is Arch.SD1
     assert cfg.search.intervals == 10 and cfg.search.grid_intervals == 10
     assert cfg.search.max_evaluations == 270
-    assert cfg.search.early_stopping.patience == 27
-    assert [p.optimizer for p in cfg.search.passes] == ["cmaes"]  # the benchmark winner
-    assert cfg.search.passes[0].early_stopping == cfg.search.early_stopping
+    assert cfg.search.early_stopping.patience is None  # a run uses its budget
+    # the benchmark's winner: CMA-ES until 27 evaluations bring nothing (150 at most), then
+    # hill climbing to the end
+    assert [p.optimizer for p in cfg.search.passes] == ["cmaes", "HillClimbing"]
+    assert cfg.search.passes[0].max_evaluations == 150
+    assert cfg.search.passes[0].early_stopping.patience == 27
+    assert cfg.search.passes[1].max_evaluations is None
+    assert cfg.search.passes[1].early_stopping == cfg.search.early_stopping
     assert len(cfg.search.blocks) == 27 and cfg.search.frozen == {}
     assert cfg.outputs.run_dir == project / "runs"
     assert cfg.scorer.name == "imagereward"
@@ -357,14 +362,14 @@ FIELD_CASES: list[tuple[str, dict, Any, Any]] = [
     (
         "search.early_stopping.patience",
         {"search": {"early_stopping": {"patience": 9}}},
-        lambda c: c.search.passes[0].early_stopping.patience,
+        lambda c: c.search.passes[-1].early_stopping.patience,
         9,
     ),
     (
-        "search.early_stopping false",
-        {"search": {"early_stopping": False}},
-        lambda c: c.search.passes[0].early_stopping.patience,
-        None,
+        "search.early_stopping true",
+        {"search": {"early_stopping": True}},
+        lambda c: c.search.passes[-1].early_stopping.patience,
+        27,
     ),
     (
         "search.early_stopping.min_delta_abs",
@@ -375,7 +380,7 @@ FIELD_CASES: list[tuple[str, dict, Any, Any]] = [
     (
         "search.early_stopping.min_delta_rel",
         {"search": {"early_stopping": {"min_delta_rel": 0.02}}},
-        lambda c: c.search.passes[0].early_stopping.min_delta_rel,
+        lambda c: c.search.passes[-1].early_stopping.min_delta_rel,
         0.02,
     ),
     (

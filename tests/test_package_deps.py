@@ -23,8 +23,9 @@ SEARCH_MAY_IMPORT = {
     "autombw_cli.exit_codes",  # through errors.py, which the bridge extension copies too
     "autombw_cli.scoring.protocol",
 }
-# who may compose the application (app/) and who may use the test helpers (testing/)
-APP_USERS = {"cli", "__main__"}
+# who may compose the application (app/) and who may use the test helpers (testing/); the root
+# package re-exports `optimize` (app/optimize.py) lazily, as the public Python entry point
+APP_USERS = {"cli", "__main__", "autombw_cli"}
 TESTING_USERS: set[str] = set()
 
 
@@ -66,7 +67,7 @@ def _package_graph() -> dict[str, set[str]]:
         src = _package(module)
         for target in imported:
             dst = _package(target)
-            if dst not in (src, "autombw_cli"):  # the root holds only __version__
+            if dst not in (src, "autombw_cli"):  # the root: __version__, optimize
                 graph[src].add(dst)
     return graph
 

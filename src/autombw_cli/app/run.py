@@ -28,6 +28,7 @@ from typing import Any
 from autombw_cli.app import instances as inst_mod
 from autombw_cli.app import records as rec
 from autombw_cli.app.instances import Endpoint
+from autombw_cli.app.optimize import optimizer_factory, pass_plans, search_space
 from autombw_cli.app.prompts import expand_prompts, prompts_json, read_prompts, tally_outcome
 from autombw_cli.app.validate import ValidationReport, validate
 from autombw_cli.app.wrapup import exit_code_for, write_outputs
@@ -38,7 +39,7 @@ from autombw_cli.errors import AutombwError, ConfigError, JournalError
 from autombw_cli.folderlock import FolderLock
 from autombw_cli.report.summary import BEST_IMAGES_DIR, BestImage, write_best_images
 from autombw_cli.scoring.protocol import MemberScorer, Scorer
-from autombw_cli.search.campaign import Campaign, PassEndReason, PassPlan
+from autombw_cli.search.campaign import Campaign, PassEndReason
 from autombw_cli.search.evaluation import Evaluation
 from autombw_cli.search.events import (
     EventSink,
@@ -55,7 +56,6 @@ from autombw_cli.search.journal import (
     is_file_system_error,
     read_warm_start,
 )
-from autombw_cli.search.optimizers import Optimizer, create_optimizer
 from autombw_cli.search.prompt import PromptSpec
 from autombw_cli.search.pruning import PruningRule
 from autombw_cli.search.scheduler import (
@@ -64,7 +64,6 @@ from autombw_cli.search.scheduler import (
     Scheduler,
     SchedulerSettings,
 )
-from autombw_cli.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -396,41 +395,17 @@ class Run:
         cfg = self.config
         s = cfg.search
         initial = cfg.initial_weights()
-        space = SearchSpace.build(
-            self.arch,
-            searched=list(s.blocks),
-            frozen=dict(s.frozen),
-            clamps={k: tuple(v) for k, v in s.clamps.items()},
-            groups=[list(g) for g in s.groups],
-            intervals=None if s.continuous else s.intervals,
-            extrapolation=s.extrapolation,
-            base=initial,
-            text_encoder=None if initial is None else initial.text_encoder,
-        )
-        plans = [
-            PassPlan(
-                index=i + 1,
-                optimizer=p.optimizer,
-                settings=dict(p.settings),
-                max_evaluations=p.max_evaluations,
-                early_stopping=p.early_stopping,
-            )
-            for i, p in enumerate(s.passes)
-        ]
-
-        def make_optimizer(plan: PassPlan) -> Optimizer:
-            return create_optimizer(plan.optimizer, plan.settings, space, s.seed + plan.index - 1)
-
+        space = search_space(s, self.arch, initial)
         warm: list[tuple[Weights, float]] = []
         if self.warm_start_path is not None:
             warm = list(read_warm_start(self.warm_start_path, self.arch))
             log.info("warm start: %d evaluations from %s", len(warm), self.warm_start_path)
         starts = [space.project(initial)] if initial is not None else []
         return Campaign(
-            passes=plans,
+            passes=pass_plans(s),
             total_budget=self.budget,
             tally=self._tally,
-            make_optimizer=make_optimizer,
+            make_optimizer=optimizer_factory(space, s.seed),
             record=self._record,
             emit=emit,
             max_time_s=s.max_time,

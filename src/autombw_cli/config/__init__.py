@@ -147,7 +147,8 @@ class SearchConfig(StrictModel):
                         f"{', '.join(inst.auth.missing(environ))} not set (needed at run time)"
                     )
         budgets = [p.max_evaluations for p in self.search.passes if p.max_evaluations]
-        if budgets and sum(budgets) > self.search.max_evaluations:
+        given = "passes" in self.search.model_fields_set  # not the default passes' caps
+        if given and budgets and sum(budgets) > self.search.max_evaluations:
             out.append(
                 f"the passes' max_evaluations add up to {sum(budgets)}, more than "
                 f"search.max_evaluations ({self.search.max_evaluations}); the total wins"

@@ -44,7 +44,9 @@ def validate_optimizer(name: str, settings: dict[str, Any]) -> tuple[str, dict[s
 
 
 class EarlyStoppingConfig(StrictModel):
-    """Stop a pass after ``patience`` evaluations without an improvement."""
+    """Stop a pass after ``patience`` evaluations without an improvement (search-wide default:
+    off, ``patience: null``; ``early_stopping: true`` or any mapping without ``patience`` means
+    27, auto-MBW-rt's value)."""
 
     patience: int | None = Field(
         27, ge=1, description="Evaluations without improvement before a pass stops (null: never)"
@@ -77,6 +79,20 @@ class PruningConfig(StrictModel):
     )
 
 
+DEFAULT_SWITCH_PATIENCE = 27
+# The default search (BENCHMARKS.md "Optimizer quality"): CMA-ES until it has gone 27
+# evaluations without an improvement (at most 150 evaluations), then hill climbing from the
+# best point so far (each pass warm-starts from every evaluation before it) to the budget.
+DEFAULT_PASSES: tuple[dict[str, Any], ...] = (
+    {
+        "optimizer": "cmaes",
+        "max_evaluations": 150,
+        "early_stopping": {"patience": DEFAULT_SWITCH_PATIENCE},
+    },
+    {"optimizer": "HillClimbing"},
+)
+
+
 class PassConfig(StrictModel):
     """One search pass; pass 2 and 3 start from the previous pass's best."""
 
@@ -100,3 +116,13 @@ class PassConfig(StrictModel):
             name, settings = validate_optimizer(name, settings)
             data = {**data, "optimizer": name, "settings": settings}
         return data
+
+
+def default_passes() -> list[PassConfig]:
+    """The passes a search runs when the config names none (`DEFAULT_PASSES`)."""
+    return [PassConfig.model_validate(p) for p in DEFAULT_PASSES]
+
+
+def default_early_stopping() -> EarlyStoppingConfig:
+    """Search-wide early stopping when the config says nothing: off (the run uses its budget)."""
+    return EarlyStoppingConfig(patience=None)

@@ -30,6 +30,8 @@ from autombw_cli.config.passes import (
     EarlyStoppingConfig,
     PassConfig,
     PruningConfig,
+    default_early_stopping,
+    default_passes,
 )
 from autombw_cli.errors import AutombwError
 from autombw_cli.yamlio import FieldError, error_text, format_path
@@ -155,9 +157,9 @@ class SearchSettings(StrictModel):
     extrapolation: bool = Field(False, description="Allow weights in -1..2 instead of 0..1")
     initial: InitialConfig | None = None
     passes: list[PassConfig] = Field(
-        default_factory=lambda: [PassConfig()], min_length=1, max_length=MAX_PASSES
+        default_factory=default_passes, min_length=1, max_length=MAX_PASSES
     )
-    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=default_early_stopping)
     max_evaluations: int = Field(270, ge=1, description="Evaluation budget over all passes")
     max_time: Duration = Field(None, gt=0, description="Time budget in seconds (or 90m, 2h, 1h30m)")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of optimizers and payload seeds")

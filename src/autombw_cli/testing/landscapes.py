@@ -16,6 +16,20 @@ lies on the 0.1 grid (so every grid search can reach it) and a random point scor
   closed form from per-slot dot products; nonlinear, with every block interacting through the
   renderer's network. Sharp: a random grid point scores about 0.27 (median), one with two
   thirds of its blocks 0.1 off the target about 0.6, so reaching 0.95 takes precision.
+- ``rugged``: the ``coupled`` bowl (70% of the score) plus ripples (30%): cosines of period 0.25
+  along 27 random directions, all at their crest at the optimum. Every ripple trough is a local
+  optimum on the 0.1 grid, so a method that trusts the last few steps stalls on one.
+- ``noisy``: the ``coupled`` bowl, and every evaluation adds fresh Gaussian noise (σ
+  `NOISE_SIGMA` = 0.05, 5% of the span from a random point to the optimum), as a score over
+  images rendered with random seeds does: the same weights score differently each time. The
+  noise comes from a generator seeded with the landscape's seed, so a run repeats exactly;
+  ``value(weights)`` is the noise-free score (the benchmark judges the point a search picked by
+  it).
+- ``flat``: a coupled bowl where 6 blocks matter (each costs 0.25-0.95 at its worst value) and
+  the other 21 barely do (their curvature is 2% of the others': each costs about 0.02 at its
+  worst value): flat directions.
+
+Every landscape but ``noisy`` is deterministic: the same seed and weights give the same score.
 """
 
 from __future__ import annotations
@@ -33,15 +47,29 @@ if TYPE_CHECKING:
     from autombw_cli.sim.render import Renderer
 
 
+NOISE_SIGMA = 0.05  # the ``noisy`` landscape's per-evaluation noise (standard deviation)
+
+
 @dataclass(frozen=True)
 class Landscape:
+    """A scored landscape: call it with weights for a score (noisy ones add ``noise``)."""
+
     name: str
     arch: Arch
-    fn: Callable[[np.ndarray], float]  # values in recipe (canonical) slot order
+    fn: Callable[[np.ndarray], float]  # noise-free; values in recipe (canonical) slot order
     target: Weights  # where the optimum lies
     optimum: float = 1.0
+    noise: float = 0.0  # standard deviation of the noise each call adds
+    rng: np.random.Generator | None = None  # draws the noise, in call order
 
     def __call__(self, weights: Weights) -> float:
+        score = self.value(weights)
+        if self.noise and self.rng is not None:
+            score += float(self.rng.normal(0.0, self.noise))
+        return score
+
+    def value(self, weights: Weights) -> float:
+        """The noise-free score (what the weights are really worth)."""
         return self.fn(np.array(list(weights.values.values()), dtype=float))
 
 
@@ -56,13 +84,11 @@ def _skip_pairs(arch: Arch) -> list[tuple[int, int]]:
     return [(slots.index(ins[k]), slots.index(outs[len(outs) - 1 - k])) for k in range(len(ins))]
 
 
-def coupled(seed: int, arch: Arch | str = Arch.SD1) -> Landscape:
-    arch = Arch(arch)
-    slots = layout(arch).slots
-    n = len(slots)
-    rng = np.random.default_rng([seed, 1])
-    target = _grid_target(rng, n)
-    a = np.eye(n) * rng.uniform(0.5, 2.0, size=n)
+def _coupled_matrix(arch: Arch, rng: np.random.Generator, scale: np.ndarray) -> np.ndarray:
+    """A positive-definite Hessian coupling neighbouring blocks and each skip pair, with
+    diagonal ``scale`` (times a random factor 0.5..2)."""
+    n = len(scale)
+    a = np.diag(rng.uniform(0.5, 2.0, size=n) * scale)
     for i in range(n - 1):  # neighbours along the UNet
         c = rng.uniform(-0.6, 0.6) * math.sqrt(a[i, i] * a[i + 1, i + 1])
         a[i, i + 1] = a[i + 1, i] = c
@@ -70,16 +96,76 @@ def coupled(seed: int, arch: Arch | str = Arch.SD1) -> Landscape:
         c = rng.uniform(-0.6, 0.6) * math.sqrt(a[i, i] * a[j, j])
         a[i, j] = a[j, i] = c
     w, v = np.linalg.eigh(a)  # keep it positive definite
-    a = (v * np.maximum(w, 0.05)) @ v.T
-    # scale: a uniformly random point scores ~0 on average
+    return (v * np.maximum(w, 0.05 * float(scale.min()))) @ v.T
+
+
+def _bowl(
+    arch: Arch, rng: np.random.Generator, scale: np.ndarray | None = None
+) -> tuple[np.ndarray, Callable[[np.ndarray], float]]:
+    """A target on the grid and ``1 - q(x - target)``, scaled so that a uniformly random
+    point scores ~0 on average."""
+    n = len(layout(arch).slots)
+    target = _grid_target(rng, n)
+    a = _coupled_matrix(arch, rng, np.ones(n) if scale is None else scale)
     samples = rng.uniform(0, 1, size=(4000, n)) - target
     mean_q = float(np.mean(np.einsum("ij,jk,ik->i", samples, a, samples)))
 
-    def fn(x: np.ndarray) -> float:
+    def bowl(x: np.ndarray) -> float:
         d = x - target
         return float(1.0 - (d @ a @ d) / mean_q)
 
-    return Landscape("coupled", arch, fn, Weights(arch, dict(zip(slots, target, strict=True))))
+    return target, bowl
+
+
+def _named(arch: Arch, target: np.ndarray) -> Weights:
+    return Weights(arch, dict(zip(layout(arch).slots, target.tolist(), strict=True)))
+
+
+def coupled(seed: int, arch: Arch | str = Arch.SD1) -> Landscape:
+    arch = Arch(arch)
+    target, bowl = _bowl(arch, np.random.default_rng([seed, 1]))
+    return Landscape("coupled", arch, bowl, _named(arch, target))
+
+
+RIPPLE_SHARE = 0.3
+RIPPLE_PERIOD = 0.25
+
+
+def rugged(seed: int, arch: Arch | str = Arch.SD1) -> Landscape:
+    arch = Arch(arch)
+    rng = np.random.default_rng([seed, 4])
+    target, bowl = _bowl(arch, rng)
+    n = len(target)
+    directions = rng.normal(size=(n, n))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    k = 2.0 * math.pi / RIPPLE_PERIOD
+
+    def fn(x: np.ndarray) -> float:
+        ripple = float(np.mean(1.0 - np.cos(k * (directions @ (x - target)))))  # 0 at target
+        return (1.0 - RIPPLE_SHARE) * bowl(x) + RIPPLE_SHARE * (1.0 - ripple)
+
+    return Landscape("rugged", arch, fn, _named(arch, target))
+
+
+def noisy(seed: int, arch: Arch | str = Arch.SD1, sigma: float = NOISE_SIGMA) -> Landscape:
+    arch = Arch(arch)
+    target, bowl = _bowl(arch, np.random.default_rng([seed, 5]))
+    noise_rng = np.random.default_rng([seed, 5, 1])
+    return Landscape("noisy", arch, bowl, _named(arch, target), noise=sigma, rng=noise_rng)
+
+
+FLAT_STRONG = 6  # blocks that matter in ``flat``
+FLAT_WEAK_SCALE = 0.02  # curvature of the others, relative
+
+
+def flat(seed: int, arch: Arch | str = Arch.SD1) -> Landscape:
+    arch = Arch(arch)
+    rng = np.random.default_rng([seed, 6])
+    n = len(layout(arch).slots)
+    scale = np.full(n, FLAT_WEAK_SCALE)
+    scale[rng.choice(n, size=FLAT_STRONG, replace=False)] = 1.0
+    target, bowl = _bowl(arch, rng, scale)
+    return Landscape("flat", arch, bowl, _named(arch, target))
 
 
 def skip_pairs(seed: int, arch: Arch | str = Arch.SD1) -> Landscape:
@@ -193,4 +279,7 @@ LANDSCAPES: dict[str, Callable[[int], Landscape]] = {
     "coupled": coupled,
     "skip-pairs": skip_pairs,
     "sim": sim,
+    "rugged": rugged,
+    "noisy": noisy,
+    "flat": flat,
 }

@@ -21,7 +21,8 @@ from autombw_cli.errors import ConfigError
 from autombw_cli.search.optimizers.base import Optimizer
 from autombw_cli.search.space import SearchSpace
 
-DEFAULT_OPTIMIZER = "cmaes"  # the optimizer-quality benchmark's winner (BENCHMARKS.md)
+# a pass that names no optimizer (the default search, two passes, is config/passes.py's)
+DEFAULT_OPTIMIZER = "cmaes"
 
 
 class Settings(BaseModel):
