@@ -136,6 +136,7 @@ async def preflight(
         load_scorer=(lambda: load_scorer(config)) if with_scorer else None,
         scorer_name=config.scorer.name,
         arch=config.models.arch,
+        model_c=config.models.c,
     )
 
 

@@ -71,7 +71,11 @@ async def write_outputs(
     best = sm.top_k(report, 1)
     if best:
         recipe = sm.best_recipe(
-            best[0], model_a=cfg.models.a, model_b=cfg.models.b, output=cfg.models.output
+            best[0],
+            model_a=cfg.models.a,
+            model_b=cfg.models.b,
+            output=cfg.models.output,
+            model_c=cfg.models.c,
         )
         txt, js = sm.write_best_recipe(recipe, run_dir)
         wrote("recipe", txt)
@@ -113,6 +117,7 @@ async def write_outputs(
         },
         model_a=cfg.models.a,
         model_b=cfg.models.b,
+        model_c=cfg.models.c,
         arch=arch,
         outputs=outputs,
         passes=[
@@ -169,6 +174,7 @@ async def final_merge(
                 cfg.models.b_file,
                 recipe,
                 out,
+                model_c=cfg.models.c_file,
                 dtype=cfg.outputs.dtype,
                 force=True,  # checked above; the recipe files beside it are this run's own
             )
