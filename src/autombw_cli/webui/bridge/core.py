@@ -42,10 +42,15 @@ from typing import Any
 import torch
 
 from autombw_cli.atomic import atomic_write_text
-from autombw_cli.blocks import BASE, Arch, Weights
-from autombw_cli.errors import WeightsError
+from autombw_cli.blocks import BASE
 from autombw_cli.merging.ckpt_writer import SUFFIXES
-from autombw_cli.recipe import Formula, Recipe
+from autombw_cli.recipe import Recipe
+from autombw_cli.webui.bridge.arguments import (
+    CACHE_DEVICES,
+    check_choice,
+    requested_formula,
+    requested_weights,
+)
 from autombw_cli.webui.bridge.cache import TensorCache
 from autombw_cli.webui.bridge.errors import (
     BadRequest,
@@ -72,8 +77,6 @@ from autombw_cli.webui.bridge.state import UNKNOWN, LiveState, Pair
 __all__ = ["BRIDGE_API", "BridgeCore", "BridgeError", "BridgeHost", "MergeOutcome", "SaveOutcome"]
 
 BRIDGE_API = 2  # 2: merge takes formula + model_c (add difference)
-CACHE_DEVICES = ("auto", "cuda", "cpu")
-FORMULAS = [f.value for f in Formula]
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ class MergeOutcome:
     model_b: str
     arch: str
     cache_device: str
-    formula: str = Formula.WEIGHTED_SUM.value
+    formula: str = "weighted_sum"
     model_c: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -216,7 +219,7 @@ class BridgeCore:
                 )
             arch = self._pairs.check(ref_a, ref_b, ref_c)
             w = requested_weights(arch, weights, text_encoder_weight, extrapolation)
-            _check_choice("cache_device", cache_device, list(CACHE_DEVICES))
+            check_choice("cache_device", cache_device, list(CACHE_DEVICES))
 
             self._switch_pair(Pair(ref_a, ref_b, arch, ref_c))
             model = self._ensure_a_loaded()
@@ -313,8 +316,8 @@ class BridgeCore:
                 raise ValidationError(
                     "no weights given and no current merge", hint="pass weights: {slot: w}"
                 )
-            _check_choice("dtype", dtype, sorted(DTYPE_NAMES))
-            _check_choice("format", fmt, list(SUFFIXES))
+            check_choice("dtype", dtype, sorted(DTYPE_NAMES))
+            check_choice("format", fmt, list(SUFFIXES))
             own = [("model A", pair.a), ("model B", pair.b)]
             if pair.c is not None:
                 own.append(("model C", pair.c))
@@ -462,55 +465,10 @@ class BridgeCore:
         self._state = self._state.with_applied(slot, weight)
 
 
-def requested_weights(
-    arch: Arch, weights: object, text_encoder_weight: object, extrapolation: bool
-) -> Weights:
-    """A request's ``weights`` (+ ``text_encoder_weight``) as `Weights` for ``arch``, checked by
-    `Weights.from_mapping` (names, numbers, a slot named twice, the range); 422 if not."""
-    if not isinstance(weights, Mapping) or not weights:
-        raise ValidationError("weights must be an object {slot: weight}")
-    try:
-        return Weights.from_mapping(
-            arch,
-            weights,
-            text_encoder=text_encoder_weight,
-            extrapolation=extrapolation,
-            source="weights",
-        )
-    except WeightsError as exc:
-        raise ValidationError(exc.message, hint=exc.hint) from None
-
-
-def requested_formula(formula: object, model_c: object) -> Formula:
-    """A request's ``formula`` (None: weighted sum) checked against its ``model_c``: add
-    difference needs C, a weighted sum refuses one (422 either way, never a silent weighted
-    sum)."""
-    if formula is None:
-        formula = Formula.WEIGHTED_SUM.value
-    _check_choice("formula", formula, FORMULAS)
-    how = Formula(formula)
-    if how.needs_c and model_c is None:
-        raise ValidationError(
-            "formula add_difference needs model_c (B's base model)",
-            hint="A + (B - C) * w: name model C, e.g. the SD1.5 checkpoint B was trained from",
-        )
-    if not how.needs_c and model_c is not None:
-        raise ValidationError(
-            f"model_c is given but the formula is {how.value}",
-            hint="send formula: add_difference with model_c, or leave model_c out",
-        )
-    return how
-
-
 def _same_c(old: Pair, new: Pair) -> bool:
     if old.c is None or new.c is None:
         return old.c is new.c
     return same_file(old.c.path, new.c.path)
-
-
-def _check_choice(name: str, value: object, options: list[str]) -> None:
-    if value not in options:
-        raise ValidationError(f"{name} must be one of {', '.join(options)}, not {value!r}")
 
 
 def _ref_json(ref: CheckpointRef) -> dict[str, Any]:
