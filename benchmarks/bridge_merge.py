@@ -13,10 +13,14 @@ GPU, as in a WebUI. Timed (median of --repeat, after a CUDA sync):
 - ``cpu blocks (runtime-block-merge)``: per-block CPU copies of A and B, lerp of the changed
   blocks on the CPU, ``load_state_dict`` into the GPU module.
 
-Files are freshly written, so disk reads come from the page cache (again generous to the
-re-read approach). Run from the repo root:
+``--kind add_difference`` times the add-difference merge A + (B - C) * w instead (a third file
+C; the bridge caches C's UNet like B's, the re-read approach reads three files, and there is no
+runtime-block-merge row: it has no add difference); ``--kind weighted_sum add_difference`` runs
+both on the same machine, so the two are comparable. Files are freshly written, so disk reads
+come from the page cache (again generous to the re-read approach). Run from the repo root:
 
     PYTHONPATH=src python benchmarks/bridge_merge.py [--arch sd1 sdxl] [--repeat 3]
+    PYTHONPATH=src python benchmarks/bridge_merge.py --kind weighted_sum add_difference
     PYTHONPATH=src python benchmarks/bridge_merge.py --scale tiny --device cpu   # smoke test
 """
 
@@ -36,7 +40,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from autombw_cli.blocks import SDXL_DETECTION_KEY, UNET_PREFIX, Arch, layout
-from autombw_cli.merging.kernels import lerp_tensor
+from autombw_cli.merging.kernels import merge_tensor
 from autombw_cli.sim.checkpoints import key_shapes
 from autombw_cli.sim.host import module_from_state_dict
 from autombw_cli.webui.bridge.core import BridgeCore
@@ -56,12 +60,12 @@ def random_unet(arch: Arch, scale: str, seed: int, device: str) -> dict[str, tor
 
 
 class BenchHost:
-    """A `BridgeHost` with A's UNet live on the device and A, B as files."""
+    """A `BridgeHost` with A's UNet live on the device and A, B (and C) as files."""
 
     name = "bench"
 
-    def __init__(self, folder: Path, a: CheckpointRef, b: CheckpointRef, live: torch.nn.Module):
-        self._folder, self._refs, self._live, self._lock = folder, [a, b], live, threading.Lock()
+    def __init__(self, folder: Path, refs: list[CheckpointRef], live: torch.nn.Module):
+        self._folder, self._refs, self._live, self._lock = folder, refs, live, threading.Lock()
 
     @property
     def queue_lock(self) -> threading.Lock:
@@ -105,20 +109,27 @@ def weights_series(arch: Arch, n: int) -> list[dict[str, float]]:
     return [{s: ((i * 3 + j) % 9 + 1) / 10 for j, s in enumerate(slots)} for i in range(n)]
 
 
-def bench_bridge(host: BenchHost, arch: Arch, cache: str, repeat: int, device: str) -> dict:
+def bench_bridge(
+    host: BenchHost, arch: Arch, cache: str, repeat: int, device: str, kind: str
+) -> dict:
     core = BridgeCore(host, version="bench")
+    c = {"formula": kind, "model_c": "C"} if kind == "add_difference" else {}
+
+    def merge(w: dict[str, float]) -> None:
+        core.merge("A", "B", w, cache_device=cache, **c)  # type: ignore[arg-type]
+
     series = weights_series(arch, repeat + 1)
-    first = timed(lambda: core.merge("A", "B", series[0], cache_device=cache), device)
+    first = timed(lambda: merge(series[0]), device)
     slot = layout(arch).slots[4]
     one, every = [], []
     current = dict(series[0])
     for i in range(repeat):
         current[slot] = 0.05 + 0.9 * ((i + 1) % 2)
         w = dict(current)
-        one.append(timed(lambda w=w: core.merge("A", "B", w, cache_device=cache), device))
+        one.append(timed(lambda w=w: merge(w), device))
     for i in range(repeat):
         w = series[i + 1]
-        every.append(timed(lambda w=w: core.merge("A", "B", w, cache_device=cache), device))
+        every.append(timed(lambda w=w: merge(w), device))
     cache_gib = core.cache_bytes() / 2**30
     core.restore(free_caches=True)
     return {
@@ -130,21 +141,30 @@ def bench_bridge(host: BenchHost, arch: Arch, cache: str, repeat: int, device: s
 
 
 def bench_reread(
-    a_path: Path, b_path: Path, live: torch.nn.Module, arch: Arch, repeat: int, device: str
+    a_path: Path,
+    b_path: Path,
+    live: torch.nn.Module,
+    arch: Arch,
+    repeat: int,
+    device: str,
+    c_path: Path | None = None,
 ) -> dict:
     lay = layout(arch)
 
     def merge_once(weights: dict[str, float]) -> None:
         a, b = load_file(str(a_path)), load_file(str(b_path))
+        c = load_file(str(c_path)) if c_path is not None else None
         merged = {}
         for key, ta in a.items():
             slot = lay.slot_of(key)
             if slot is None:
                 continue
             ta_dev = ta.to(device, non_blocking=True)
-            merged[key] = lerp_tensor(ta_dev, b[key].to(device, non_blocking=True), weights[slot])
+            tb = b[key].to(device, non_blocking=True)
+            tc = None if c is None else c[key].to(device, non_blocking=True)
+            merged[key] = merge_tensor(ta_dev, tb, tc, weights[slot])
         live.load_state_dict(merged, strict=False)
-        del a, b, merged
+        del a, b, c, merged
 
     times = [timed(lambda w=w: merge_once(w), device) for w in weights_series(arch, repeat)]
     return {"first": times[0], "one": statistics.median(times), "all": statistics.median(times)}
@@ -192,40 +212,40 @@ def bench_cpu_blocks(
     return {"first": first, "one": statistics.median(one), "all": statistics.median(every)}
 
 
-def run_arch(arch: Arch, scale: str, repeat: int, device: str, folder: Path) -> list[dict]:
+def run_arch(
+    arch: Arch, scale: str, repeat: int, device: str, folder: Path, kinds: list[str]
+) -> list[dict]:
     gen_device = device if device.startswith("cuda") else "cpu"
     a_sd = random_unet(arch, scale, 1, gen_device)
-    b_sd = random_unet(arch, scale, 2, gen_device)
     a_path, b_path = folder / f"{arch.value}-A.safetensors", folder / f"{arch.value}-B.safetensors"
+    c_path = folder / f"{arch.value}-C.safetensors"
     save_file(a_sd, str(a_path))
-    save_file(b_sd, str(b_path))
-    del b_sd
+    save_file(random_unet(arch, scale, 2, gen_device), str(b_path))
+    if "add_difference" in kinds:
+        save_file(random_unet(arch, scale, 3, gen_device), str(c_path))
     params = sum(t.numel() for k, t in a_sd.items() if k.startswith(UNET_PREFIX))
     live = module_from_state_dict({k: v for k, v in a_sd.items() if k.startswith(UNET_PREFIX)})
     live = live.to(device)
     del a_sd
-    refs = (
-        CheckpointRef("A", "A", a_path),
-        CheckpointRef("B", "B", b_path),
-    )
-    host = BenchHost(folder, refs[0], refs[1], live)
+    refs = [CheckpointRef("A", "A", a_path), CheckpointRef("B", "B", b_path)]
+    if "add_difference" in kinds:
+        refs.append(CheckpointRef("C", "C", c_path))
+    host = BenchHost(folder, refs, live)
     rows = []
     caches = ["cuda", "cpu"] if device.startswith("cuda") else ["cpu"]
-    for cache in caches:
-        r = bench_bridge(host, arch, cache, repeat, device)
-        rows.append({"approach": f"bridge cache={cache}", **r})
-    rows.append(
-        {
-            "approach": "reread (bayesian-merger)",
-            **bench_reread(a_path, b_path, live, arch, repeat, device),
-        }
-    )
-    rows.append(
-        {
-            "approach": "cpu blocks (runtime-block-merge)",
-            **bench_cpu_blocks(a_path, b_path, live, arch, repeat, device),
-        }
-    )
+    for kind in kinds:
+        add_diff = kind == "add_difference"
+        tag = " A+(B-C)w" if add_diff else ""
+        for cache in caches:
+            r = bench_bridge(host, arch, cache, repeat, device, kind)
+            rows.append({"approach": f"bridge cache={cache}{tag}", "kind": kind, **r})
+        reread = bench_reread(
+            a_path, b_path, live, arch, repeat, device, c_path if add_diff else None
+        )
+        rows.append({"approach": f"reread (bayesian-merger){tag}", "kind": kind, **reread})
+        if not add_diff:  # runtime-block-merge has no add difference
+            blocks = bench_cpu_blocks(a_path, b_path, live, arch, repeat, device)
+            rows.append({"approach": "cpu blocks (runtime-block-merge)", "kind": kind, **blocks})
     for row in rows:
         row.update(arch=arch.value, params=params)
     return rows
@@ -237,6 +257,13 @@ def main() -> None:
     ap.add_argument("--scale", default="full", choices=["full", "tiny"])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--kind",
+        nargs="+",
+        default=["weighted_sum"],
+        choices=["weighted_sum", "add_difference"],
+        help="merge formula(s) to time (default: weighted_sum)",
+    )
     ap.add_argument("--dir", type=Path, default=None, help="where the checkpoints are written")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = ap.parse_args()
@@ -248,18 +275,21 @@ def main() -> None:
         folder = args.dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         folder.mkdir(parents=True, exist_ok=True)
         for name in args.arch:
-            rows = run_arch(Arch(name), args.scale, args.repeat, args.device, folder)
+            rows = run_arch(Arch(name), args.scale, args.repeat, args.device, folder, args.kind)
             all_rows.extend(rows)
-            base = next(r for r in rows if r["approach"].startswith("reread"))
             print(f"\n{name}: UNet {rows[0]['params'] / 1e6:.0f}M params, fp16")
             print(
-                f"{'approach':34} {'first merge':>12} {'1 block':>10} {'all blocks':>11} "
-                f"{'vs reread':>10}"
+                f"{'approach':44} {'first merge':>12} {'1 block':>10} {'all blocks':>11} "
+                f"{'vs reread':>10} {'cache':>9}"
             )
             for r in rows:
+                base = next(
+                    b for b in rows if b["kind"] == r["kind"] and b["approach"].startswith("reread")
+                )
+                cache = f"{r['cache_gib']:.2f}GiB" if "cache_gib" in r else "-"
                 print(
-                    f"{r['approach']:34} {r['first']:>11.3f}s {r['one']:>9.3f}s "
-                    f"{r['all']:>10.3f}s {base['all'] / r['all']:>9.1f}x"
+                    f"{r['approach']:44} {r['first']:>11.3f}s {r['one']:>9.3f}s "
+                    f"{r['all']:>10.3f}s {base['all'] / r['all']:>9.1f}x {cache:>9}"
                 )
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()

@@ -214,6 +214,99 @@ def test_the_bridge_never_overwrites_the_pair_it_holds(webui: WebUI, install: In
     webui.restore()
 
 
+def write_base_model(install: Install, path: Path) -> Path:
+    """A third SD1.5 checkpoint for add difference ("B's base"): half of rndB, tensor by
+    tensor (same keys and shapes, distinct from A and B, the same bytes every run)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(install.models / "rndB.safetensors"), "pt") as f:
+        state = {
+            k: (t * 0.5).to(t.dtype) if t.is_floating_point() else t
+            for k in f.keys()  # noqa: SIM118 (safe_open is not a mapping)
+            for t in [f.get_tensor(k)]
+        }
+    save_file(state, str(path))
+    return path
+
+
+def assert_one_key_is_add_difference(install: Install, rnd_c: Path, ref: dict[str, str]) -> None:
+    """One IN01 tensor of the merge is A + (B - C) * w, not the weighted sum of A and B."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    from autombw_cli.merging.kernels import add_difference_tensor, lerp_tensor
+
+    key = "model.diffusion_model.input_blocks.1.0.in_layers.0.weight"
+    tensors = []
+    for path in (install.models / "rndA.safetensors", install.models / "rndB.safetensors", rnd_c):
+        with safe_open(str(path), "pt") as f:
+            tensors.append(f.get_tensor(key))
+    a, b, c = tensors
+
+    def sha1(t: object) -> str:
+        return hashlib.sha1(t.float().contiguous().numpy().tobytes()).hexdigest()  # type: ignore[attr-defined]
+
+    assert ref[key] == sha1(add_difference_tensor(a.float(), b, c, MIX["IN01"]))
+    assert ref[key] != sha1(lerp_tensor(a.float(), b, MIX["IN01"]))
+
+
+def test_add_difference_bridge_merge_equals_offline_merge_restore_and_save(
+    webui: WebUI, install: Install, scratch: Path, plain_a: np.ndarray
+) -> None:
+    """A + (B - C) * w in the real WebUI: the live tensors equal `autombw merge --model-c`,
+    the render equals loading that file, restore gives A's tensors back, and the bridge's save
+    writes the same tensors as the offline merge."""
+    webui.restore(free_caches=True)  # room for three UNet copies in the bridge's CPU cache
+    rnd_c = write_base_model(install, scratch / "rndC.safetensors")
+    webui.refresh()
+    t0 = time.monotonic()
+    out = offline_merge(install, scratch / "addiff.safetensors", "-w", weights_text(MIX),
+                        "--model-c", str(rnd_c))  # fmt: skip
+    record({"what": "offline add-difference merge fp32 (autombw merge --model-c)",
+            "s": round(time.monotonic() - t0, 1)})  # fmt: skip
+    ref = tensor_hashes(out)
+    t0 = time.monotonic()
+    answer = webui.merge(MIX, formula="add_difference", model_c="rndC.safetensors")
+    record({"what": "first add-difference bridge merge (caches A, B and C)",
+            "s": round(time.monotonic() - t0, 1), "rss_mb": round(webui.rss_mb())})  # fmt: skip
+    assert answer["formula"] == "add_difference" and answer["model_c"].startswith("autombw-it")
+    status = webui.status()
+    assert status["formula"] == "add_difference"
+    assert status["model_c"]["file"].endswith("rndC.safetensors")
+    live = webui.live_hashes()
+    missing = [k for k in ref if k not in live]
+    differ = [k for k in ref if k in live and live[k] != ref[k]]
+    assert not missing and not differ, (missing[:5], differ[:5])
+    assert_one_key_is_add_difference(install, rnd_c, ref)
+    bridge_pixels = webui.txt2img()
+    assert not np.array_equal(bridge_pixels, plain_a)
+
+    name = f"autombw-it-addiff-{int(time.time())}"
+    try:
+        saved = webui.ok("POST", "/autombw/v1/save", {"name": name, "dtype": "fp32"})
+        assert tensor_hashes(Path(saved["path"])) == ref
+        recipe = Path(saved["recipe_path"]).read_text(encoding="utf-8").splitlines()
+        assert "modelC=rndC.safetensors" in recipe and "merge_mode=Add difference" in recipe
+    finally:
+        for p in install.models.glob(f"{name}*"):
+            p.unlink()
+
+    webui.restore(free_caches=True)
+    a_ref = tensor_hashes(install.models / "rndA.safetensors")
+    live = webui.live_hashes()
+    assert not [k for k in a_ref if k in live and live[k] != a_ref[k]]
+    assert np.array_equal(webui.txt2img(), plain_a)
+    webui.refresh()
+    webui.load("autombw-it/addiff.safetensors")
+    assert np.array_equal(webui.txt2img(), bridge_pixels)
+    webui.load("rndA.safetensors")
+    for p in (rnd_c, out):
+        p.unlink()
+    webui.refresh()
+
+
 class _Evil:
     """A pickle payload: unpickling it calls os.makedirs(marker)."""
 

@@ -598,7 +598,14 @@ def test_check_paths_false_skips_existence(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["quickstart.yaml", "one-instance.yaml", "four-gpus.yaml", "sdxl.yaml"]
+    "name",
+    [
+        "quickstart.yaml",
+        "one-instance.yaml",
+        "four-gpus.yaml",
+        "sdxl.yaml",
+        "add-difference-sim.yaml",
+    ],
 )
 def test_example_configs_load(name: str) -> None:
     cfg = load_config(REPO_ROOT / "configs" / name)
@@ -610,6 +617,9 @@ def test_example_configs_load(name: str) -> None:
         assert len(cfg.instances) == 4 and len({i.url for i in cfg.instances}) == 4
     if name == "sdxl.yaml":
         assert cfg.models.arch is Arch.SDXL and "LABEL_EMB" in cfg.search.frozen
+    if name == "add-difference-sim.yaml":
+        assert cfg.models.formula.value == "add_difference" and cfg.models.c == "simC.safetensors"
+        assert cfg.simulated and cfg.scorer.options == {"formula": "add_difference"}
 
 
 def test_json_schema_describes_every_section() -> None:

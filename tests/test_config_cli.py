@@ -99,7 +99,14 @@ def test_config_check_missing_file_exits_2(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["quickstart.yaml", "one-instance.yaml", "four-gpus.yaml", "sdxl.yaml"]
+    "name",
+    [
+        "quickstart.yaml",
+        "one-instance.yaml",
+        "four-gpus.yaml",
+        "sdxl.yaml",
+        "add-difference-sim.yaml",
+    ],
 )
 def test_shipped_configs_check(name: str, capsys) -> None:
     code, _, err = run(["config", "check", str(REPO_ROOT / "configs" / name)], capsys)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from autombw_cli.blocks import BASE, UNET_PREFIX, Arch, Weights, is_text_encoder_key, layout
 from autombw_cli.merging.offline import merge_checkpoints
 from autombw_cli.merging.plan import plan_weights, slot_of, weight_of
-from autombw_cli.recipe import Recipe
+from autombw_cli.recipe import Formula, Recipe
 from autombw_cli.sim.checkpoints import random_state_dict, write_checkpoint
 from autombw_cli.sim.host import SimHost
 from autombw_cli.sim.scorer import merge_state
@@ -48,26 +48,39 @@ def test_each_key_gets_its_slot_the_text_encoder_or_a(arch: Arch) -> None:
     assert any(slot_of(k, arch) is None for k in keys)  # VAE and buffers
 
 
+@pytest.mark.parametrize("formula", list(Formula), ids=[f.value for f in Formula])
 @pytest.mark.parametrize("te", [None, 0.4], ids=["unet", "unet+te"])
-def test_offline_live_save_and_scorer_merge_alike(tmp_path: Path, te: float | None) -> None:
+def test_offline_live_save_and_scorer_merge_alike(
+    tmp_path: Path, te: float | None, formula: Formula
+) -> None:
     arch = Arch.SD1
     a = random_state_dict(arch, "tiny", 1)
     b = random_state_dict(arch, "tiny", 2)
     write_checkpoint(tmp_path / "A.safetensors", a)
     write_checkpoint(tmp_path / "B.safetensors", b)
+    c = None
+    if formula is Formula.ADD_DIFFERENCE:
+        c = random_state_dict(arch, "tiny", 3)
+        write_checkpoint(tmp_path / "C.safetensors", c)
     w = _weights(arch, te)
+    model_c = "C" if c is not None else None
 
-    scorer = merge_state(a, b, w)
+    scorer = merge_state(a, b, w, c)
     out = tmp_path / "out" / "offline.safetensors"
     out.parent.mkdir()
     merge_checkpoints(
-        tmp_path / "A.safetensors", tmp_path / "B.safetensors", Recipe("A", "B", "o", w), out
+        tmp_path / "A.safetensors",
+        tmp_path / "B.safetensors",
+        Recipe("A", "B", "o", w, model_c=model_c, formula=formula),
+        out,
+        model_c=None if c is None else tmp_path / "C.safetensors",
     )
     offline = load_file(out)
 
     host = SimHost(tmp_path)
     core = BridgeCore(host, version="test")
-    core.merge("A", "B", dict(w.values), text_encoder_weight=te, cache_device="cpu")
+    how = {} if c is None else {"formula": formula.value, "model_c": "C"}
+    core.merge("A", "B", dict(w.values), text_encoder_weight=te, cache_device="cpu", **how)
     model = host.live_model()
     assert model is not None
     live = {k: t.detach().clone() for k, t in model.state_dict().items()}
@@ -83,3 +96,13 @@ def test_offline_live_save_and_scorer_merge_alike(tmp_path: Path, te: float | No
     te_keys = [k for k in a if is_text_encoder_key(k, arch) and a[k].is_floating_point()]
     assert all(torch.equal(scorer[k], a[k]) != (te is not None) for k in te_keys)
     assert merged_keys > len(te_keys)
+    if c is not None:  # really A + (B - C) * w, not the weighted sum of A and B
+        key = next(k for k in a if k.startswith(UNET_PREFIX) and a[k].is_floating_point())
+        step = weight_of(key, w)
+        assert step is not None
+        expect = (a[key].float() + (b[key].float() - c[key].float()) * step[1]).to(a[key].dtype)
+        assert torch.allclose(live[key].float(), expect.float(), atol=1e-3)
+        assert not torch.equal(live[key], merge_state(a, b, w)[key])
+
+    core.restore()  # A's own tensors come back bit for bit, whatever the formula
+    assert all(torch.equal(t, a[k]) for k, t in model.state_dict().items())

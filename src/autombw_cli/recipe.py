@@ -1,7 +1,8 @@
 """The `Recipe` value and its file forms.
 
-A recipe is everything needed to reproduce a merge: models A and B, the output name and the
-named `Weights` (with the optional text-encoder weight). Forms:
+A recipe is everything needed to reproduce a merge: the formula (`Formula`: weighted sum, or
+add difference with a third model C), models A, B (and C), the output name and the named
+`Weights` (with the optional text-encoder weight). Forms:
 
 - ``.recipe.txt`` (runtime-block-merge, 6DammK9 fork)::
 
@@ -13,10 +14,14 @@ named `Weights` (with the optional text-encoder weight). Forms:
       <values in recipe order: IN.., M00, OUT.., OUT, TIME_EMBED[, LABEL_EMB]>
 
   autombw adds ``arch=sd2`` / ``text_encoder_weight=...`` lines only when they carry
-  information the old format cannot hold. Anything after the weights line is ignored (users
+  information the old format cannot hold, and for an add-difference merge ``modelC=<file>``
+  and ``merge_mode=Add difference`` (supermerger's name for ``A+(B-C)*alpha``; a recipe
+  without ``merge_mode`` is a weighted sum). Anything after the weights line is ignored (users
   paste console logs below it).
-- JSON (``Recipe.to_json``): our own, with named weights.
-- safetensors metadata: ``autombw_recipe`` (our JSON) and ``sd_mbwrt_recipe`` (auto-MBW-rt's).
+- JSON (``Recipe.to_json``): our own, with named weights (``formula`` and ``model_c`` only for
+  add difference, with ``format: autombw-recipe/2``).
+- safetensors metadata: ``autombw_recipe`` (our JSON) and ``sd_mbwrt_recipe`` (auto-MBW-rt's;
+  not written for add difference, which auto-MBW-rt cannot express).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +51,44 @@ MBWRT_WEIGHTS_SEQ = "[*sl_INPUT, *sl_MID, *sl_OUTPUT, sl_OUT, sl_TIME_EMBED]"
 METADATA_KEY = "autombw_recipe"
 MBWRT_METADATA_KEY = "sd_mbwrt_recipe"
 _MBWRT_METADATA_KEY_TYPO = "sd_mbwrt_receipe"  # what the 6DammK9 fork actually wrote
+JSON_FORMAT = "autombw-recipe/1"
+JSON_FORMAT_ADD_DIFFERENCE = "autombw-recipe/2"  # has formula and model_c
+
+
+class Formula(StrEnum):
+    """How a block's weight ``w`` mixes the models (``w`` is always B's share)."""
+
+    WEIGHTED_SUM = "weighted_sum"  # A + (B - A) * w: torch.lerp(A, B, w)
+    ADD_DIFFERENCE = "add_difference"  # A + (B - C) * w: C is B's base (e.g. SD1.5)
+
+    @property
+    def label(self) -> str:
+        """The name supermerger gives it (a ``.recipe.txt``'s ``merge_mode=``)."""
+        return _FORMULA_LABELS[self]
+
+    @property
+    def needs_c(self) -> bool:
+        return self is Formula.ADD_DIFFERENCE
+
+    @classmethod
+    def parse(cls, text: str, *, source: str = "formula") -> Formula:
+        """``weighted_sum``/``add_difference``, or supermerger's ``Weight sum`` / ``Add
+        difference`` (with or without its ``:A+(B-C)*alpha`` tail), in any case."""
+        name = text.split(":", 1)[0].strip().lower().replace("-", " ").replace("_", " ")
+        for formula, names in _FORMULA_NAMES.items():
+            if name in names:
+                return formula
+        raise JournalError(
+            f"{source}: unknown merge formula {text!r}",
+            hint="use weighted_sum (Weight sum) or add_difference (Add difference)",
+        )
+
+
+_FORMULA_LABELS = {Formula.WEIGHTED_SUM: "Weight sum", Formula.ADD_DIFFERENCE: "Add difference"}
+_FORMULA_NAMES = {
+    Formula.WEIGHTED_SUM: ("weighted sum", "weight sum"),
+    Formula.ADD_DIFFERENCE: ("add difference", "add diff"),
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +99,14 @@ class Recipe:
     weights: Weights
     position_id_fix: str = "Keep Original"
     output_mode: str = "Max Precision"
+    model_c: str | None = None  # add difference: B's base; None for a weighted sum
+    formula: Formula = Formula.WEIGHTED_SUM
+
+    def __post_init__(self) -> None:
+        if self.formula.needs_c and self.model_c is None:
+            raise ValueError("an add-difference recipe needs model_c")
+        if not self.formula.needs_c and self.model_c is not None:
+            raise ValueError("a weighted-sum recipe has no model_c")
 
     @property
     def arch(self) -> Arch:
@@ -62,13 +114,16 @@ class Recipe:
 
     # --- .recipe.txt -----------------------------------------------------------------------
     def to_text(self) -> str:
-        lines = [
-            f"modelA={self.model_a}",
-            f"modelB={self.model_b}",
+        lines = [f"modelA={self.model_a}", f"modelB={self.model_b}"]
+        if self.model_c is not None:
+            lines.append(f"modelC={self.model_c}")
+        lines += [
             f"modelO={self.output_name}",
             f"position_id_fix={self.position_id_fix}",
             f"output_mode={self.output_mode}",
         ]
+        if self.formula is not Formula.WEIGHTED_SUM:
+            lines.append(f"merge_mode={self.formula.label}")
         if self.arch is Arch.SD2:
             lines.append(f"arch={self.arch.value}")
         if self.weights.text_encoder is not None:
@@ -112,9 +167,19 @@ class Recipe:
         if "text_encoder_weight" in fields:
             te = parse_number(fields["text_encoder_weight"], where=f"{source}: text_encoder_weight")
             weights = Weights(arch, weights.values, te)
-        missing = [k for k in ("modelA", "modelB") if k not in fields]
+        formula = Formula.WEIGHTED_SUM
+        if "merge_mode" in fields:
+            formula = Formula.parse(fields["merge_mode"], source=f"{source}: merge_mode")
+        required = ("modelA", "modelB", "modelC") if formula.needs_c else ("modelA", "modelB")
+        missing = [k for k in required if k not in fields]
         if missing:
-            raise JournalError(f"{source}: missing {' and '.join(missing)}= line")
+            why = " (an add-difference recipe names model C)" if "modelC" in missing else ""
+            raise JournalError(f"{source}: missing {' and '.join(missing)}= line{why}")
+        if "modelC" in fields and not formula.needs_c:
+            raise JournalError(
+                f"{source}: modelC= is given but the recipe is a weighted sum",
+                hint="add merge_mode=Add difference, or remove the modelC= line",
+            )
         return cls(
             model_a=fields["modelA"],
             model_b=fields["modelB"],
@@ -122,13 +187,19 @@ class Recipe:
             weights=weights,
             position_id_fix=fields.get("position_id_fix", "Keep Original"),
             output_mode=fields.get("output_mode", "Max Precision"),
+            model_c=fields.get("modelC"),
+            formula=formula,
         )
 
     # --- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        formula: dict[str, Any] = {}
+        if self.formula is not Formula.WEIGHTED_SUM:  # old recipes stay byte for byte
+            formula = {"formula": self.formula.value, "model_c": self.model_c}
         return {
-            "format": "autombw-recipe/1",
+            "format": JSON_FORMAT_ADD_DIFFERENCE if formula else JSON_FORMAT,
             "arch": self.arch.value,
+            **formula,
             "model_a": self.model_a,
             "model_b": self.model_b,
             "output_name": self.output_name,
@@ -170,6 +241,13 @@ class Recipe:
             te = data.get("text_encoder_weight")
             if te is not None:
                 weights = Weights(arch, weights.values, float(te))
+            formula = Formula.parse(text_field("formula", "weighted_sum"), source=source)
+            model_c = text_field("model_c") if formula.needs_c else None
+            if not formula.needs_c and data.get("model_c") is not None:
+                raise JournalError(
+                    f"{source}: model_c is given but the formula is weighted_sum",
+                    hint='add "formula": "add_difference", or remove model_c',
+                )
             return cls(
                 model_a=text_field("model_a"),
                 model_b=text_field("model_b"),
@@ -177,6 +255,8 @@ class Recipe:
                 weights=weights,
                 position_id_fix=text_field("position_id_fix", "Keep Original"),
                 output_mode=text_field("output_mode", "Max Precision"),
+                model_c=model_c,
+                formula=formula,
             )
         except WeightsError as exc:
             raise JournalError(f"{source}: {exc.message}", hint=exc.hint) from exc
@@ -211,11 +291,14 @@ class Recipe:
         }
 
     def safetensors_metadata(self) -> dict[str, str]:
-        """Metadata entries (string values, as safetensors requires) for a merged file."""
-        return {
-            METADATA_KEY: json.dumps(self.to_dict(), separators=(",", ":")),
-            MBWRT_METADATA_KEY: json.dumps(self.mbwrt_metadata(), separators=(",", ":")),
-        }
+        """Metadata entries (string values, as safetensors requires) for a merged file. No
+        auto-MBW-rt entry for an add-difference merge: read as one, it would be a weighted
+        sum of A and B."""
+        ours = {METADATA_KEY: json.dumps(self.to_dict(), separators=(",", ":"))}
+        if self.formula is not Formula.WEIGHTED_SUM:
+            return ours
+        mbwrt = json.dumps(self.mbwrt_metadata(), separators=(",", ":"))
+        return {**ours, MBWRT_METADATA_KEY: mbwrt}
 
     @classmethod
     def from_safetensors_metadata(
@@ -244,16 +327,16 @@ class Recipe:
 
     def content_hash(self) -> str:
         """A short stable hash of what the merge depends on (models and weights)."""
-        payload = json.dumps(
-            {
-                "a": self.model_a,
-                "b": self.model_b,
-                "arch": self.arch.value,
-                "w": [format_weight(v) for v in self.weights.values.values()],
-                "te": self.weights.text_encoder,
-            },
-            sort_keys=True,
-        )
+        content: dict[str, Any] = {
+            "a": self.model_a,
+            "b": self.model_b,
+            "arch": self.arch.value,
+            "w": [format_weight(v) for v in self.weights.values.values()],
+            "te": self.weights.text_encoder,
+        }
+        if self.formula is not Formula.WEIGHTED_SUM:  # a weighted sum's hash stays as it was
+            content.update(c=self.model_c, formula=self.formula.value)
+        payload = json.dumps(content, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

@@ -69,6 +69,8 @@ def _start_simulator(config: SearchConfig, sims: SimulatedInstances) -> Simulato
     from autombw_cli.sim.server import start_simulator_in_thread
 
     options = dict(sims.options)
+    if config.models.c is not None:  # an add-difference search needs the built-in simC
+        options.setdefault("base_model", True)
     return start_simulator_in_thread(
         port=0,
         arch=config.models.arch,
@@ -136,6 +138,7 @@ async def preflight(
         load_scorer=(lambda: load_scorer(config)) if with_scorer else None,
         scorer_name=config.scorer.name,
         arch=config.models.arch,
+        model_c=config.models.c,
     )
 
 

@@ -27,6 +27,7 @@ from autombw_cli.webui.client import WebUIClient
 from autombw_cli.webui.errors import (
     ApiNotEnabled,
     BridgeMissing,
+    BridgeTooOld,
     UnsupportedWebUI,
     WebUIAuthError,
 )
@@ -110,8 +111,10 @@ async def check_instance(
     samplers: set[str],
     bridge_version: str | None = None,
     arch: Arch | None = None,
+    model_c: str | None = None,
 ) -> InstanceReport:
-    """Every check of one instance; problems are collected, not raised."""
+    """Every check of one instance; problems are collected, not raised. ``model_c``: B's base
+    of an add-difference search (checked like A and B)."""
     problems: list[str] = []
     info: dict[str, Any] = {"label": label, "url": url}
     try:
@@ -154,43 +157,61 @@ async def check_instance(
     except WebUIError as exc:
         problems.append(f"bridge status: {exc.message}")
     if api_ok:
-        await _check_models(client, model_a, model_b, info, problems)
+        await _check_models(client, model_a, model_b, info, problems, model_c=model_c)
         await _check_samplers(client, samplers, problems)
         info["gpu_memory"] = await _gpu_memory(client)
-        if arch is not None and info.get("models_found") == "A+B" and not problems:
-            await _check_pair(client, model_a, model_b, arch, problems)
+        every = "A+B" if model_c is None else "A+B+C"
+        if arch is not None and info.get("models_found") == every and not problems:
+            await _check_pair(client, model_a, model_b, arch, problems, model_c=model_c)
     return InstanceReport(**info, problems=tuple(problems))
 
 
 async def _check_pair(
-    client: WebUIClient, model_a: str, model_b: str, arch: Arch, problems: list[str]
+    client: WebUIClient,
+    model_a: str,
+    model_b: str,
+    arch: Arch,
+    problems: list[str],
+    *,
+    model_c: str | None = None,
 ) -> None:
-    """Merge A and B at weight 0 (the model stays A): proves both load, share keys and shapes
-    (same architecture), and fills the bridge's caches the first evaluation needs anyway."""
+    """Merge A and B (and C) at weight 0 (the model stays A): proves they load, share keys and
+    shapes (same architecture), that the bridge knows the formula, and fills the bridge's
+    caches the first evaluation needs anyway."""
+    models = "models A and B" if model_c is None else "models A, B and C"
     try:
-        result = await client.bridge_merge(model_a, model_b, Weights.uniform(arch, 0.0))
+        result = await client.bridge_merge(
+            model_a, model_b, Weights.uniform(arch, 0.0), model_c=model_c
+        )
     except WebUIError as exc:
         # weights of the wrong architecture: the bridge names the checkpoints' ("... for sd1")
         named = re.search(r"\bfor (sd1|sd2|sdxl)\b", getattr(exc, "detail", "") or "")
         if named and named.group(1) != arch.value:
             found = named.group(1)
             problems.append(
-                f"models.arch is {arch.value} but models A and B are {found} checkpoints; "
+                f"models.arch is {arch.value} but {models} are {found} checkpoints; "
                 f"set models.arch: {found}"
             )
         else:
-            problems.append(f"models A and B cannot be merged here: {exc.message}")
+            hint = f" ({exc.hint})" if isinstance(exc, BridgeTooOld) and exc.hint else ""
+            problems.append(f"{models} cannot be merged here: {exc.message}{hint}")
         return
     found = result.arch or ""
     if found and found != arch.value:
         problems.append(
-            f"models A and B are {found} checkpoints but models.arch is "
+            f"{models} are {found} checkpoints but models.arch is "
             f"{arch.value}; set models.arch: {found}"
         )
 
 
 async def _check_models(
-    client: WebUIClient, model_a: str, model_b: str, info: dict[str, Any], problems: list[str]
+    client: WebUIClient,
+    model_a: str,
+    model_b: str,
+    info: dict[str, Any],
+    problems: list[str],
+    *,
+    model_c: str | None = None,
 ) -> None:
     try:
         models = await client.sd_models()
@@ -198,7 +219,8 @@ async def _check_models(
         problems.append(f"listing checkpoints: {exc.message}")
         return
     found = []
-    for role, name in (("A", model_a), ("B", model_b)):
+    roles = [("A", model_a), ("B", model_b)] + ([("C", model_c)] if model_c else [])
+    for role, name in roles:
         hit = next((m for m in models if m.matches(name)), None)
         if hit is None:
             problems.append(_unknown_model(role, name, sorted({m.model_name for m in models})))
@@ -268,6 +290,7 @@ async def run_preflight(
     load_scorer: Callable[[], Awaitable[Scorer]] | None = None,
     scorer_name: str = "",
     arch: Arch | None = None,
+    model_c: str | None = None,
 ) -> tuple[PreflightReport, Scorer | None]:
     """Check all instances concurrently and load the scorer at the same time.
 
@@ -283,6 +306,7 @@ async def run_preflight(
             model_b=model_b,
             samplers=samplers,
             arch=arch,
+            model_c=model_c,
         )
         for label, url, c in instances
     ]

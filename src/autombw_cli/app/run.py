@@ -286,6 +286,7 @@ class Run:
                 model_b=cfg.models.b,
                 emit=emit,
                 settings=settings,
+                model_c=cfg.models.c,
             )
             done_before = len(self.records)
             if self.resumed and self.budget > max(cfg.search.max_evaluations, done_before):

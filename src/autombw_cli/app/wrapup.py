@@ -79,7 +79,11 @@ async def write_outputs(
         best = [validation.winner]
     if best:
         recipe = sm.best_recipe(
-            best[0], model_a=cfg.models.a, model_b=cfg.models.b, output=cfg.models.output
+            best[0],
+            model_a=cfg.models.a,
+            model_b=cfg.models.b,
+            output=cfg.models.output,
+            model_c=cfg.models.c,
         )
         txt, js = sm.write_best_recipe(recipe, run_dir)
         wrote("recipe", txt)
@@ -121,6 +125,7 @@ async def write_outputs(
         },
         model_a=cfg.models.a,
         model_b=cfg.models.b,
+        model_c=cfg.models.c,
         arch=arch,
         outputs=outputs,
         passes=[
@@ -179,6 +184,7 @@ async def final_merge(
                 cfg.models.b_file,
                 recipe,
                 out,
+                model_c=cfg.models.c_file,
                 dtype=cfg.outputs.dtype,
                 force=True,  # checked above; the recipe files beside it are this run's own
             )

@@ -1,4 +1,5 @@
-"""`autombw merge A B --weights ... -o OUT`: the offline block-weighted merge."""
+"""`autombw merge A B --weights ... -o OUT`: the offline block-weighted merge (a weighted sum,
+or with ``--model-c C`` the add difference A + (B - C) * w)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from autombw_cli.blocks import (
 )
 from autombw_cli.cli._app import app
 from autombw_cli.errors import ConfigError
-from autombw_cli.recipe import Recipe, read_recipe_file
+from autombw_cli.recipe import Formula, Recipe, read_recipe_file
 
 if TYPE_CHECKING:  # the merging package imports torch: only load it when merging
     from autombw_cli.merging.offline import MergeReport
@@ -100,24 +101,34 @@ def merge_command(
         Path | None,
         typer.Option(help="A preset.tsv adding to the built-in presets. Default: built-ins only."),
     ] = None,
+    model_c: Annotated[
+        Path | None,
+        typer.Option(
+            "--model-c",
+            help="Checkpoint C, B's base (e.g. SD1.5): merge A + (B - C) * w (add difference) "
+            "instead of the weighted sum. Needed by an add-difference --recipe. Default: none.",
+        ),
+    ] = None,
 ) -> None:
     """Merge checkpoints A and B block by block into one .safetensors or .ckpt (streamed, atomic).
 
     UNet blocks get their slot's weight, text encoders the --text-encoder-weight (else A's),
-    everything else is A's. Writes OUT plus OUT.recipe.txt and OUT.recipe.json beside it.
+    everything else is A's. With --model-c each weight scales B - C added to A. Writes OUT
+    plus OUT.recipe.txt and OUT.recipe.json beside it.
     """
     from autombw_cli.merging.offline import output_path
 
     the_recipe = build_recipe(
         model_a, model_b, output_path(output), weights_text=weights, recipe_file=recipe,
         ordering=Ordering(order.value), text_encoder_weight=text_encoder_weight,
-        extrapolate=extrapolate, preset_file=presets,
+        extrapolate=extrapolate, preset_file=presets, model_c=model_c,
     )  # fmt: skip
     err = Console(stderr=True)
     report = _run_with_progress(
-        err, model_a, model_b, the_recipe, output, dtype.value if dtype else None, force
-    )
-    print_report(Console(highlight=False), report, the_recipe, model_a, model_b)
+        err, model_a, model_b, the_recipe, output, dtype.value if dtype else None, force,
+        model_c=model_c,
+    )  # fmt: skip
+    print_report(Console(highlight=False), report, the_recipe, model_a, model_b, model_c)
 
 
 def build_recipe(
@@ -131,8 +142,11 @@ def build_recipe(
     text_encoder_weight: float | None = None,
     extrapolate: bool = False,
     preset_file: Path | None = None,
+    model_c: Path | None = None,
 ) -> Recipe:
-    """The Recipe for a merge from ``--weights`` or ``--recipe`` (arch detected from A)."""
+    """The Recipe for a merge from ``--weights`` or ``--recipe`` (arch detected from A); with
+    ``model_c`` an add-difference one (an add-difference ``--recipe`` needs it, a weighted-sum
+    one refuses it)."""
     from autombw_cli.merging.checkpoint_io import read_key_shapes
 
     if (weights_text is None) == (recipe_file is None):
@@ -142,8 +156,11 @@ def build_recipe(
         )
     arch = detect_arch(read_key_shapes(model_a), source=f"model A ({model_a})")
     upstream = ordering is Ordering.UPSTREAM
+    formula = Formula.WEIGHTED_SUM if model_c is None else Formula.ADD_DIFFERENCE
     if recipe_file is not None:
-        w = read_recipe_file(recipe_file, upstream=upstream).weights
+        read = read_recipe_file(recipe_file, upstream=upstream)
+        _check_formula(read, recipe_file, model_c)
+        w = read.weights
         if len(w) == len(layout(arch).slots):  # a 27-value recipe reads as sd1; A may be sd2
             w = Weights(arch, w.values, w.text_encoder)
         source = str(recipe_file)
@@ -157,7 +174,29 @@ def build_recipe(
     if text_encoder_weight is not None:
         w = Weights(w.arch, w.values, text_encoder_weight)
     w.check_range(extrapolation=extrapolate, source=source)
-    return Recipe(model_a.name, model_b.name, output.with_suffix("").name, w)
+    return Recipe(
+        model_a.name,
+        model_b.name,
+        output.with_suffix("").name,
+        w,
+        model_c=None if model_c is None else model_c.name,
+        formula=formula,
+    )
+
+
+def _check_formula(recipe: Recipe, recipe_file: Path, model_c: Path | None) -> None:
+    """An add-difference recipe is merged with --model-c only; a weighted-sum one without."""
+    if recipe.formula.needs_c and model_c is None:
+        raise ConfigError(
+            f"{recipe_file} is an add-difference recipe (A + (B - C) * w, C = "
+            f"{recipe.model_c}): give model C",
+            hint=f"add --model-c PATH/TO/{recipe.model_c}",
+        )
+    if not recipe.formula.needs_c and model_c is not None:
+        raise ConfigError(
+            f"{recipe_file} is a weighted-sum recipe of A and B, but --model-c was given",
+            hint="drop --model-c, or merge with --weights to make an add-difference merge",
+        )
 
 
 def _load_presets(preset_file: Path | None) -> Mapping[str, Sequence[float]]:
@@ -174,23 +213,32 @@ def _run_with_progress(
     output: Path,
     dtype: str | None,
     force: bool,
+    *,
+    model_c: Path | None = None,
 ) -> MergeReport:
     from autombw_cli.merging.offline import merge_checkpoints
 
     if not err.is_terminal:
-        return merge_checkpoints(model_a, model_b, recipe, output, dtype=dtype, force=force)
+        return merge_checkpoints(
+            model_a, model_b, recipe, output, model_c=model_c, dtype=dtype, force=force
+        )
     from rich.progress import Progress
 
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("merging", total=None)
         return merge_checkpoints(
-            model_a, model_b, recipe, output, dtype=dtype, force=force,
+            model_a, model_b, recipe, output, model_c=model_c, dtype=dtype, force=force,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )  # fmt: skip
 
 
 def print_report(
-    console: Console, report: MergeReport, recipe: Recipe, model_a: Path, model_b: Path
+    console: Console,
+    report: MergeReport,
+    recipe: Recipe,
+    model_a: Path,
+    model_b: Path,
+    model_c: Path | None = None,
 ) -> None:
     """The short summary after a merge: arch, keys per slot with their weight, time, files."""
     w = recipe.weights
@@ -205,8 +253,11 @@ def print_report(
         table.add_row(slot, format_weight(value) if value is not None else "-", str(n))
     table.add_row("(from A)", "-", str(report.copied_keys))
     console.print(table)
+    inputs = f"{escape(str(model_a))} + {escape(str(model_b))}"
+    if model_c is not None:
+        inputs = f"{escape(str(model_a))} + ({escape(str(model_b))} - {escape(str(model_c))})"
     console.print(
-        f"merged {escape(str(model_a))} + {escape(str(model_b))} → "
+        f"merged {inputs} → "
         f"[bold]{escape(str(report.output))}[/] ({_size(report.bytes_written)}, "
         f"{report.total_keys} keys, dtype {report.dtype or 'as A'}) in {report.elapsed_s:.1f} s"
     )

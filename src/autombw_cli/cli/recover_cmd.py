@@ -61,6 +61,14 @@ def recover_command(
     model_b: Annotated[
         str, typer.Option(help="Model B's file name for the recipe. Default: from SOURCE/--merge.")
     ] = "",
+    model_c: Annotated[
+        str,
+        typer.Option(
+            "--model-c",
+            help="Model C (B's base) of an add-difference search: the recipe says A + (B - C)"
+            " * w; with --merge, C's checkpoint file. Default: from SOURCE (none: weighted sum).",
+        ),
+    ] = "",
     name: Annotated[
         str, typer.Option(help="Output model name for the recipe. Default: from --out/-o.")
     ] = "",
@@ -102,7 +110,7 @@ def recover_command(
     result = recover(source, kind=kind, arch=arch, upstream=upstream)
     plan = plan_outputs(
         result, out=out, merge=merge, output=output, dtype=dtype, force=force,
-        model_a=model_a, model_b=model_b, name=name,
+        model_a=model_a, model_b=model_b, name=name, model_c=model_c,
     )  # fmt: skip
     err = Console(stderr=True, highlight=False)
     for warning in plan.warnings():

@@ -54,6 +54,13 @@ def simulate_command(
             "your own small .safetensors files there are listed too). Default: a temp folder."
         ),
     ] = None,
+    base_model: Annotated[
+        bool,
+        typer.Option(
+            "--base-model",
+            help="Also write the built-in simC, model C of add-difference merges. Default: off.",
+        ),
+    ] = False,
 ) -> None:
     """Run a simulated AUTOMATIC1111 WebUI (A1111 API + the autombw bridge) until Ctrl-C."""
     from autombw_cli.sim.faults import parse_faults
@@ -88,6 +95,7 @@ def simulate_command(
         auth=credentials,
         faults=plan,
         model_dir=models_dir,
+        base_model=base_model,
     )
 
 

@@ -120,6 +120,11 @@ class SearchConfig(StrictModel):
                 ("outputs", "merge_via"),
                 "an offline final merge needs models.a_file and models.b_file",
             )
+        if o.final_merge and o.merge_via == "offline" and self.models.c and not self.models.c_file:
+            raise FieldError(
+                ("outputs", "merge_via"),
+                "an offline final add-difference merge needs models.c_file too",
+            )
         return self
 
     # --- reading ------------------------------------------------------------------------

@@ -16,9 +16,11 @@ from pydantic import (
     BeforeValidator,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     Tag,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -33,6 +35,7 @@ from autombw_cli.config.fields import (
     validation_context,
 )
 from autombw_cli.errors import ConfigError
+from autombw_cli.recipe import Formula
 from autombw_cli.webui.bridge.names import (
     CHECKPOINT_SUFFIXES,
     NameError_,
@@ -48,7 +51,9 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # --- models -----------------------------------------------------------------------------
 class ModelsConfig(StrictModel):
-    """The two checkpoints to merge (as the WebUI lists them) and the merged model's name."""
+    """The checkpoints to merge (as the WebUI lists them), the formula and the merged model's
+    name: ``formula: weighted_sum`` (A + (B - A)·w, the default) or ``add_difference``
+    (A + (B - C)·w, with model ``c``, B's base)."""
 
     a: str = Field(min_length=1, description="Model A: checkpoint title, name or file name")
     b: str = Field(min_length=1, description="Model B: checkpoint title, name or file name")
@@ -60,6 +65,16 @@ class ModelsConfig(StrictModel):
     arch: Arch = Field(Arch.SD1, description="Architecture of A and B: sd1, sd2 or sdxl")
     a_file: ExistingFile | None = Field(None, description="Local file of A (offline merge)")
     b_file: ExistingFile | None = Field(None, description="Local file of B (offline merge)")
+    formula: Formula = Field(
+        Formula.WEIGHTED_SUM,
+        description="weighted_sum: A + (B - A)*w; add_difference: A + (B - C)*w (needs c)",
+    )
+    c: str | None = Field(
+        None,
+        min_length=1,
+        description="Model C, B's base (e.g. SD1.5), for formula add_difference only",
+    )
+    c_file: ExistingFile | None = Field(None, description="Local file of C (offline merge)")
 
     @field_validator("output")
     @classmethod
@@ -77,12 +92,26 @@ class ModelsConfig(StrictModel):
             raise ValueError(f"{exc} (the WebUI bridge would refuse to save it)") from None
         return v
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A weighted sum's models section dumps as it always did (no formula, c, c_file), so
+        run folders of weighted-sum searches stay readable by older autombw versions."""
+        data = handler(self)
+        if self.formula is Formula.WEIGHTED_SUM:
+            for name in ("formula", "c", "c_file"):
+                data.pop(name, None)
+        return data
+
     @model_validator(mode="after")
     def _different(self) -> ModelsConfig:
         if self.a == self.b:
             raise FieldError(("b",), f"model B is the same as model A ({self.a!r})")
+        self._check_c()
         out = checkpoint_stem(self.output)
-        for role, name, file in (("A", self.a, self.a_file), ("B", self.b, self.b_file)):
+        roles = [("A", self.a, self.a_file), ("B", self.b, self.b_file)]
+        if self.c is not None:
+            roles.append(("C", self.c, self.c_file))
+        for role, name, file in roles:
             stems = {checkpoint_stem(name)} | ({checkpoint_stem(file.name)} if file else set())
             if out in stems:
                 raise FieldError(
@@ -91,6 +120,26 @@ class ModelsConfig(StrictModel):
                     f"overwrite model {role}; choose another name, e.g. {self.output}-merge",
                 )
         return self
+
+    def _check_c(self) -> None:
+        """Model C exactly when the formula is add_difference, and not B itself."""
+        if self.formula is Formula.ADD_DIFFERENCE:
+            if self.c is None:
+                raise FieldError(
+                    ("c",),
+                    "formula add_difference (A + (B - C)*w) needs model C: B's base model, "
+                    "e.g. the SD1.5 checkpoint B was fine-tuned from",
+                )
+            if self.c == self.b:
+                raise FieldError(("c",), f"model C is model B ({self.b!r}): B - C would be zero")
+            return
+        for name in ("c", "c_file"):
+            if getattr(self, name) is not None:
+                raise FieldError(
+                    (name,),
+                    f"models.{name} is only used by formula add_difference, but the formula "
+                    f"is {self.formula.value}; set formula: add_difference or remove {name}",
+                )
 
 
 # --- instances --------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The offline merge: two checkpoints and a `Recipe` in, one merged ``.safetensors`` (or
-``.ckpt``, by the output's suffix) out.
+"""The offline merge: two checkpoints (three for an add-difference recipe: A + (B - C) * w)
+and a `Recipe` in, one merged ``.safetensors`` (or ``.ckpt``, by the output's suffix) out.
 
 Streams tensor by tensor: both inputs are read one tensor at a time (see `checkpoint_io`), large
 tensors are interpolated in chunks, and each result goes straight into the output file (see
@@ -8,9 +8,11 @@ the output (the next pair is read ahead, the previous result written behind on h
 far below the size of the inputs. Everything is validated before the first byte is written; the
 output appears atomically (temp file, fsync, rename) or not at all.
 
-Per key: UNet keys (``model.diffusion_model.*``) are lerped with their block slot's weight; text
+Per key: UNet keys (``model.diffusion_model.*``) are merged with their block slot's weight; text
 encoder keys with the text-encoder weight when the recipe has one; everything else (VAE, other
-buffers) is A's tensor bit for bit (converted only when an output dtype is asked for).
+buffers) is A's tensor bit for bit (converted only when an output dtype is asked for). The
+recipe's formula picks the kernel (`merging.kernels`): a weighted sum of A and B, or A plus
+the weighted difference of B and C.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from autombw_cli.merging.dtypes import OUTPUT_DTYPES
 from autombw_cli.merging.kernels import ChunkedLerp
 from autombw_cli.merging.plan import TEXT_ENCODER, plan_weights
 from autombw_cli.merging.safetensors_writer import TensorEntry, layout_order
-from autombw_cli.recipe import Recipe, write_recipe_files
+from autombw_cli.recipe import Formula, Recipe, write_recipe_files
 
 OTHER_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 # The arithmetic runs on one thread while a second reads ahead and a third writes behind. Small
@@ -48,7 +50,8 @@ OTHER_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 MERGE_THREADS = 1
 
 ProgressFn = Callable[[int, int], None]  # (tensors done, tensors total)
-_Pair = tuple[torch.Tensor, torch.Tensor | None]  # A's tensor, B's (None when not needed)
+# A's tensor, B's and C's (None when not needed: weight 0, or no C in a weighted sum)
+_Inputs = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 
 
 @dataclass(frozen=True)
@@ -94,18 +97,21 @@ def merge_checkpoints(
     recipe: Recipe,
     output: Path | str,
     *,
+    model_c: Path | str | None = None,
     dtype: str | None = None,
     force: bool = False,
     progress: ProgressFn | None = None,
 ) -> MergeReport:
-    """Merge A and B with ``recipe``'s weights into ``output`` and write ``<stem>.recipe.txt``
-    / ``.recipe.json`` beside it. ``output`` ending in ``.ckpt`` is written as a torch pickle
+    """Merge A and B (and C: ``model_c``, exactly when the recipe's formula is add difference)
+    with ``recipe``'s weights into ``output`` and write ``<stem>.recipe.txt`` / ``.recipe.json``
+    beside it. ``output`` ending in ``.ckpt`` is written as a torch pickle
     ``{"state_dict": ...}`` (what A1111 loads), anything else as ``.safetensors``.
 
-    Raises ConfigError (bad dtype/output path, missing input), ModelMismatchError (not a
-    checkpoint, refused pickle, different arch/keys/shapes), OutputExistsError (without
-    ``force``). Safe to call from a worker thread; note that torch's intra-op thread count
-    is process-wide and is set to `MERGE_THREADS` for the duration of the merge.
+    Raises ConfigError (bad dtype/output path, missing input, C missing for an add-difference
+    recipe or given for a weighted sum), ModelMismatchError (not a checkpoint, refused pickle,
+    different arch/keys/shapes), OutputExistsError (without ``force``). Safe to call from a
+    worker thread; note that torch's intra-op thread count is process-wide and is set to
+    `MERGE_THREADS` for the duration of the merge.
     """
     started = time.perf_counter()
     if dtype is not None and dtype not in OUTPUT_DTYPES:
@@ -114,10 +120,14 @@ def merge_checkpoints(
     out = output_path(output)
     fmt = output_format(out)
     path_a, path_b = Path(model_a), Path(model_b)
-    _check_output(out, (path_a, path_b), force=force)
+    path_c = _model_c_path(recipe, model_c)
+    _check_output(out, (path_a, path_b) + ((path_c,) if path_c else ()), force=force)
 
-    with checkpoint(path_a) as reader_a, checkpoint(path_b) as reader_b:
-        recipe = _validated_recipe(reader_a, reader_b, recipe)
+    with contextlib.ExitStack() as stack:
+        reader_a = stack.enter_context(checkpoint(path_a))
+        reader_b = stack.enter_context(checkpoint(path_b))
+        reader_c = stack.enter_context(checkpoint(path_c)) if path_c else None
+        recipe = _validated_recipe(reader_a, reader_b, reader_c, recipe)
         keys = reader_a.keys()
         not_float = {k for k in keys if not reader_a.info(k).dtype.is_floating_point}
         plan = plan_weights(keys, recipe.weights, copy=not_float)
@@ -126,19 +136,21 @@ def merge_checkpoints(
         lerp = ChunkedLerp()
         done = 0
 
-        def read(entry: TensorEntry) -> tuple[torch.Tensor, torch.Tensor | None]:
+        def read(entry: TensorEntry) -> _Inputs:
             step = plan[entry.key]
             need_b = step is not None and step[1] != 0.0
-            return reader_a.get(entry.key), reader_b.get(entry.key) if need_b else None
+            b = reader_b.get(entry.key) if need_b else None
+            c = reader_c.get(entry.key) if need_b and reader_c is not None else None
+            return reader_a.get(entry.key), b, c
 
         def produce(entry: TensorEntry) -> torch.Tensor:
             nonlocal done
             step = plan[entry.key]
-            a, b = reads.take(entry)
+            a, b, c = reads.take(entry)
             if step is None:
                 result = a.to(entry.dtype)
             else:
-                result = lerp(a, a if b is None else b, step[1], entry.dtype)
+                result = lerp(a, a if b is None else b, step[1], entry.dtype, c=c)
             done += 1
             if progress is not None:
                 progress(done, len(entries))
@@ -174,13 +186,15 @@ def merge_checkpoints(
 class _ReadAhead:
     """Reads the next entry's tensors on a helper thread while the current one is merged."""
 
-    def __init__(self, read: Callable[[TensorEntry], _Pair], order: Sequence[TensorEntry]) -> None:
+    def __init__(
+        self, read: Callable[[TensorEntry], _Inputs], order: Sequence[TensorEntry]
+    ) -> None:
         self._read = read
         self._next = {a.key: b for a, b in itertools.pairwise(order)}
         self._pool = ThreadPoolExecutor(1, "checkpoint-read")
-        self._pending: tuple[str, Future[_Pair]] | None = None
+        self._pending: tuple[str, Future[_Inputs]] | None = None
 
-    def take(self, entry: TensorEntry) -> _Pair:
+    def take(self, entry: TensorEntry) -> _Inputs:
         if self._pending is not None and self._pending[0] == entry.key:
             pair = self._pending[1].result()
         else:
@@ -217,21 +231,37 @@ def _output_entry(reader: CheckpointReader, key: str, out_dtype: torch.dtype | N
     return TensorEntry(key, dt, info.shape)
 
 
+def _model_c_path(recipe: Recipe, model_c: Path | str | None) -> Path | None:
+    """C's file: required by an add-difference recipe, refused for a weighted sum."""
+    if recipe.formula is Formula.ADD_DIFFERENCE and model_c is None:
+        raise ConfigError(
+            f"the recipe is an add-difference merge (A + (B - C) * w, C = {recipe.model_c}) "
+            "but no model C file was given",
+            hint="pass C's checkpoint (autombw merge A B --model-c C ...)",
+        )
+    if recipe.formula is Formula.WEIGHTED_SUM and model_c is not None:
+        raise ConfigError(
+            f"model C ({model_c}) was given but the recipe is a weighted sum of A and B",
+            hint="drop model C, or use an add-difference recipe",
+        )
+    return None if model_c is None else Path(model_c)
+
+
 def _check_output(out: Path, inputs: Sequence[Path], *, force: bool) -> None:
-    """Refuse an output that is A or B (or shares their recipe files), whatever ``force`` says,
-    and an existing output or recipe file unless ``force``."""
+    """Refuse an output that is A, B or C (or shares their recipe files), whatever ``force``
+    says, and an existing output or recipe file unless ``force``."""
     stem = recipe_stem(out)
-    for p, name in zip(inputs, ("A", "B"), strict=True):
+    for p, name in zip(inputs, ("A", "B", "C"), strict=False):
         if _same_path(out, p):
             raise ConfigError(
                 f"{out}: the output is model {name} itself",
-                hint="choose another -o path; models A and B are never overwritten",
+                hint="choose another -o path; the input models are never overwritten",
             )
         if _same_path(out.parent, p.parent) and stem.name.lower() == p.stem.lower():
             raise ConfigError(
                 f"{out}: the output shares model {name}'s name ({p.name}) and would replace "
                 "its recipe files",
-                hint="choose another -o path; models A and B are never overwritten",
+                hint="choose another -o path; the input models are never overwritten",
             )
     targets = [
         out,
@@ -258,14 +288,25 @@ def _same_path(a: Path, b: Path) -> bool:
 
 
 def _validated_recipe(
-    reader_a: CheckpointReader, reader_b: CheckpointReader, recipe: Recipe
+    reader_a: CheckpointReader,
+    reader_b: CheckpointReader,
+    reader_c: CheckpointReader | None,
+    recipe: Recipe,
 ) -> Recipe:
+    name_a = f"model A ({reader_a.path.name})"
     arch_a = check_mergeable(
         reader_a.shapes(),
         reader_b.shapes(),
-        name_a=f"model A ({reader_a.path.name})",
+        name_a=name_a,
         name_b=f"model B ({reader_b.path.name})",
     )
+    if reader_c is not None:
+        check_mergeable(
+            reader_a.shapes(),
+            reader_c.shapes(),
+            name_a=name_a,
+            name_b=f"model C ({reader_c.path.name})",
+        )
     weights = recipe.weights
     if weights.arch is not arch_a:
         if len(layout(weights.arch).slots) != len(layout(arch_a).slots):

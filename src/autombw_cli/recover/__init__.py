@@ -28,6 +28,7 @@ a warning.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from autombw_cli.blocks import Arch, Weights, layout
@@ -155,13 +156,6 @@ def parse_recipe(
                 f"which does not fit --arch {arch.value}"
             )
         w = recipe.weights
-        recipe = Recipe(
-            recipe.model_a,
-            recipe.model_b,
-            recipe.output_name,
-            Weights(arch, dict(w.items()), w.text_encoder),
-            recipe.position_id_fix,
-            recipe.output_mode,
-        )
+        recipe = dataclasses.replace(recipe, weights=Weights(arch, dict(w.items()), w.text_encoder))
     evaluation = Evaluation(weights=recipe.weights, score=None, location="recipe weights line")
     return RecoveredSource(source, SourceKind.RECIPE, (evaluation,), recipe=recipe)

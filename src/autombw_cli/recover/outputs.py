@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autombw_cli.errors import ConfigError, OutputExistsError
-from autombw_cli.recipe import Recipe, write_recipe_files
+from autombw_cli.recipe import Formula, Recipe, write_recipe_files
 from autombw_cli.recover.values import RecoveredSource
 from autombw_cli.search.evaluation import Evaluation
 
@@ -46,8 +46,18 @@ def recipe_for(
     model_b: str,
     output_name: str,
     base: Recipe | None = None,
+    model_c: str = "",
 ) -> Recipe:
-    """A Recipe for a recovered evaluation (model names from ``base`` where not given)."""
+    """A Recipe for a recovered evaluation (model names from ``base`` where not given). An
+    add-difference ``base`` keeps its formula and C; ``model_c`` makes the recipe an add
+    difference (refused for a ``base`` that says weighted sum: the source knows better)."""
+    if base is not None and model_c and not base.formula.needs_c:
+        raise ConfigError(
+            "--model-c was given but the source's recipe is a weighted sum of A and B",
+            hint="drop --model-c; a history CSV or log of an add-difference search takes it",
+        )
+    c = model_c or (base.model_c if base is not None else None) or None
+    formula = Formula.WEIGHTED_SUM if c is None else Formula.ADD_DIFFERENCE
     if base is not None:
         return Recipe(
             model_a or base.model_a,
@@ -56,8 +66,10 @@ def recipe_for(
             evaluation.weights,
             base.position_id_fix,
             base.output_mode,
+            model_c=c,
+            formula=formula,
         )
-    return Recipe(model_a, model_b, output_name, evaluation.weights)
+    return Recipe(model_a, model_b, output_name, evaluation.weights, model_c=c, formula=formula)
 
 
 def write_recovered_recipe(recipe: Recipe, path: Path | str, *, force: bool) -> tuple[Path, Path]:
@@ -78,6 +90,7 @@ class OutputPlan:
     merge_output: Path | None = None  # -o
     dtype: str | None = None
     force: bool = False
+    merge_c: Path | None = None  # --model-c with --merge: C's file (add difference)
 
     def warnings(self) -> list[str]:
         """What the user may not expect of the files it writes."""
@@ -118,6 +131,7 @@ def plan_outputs(
     model_a: str = "",
     model_b: str = "",
     name: str = "",
+    model_c: str = "",
 ) -> OutputPlan:
     """The recipe for the best evaluation and where it goes; refuses existing files unless
     ``force``. Model names default to the source recipe's, then to the --merge file names; the
@@ -132,10 +146,20 @@ def plan_outputs(
         model_b=model_b or (merge[1].name if merge else ""),
         output_name=name or (output.stem if output else ""),
         base=result.recipe,
+        model_c=Path(model_c).name if model_c else "",
     )
     if not recipe.output_name and stem is not None:
         recipe = dataclasses.replace(recipe, output_name=stem.name)
-    return OutputPlan(recipe, stem, merge, output, dtype, force)
+    merge_c = None
+    if merge is not None and recipe.formula.needs_c:
+        if not model_c:
+            raise ConfigError(
+                f"the recovered recipe is an add-difference merge (C = {recipe.model_c}): "
+                "--merge A B needs model C's file too",
+                hint=f"add --model-c PATH/TO/{recipe.model_c}",
+            )
+        merge_c = Path(model_c)
+    return OutputPlan(recipe, stem, merge, output, dtype, force, merge_c)
 
 
 def write_outputs(plan: OutputPlan, report: Callable[[str], None] = lambda _: None) -> None:
@@ -144,8 +168,19 @@ def write_outputs(plan: OutputPlan, report: Callable[[str], None] = lambda _: No
         from autombw_cli.merging.offline import merge_checkpoints  # heavy: torch
 
         a, b = plan.merge_inputs
-        merge_checkpoints(a, b, plan.recipe, plan.merge_output, dtype=plan.dtype, force=plan.force)
-        report(f"merged {a.name} + {b.name} -> {plan.merge_output}")
+        merge_checkpoints(
+            a,
+            b,
+            plan.recipe,
+            plan.merge_output,
+            model_c=plan.merge_c,
+            dtype=plan.dtype,
+            force=plan.force,
+        )
+        inputs = f"{a.name} + {b.name}"
+        if plan.merge_c is not None:
+            inputs = f"{a.name} + ({b.name} - {plan.merge_c.name})"
+        report(f"merged {inputs} -> {plan.merge_output}")
     if plan.recipe_stem is not None:
         txt, js = write_recipe_files(plan.recipe, plan.recipe_stem)
         report(f"wrote {txt} and {js}")

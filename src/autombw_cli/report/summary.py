@@ -14,7 +14,7 @@ from typing import Any
 
 from autombw_cli.atomic import atomic_write_bytes, atomic_write_text
 from autombw_cli.blocks import Arch, Ordering, format_weight
-from autombw_cli.recipe import Recipe, write_recipe_files
+from autombw_cli.recipe import Formula, Recipe, write_recipe_files
 from autombw_cli.search.evaluation import Evaluation
 
 SUMMARY_FILE = "summary.json"
@@ -86,8 +86,18 @@ def top_k(records: Sequence[Evaluation], k: int = TOP_K) -> list[Evaluation]:
     return sorted(ok, key=lambda r: (-(r.score or 0.0), r.number))[:k]
 
 
-def best_recipe(best: Evaluation, *, model_a: str, model_b: str, output: str) -> Recipe:
-    return Recipe(model_a=model_a, model_b=model_b, output_name=output, weights=best.weights)
+def best_recipe(
+    best: Evaluation, *, model_a: str, model_b: str, output: str, model_c: str | None = None
+) -> Recipe:
+    """The best evaluation as a recipe (``model_c``: an add-difference search's C)."""
+    return Recipe(
+        model_a=model_a,
+        model_b=model_b,
+        output_name=output,
+        weights=best.weights,
+        model_c=model_c,
+        formula=Formula.WEIGHTED_SUM if model_c is None else Formula.ADD_DIFFERENCE,
+    )
 
 
 def write_best_recipe(recipe: Recipe, run_dir: Path) -> tuple[Path, Path]:
@@ -153,6 +163,7 @@ def build_summary(
     model_b: str,
     arch: Arch,
     outputs: Mapping[str, str],
+    model_c: str | None = None,
     passes: Sequence[Mapping[str, Any]] = (),
     trace: ScoreTrace | None = None,
 ) -> dict[str, Any]:
@@ -181,7 +192,8 @@ def build_summary(
         "run_dir": str(run_dir),
         "stop_reason": reason,
         "exit_code": exit_code,
-        "models": {"a": model_a, "b": model_b, "arch": arch.value},
+        "models": {"a": model_a, "b": model_b, "arch": arch.value}
+        | ({} if model_c is None else {"c": model_c, "formula": Formula.ADD_DIFFERENCE.value}),
         "evaluations": len(trace),
         "pruned": trace.n_pruned,  # of those, stopped after their first images
         "failed_attempts": failed,  # evaluation attempts that failed (retried or given up)

@@ -125,7 +125,13 @@ class SchedulerClient(Protocol):
     async def ensure_merge_live(self, merge_id: str) -> object: ...  # raises on a lost merge
 
     async def bridge_merge(
-        self, model_a: str, model_b: str, weights: Weights, *, cache_device: str = ...
+        self,
+        model_a: str,
+        model_b: str,
+        weights: Weights,
+        *,
+        cache_device: str = ...,
+        model_c: str | None = ...,
     ) -> MergeAnswer: ...
 
     async def txt2img(self, body: Mapping[str, Any]) -> RenderAnswer: ...
@@ -198,7 +204,10 @@ class Scheduler:
         model_b: str,
         emit: EventSink,
         settings: SchedulerSettings | None = None,
+        model_c: str | None = None,
     ) -> None:
+        """``model_c``: B's base for an add-difference search (A + (B - C) * w; None: the
+        weighted sum of A and B)."""
         if not instances:
             raise ValueError("the scheduler needs at least one instance")
         if not prompts:
@@ -208,6 +217,7 @@ class Scheduler:
         self.prompts = list(prompts)
         self.model_a = model_a
         self.model_b = model_b
+        self.model_c = model_c
         self.emit = emit
         self.settings = settings or SchedulerSettings()
         self._stop = StopState()  # here, not in the run: a stop may be asked before run()
@@ -267,6 +277,8 @@ class _Run:
         self.prompts = sched.prompts
         self.model_a = sched.model_a
         self.model_b = sched.model_b
+        # add difference only: clients (and test fakes) without C know no such argument
+        self.merge_options = {} if sched.model_c is None else {"model_c": sched.model_c}
         self.emit = sched.emit
         self.settings = sched.settings
         self.scorer = sched.scorer
@@ -462,6 +474,7 @@ class _Run:
                 self.model_b,
                 job.candidate.weights,
                 cache_device=self.settings.cache_device,
+                **self.merge_options,
             )
             merged = time.monotonic()
             self._start_prefetch(inst)

@@ -35,7 +35,7 @@ class InstanceClient(Protocol):
 
     async def bridge_merge(
         self, model_a: str, model_b: str, weights: Weights, **kw: Any
-    ) -> Any: ...  # .merge_id
+    ) -> Any: ...  # .merge_id; kw: cache_device, model_c (add difference)
 
     async def txt2img(self, body: dict[str, Any]) -> Any: ...  # .images, .raw_images
 

@@ -1,8 +1,9 @@
 """The ``sim`` scorer: how close an image is to what a hidden target merge would render.
 
 The simulated WebUI renders from the live merged tensors (`sim.render`); this scorer builds
-the same two built-in checkpoints in memory (same seeds, same fp16 lerp kernel as the bridge),
-merges them with the **target** weights, and renders the target image with the parameters the
+the same built-in checkpoints in memory (same seeds, same fp16 kernels as the bridge), merges
+them with the **target** weights (a weighted sum of simA and simB, or with ``formula:
+add_difference`` simA + (simB - simC) * w), and renders the target image with the parameters the
 simulator stored in each PNG (``autombw_sim`` text chunk: prompt, seed, size, steps, cfg).
 
     score = 1 / (1 + 20 * rmse(image, target_image))      # in (0, 1]; exactly 1 at the target
@@ -59,17 +60,23 @@ class SimScorer:
         seed_b: int = 2,
         model_a: str | Path | None = None,
         model_b: str | Path | None = None,
+        formula: str = "weighted_sum",
+        seed_c: int = 3,
+        model_c: str | Path | None = None,
         **_ignored: Any,
     ) -> None:
+        from autombw_cli.recipe import Formula
         from autombw_cli.sim.render import Renderer
 
         self.arch = Arch(arch)
+        self.formula = Formula(formula)
         self.target_weights = _target(self.arch, target)
         self.renderer: Renderer = Renderer(self.arch)
         state_a = _state(self.arch, model_a, seed_a)
         state_b = _state(self.arch, model_b, seed_b)
+        state_c = _state(self.arch, model_c, seed_c) if self.formula.needs_c else None
         self._target_features = self.renderer.unet_features(
-            merge_state(state_a, state_b, self.target_weights)
+            merge_state(state_a, state_b, self.target_weights, state_c)
         )
         self._cache: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
 
@@ -144,17 +151,24 @@ class SimScorer:
 
 
 def merge_state(
-    state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor], weights: Weights
+    state_a: Mapping[str, torch.Tensor],
+    state_b: Mapping[str, torch.Tensor],
+    weights: Weights,
+    state_c: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The merged state dict exactly as the bridge computes it (same policy, same kernel,
-    same dtype)."""
-    from autombw_cli.merging.kernels import lerp_tensor
+    same dtype); with ``state_c`` the add difference ``A + (B - C) * w``."""
+    from autombw_cli.merging.kernels import merge_tensor
     from autombw_cli.merging.plan import weight_of
 
     out = {}
     for key, a in state_a.items():
         step = weight_of(key, weights)
-        out[key] = a if step is None else lerp_tensor(a, state_b[key].to(a.dtype), step[1])
+        if step is None:
+            out[key] = a
+            continue
+        c = None if state_c is None else state_c[key].to(a.dtype)
+        out[key] = merge_tensor(a, state_b[key].to(a.dtype), c, step[1])
     return out
 
 

@@ -52,6 +52,7 @@ from autombw_cli.webui.bridge.routes import check_basic_auth, error_response, re
 log = logging.getLogger("autombw.sim")
 
 BUILTIN_MODELS: dict[str, int] = {"simA": 1, "simB": 2}  # name -> seed of its tensors
+BASE_MODEL: dict[str, int] = {"simC": 3}  # model C of an add-difference merge (base_model=True)
 BUILTIN_DTYPE = "float16"
 SAMPLERS = (
     "Euler a",
@@ -86,13 +87,15 @@ SIM_FAULTS = "/sim/faults"
 SIM_RESTART = "/sim/restart"
 
 
-def write_builtin_models(folder: Path, arch: Arch | str) -> list[Path]:
-    """Write ``simA.safetensors`` and ``simB.safetensors`` (tiny, fp16) unless present."""
+def write_builtin_models(folder: Path, arch: Arch | str, *, base_model: bool = False) -> list[Path]:
+    """Write ``simA.safetensors`` and ``simB.safetensors`` (tiny, fp16) unless present, and
+    with ``base_model`` ``simC.safetensors`` (B's "base" for add-difference merges)."""
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, seed in BUILTIN_MODELS.items():
+    models = {**BUILTIN_MODELS, **(BASE_MODEL if base_model else {})}
+    for name, seed in models.items():
         path = folder / f"{name}.safetensors"
         if not path.exists():
             write_checkpoint(path, random_state_dict(arch, "tiny", seed, torch.float16))
@@ -148,7 +151,10 @@ class SimulatedWebUI:
         api: bool = True,
         bridge: bool = True,
         nowebui: bool = False,
+        base_model: bool = False,
     ) -> None:
+        """``base_model``: also write the built-in model C (``simC``) for add-difference
+        merges (``A + (B - C) * w``)."""
         self.arch = Arch(arch)
         self.latency_per_image = float(latency_per_image)
         self.auth = auth
@@ -158,7 +164,7 @@ class SimulatedWebUI:
             self._tmp = SimFolder()
             model_dir = self._tmp.name
         self.model_dir = Path(model_dir)
-        write_builtin_models(self.model_dir, self.arch)
+        write_builtin_models(self.model_dir, self.arch, base_model=base_model)
         self.queue_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._stop = threading.Event()

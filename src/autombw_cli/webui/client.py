@@ -43,12 +43,14 @@ from autombw_cli.errors import ConfigError
 from autombw_cli.redact import redact_url, redact_urls
 from autombw_cli.webui import endpoints as ep
 from autombw_cli.webui.errors import (
+    BridgeTooOld,
     CheckpointNotLoaded,
     MergeLost,
     WebUIError,
     WebUIHTTPError,
     WebUITimeout,
     WebUIUnreachable,
+    WebUIValidationError,
 )
 from autombw_cli.webui.images import decode_txt2img
 from autombw_cli.webui.mapping import (
@@ -347,26 +349,51 @@ class WebUIClient:
         model_b: str,
         weights: Weights,
         *,
+        model_c: str | None = None,
         cache_device: str = "auto",
     ) -> MergeResult:
-        """Merge A and B in the WebUI's memory with ``weights``; the result's ``merge_id``
-        names this merge (check it with ``ensure_merge_live`` or ``txt2img(expect_merge_id=)``)."""
+        """Merge A and B in the WebUI's memory with ``weights`` (with ``model_c``: the add
+        difference ``A + (B - C) * w``); the result's ``merge_id`` names this merge (check it
+        with ``ensure_merge_live`` or ``txt2img(expect_merge_id=)``).
+
+        A bridge too old for add difference refuses the request (`BridgeTooOld`); it never
+        quietly merges a weighted sum instead."""
         body: dict[str, Any] = {
             "model_a": model_a,
             "model_b": model_b,
             "weights": weights.to_dict(),
             "cache_device": cache_device,
         }
+        if model_c is not None:  # only then: bridges before bridge_api 2 refuse the fields
+            body["formula"] = "add_difference"
+            body["model_c"] = model_c
         if weights.text_encoder is not None:
             body["text_encoder_weight"] = weights.text_encoder
         async with self._model_lock:
-            resp = await self._request(
-                "POST",
-                ep.BRIDGE_MERGE,
-                json=body,
-                read=self.timeouts.model_load,
-                what="bridge merge",
-            )
+            try:
+                resp = await self._request(
+                    "POST",
+                    ep.BRIDGE_MERGE,
+                    json=body,
+                    read=self.timeouts.model_load,
+                    what="bridge merge",
+                )
+            except WebUIValidationError as exc:
+                refused = "unknown field" in exc.detail and "formula" in exc.detail
+                if model_c is not None and refused:
+                    raise BridgeTooOld(
+                        "its autombw bridge is too old for add-difference merges (it refused "
+                        "the formula and model_c fields)",
+                        hint="run `autombw webui install-extension WEBUI_DIR` with this autombw "
+                        "and restart the WebUI",
+                        instance=self.label,
+                        status_code=422,
+                        method="POST",
+                        path=ep.BRIDGE_MERGE,
+                        detail=exc.detail,
+                        json_answer=exc.json_answer,
+                    ) from exc
+                raise
         return self._parse(resp, MergeResult, "bridge merge")
 
     async def bridge_restore(self, free_caches: bool = False) -> RestoreResult:

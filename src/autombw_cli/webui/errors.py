@@ -141,6 +141,15 @@ class UnsupportedWebUI(WebUIHTTPError):
         return True
 
 
+class BridgeTooOld(WebUIHTTPError):
+    """The bridge refused a field it predates (an add-difference merge asked of a bridge older
+    than ``bridge_api`` 2). Retrying cannot help: the extension must be reinstalled."""
+
+    @property
+    def needs_attention(self) -> bool:
+        return True
+
+
 @dataclass(frozen=True)
 class FieldError:
     """One offending field of a 422 answer: ``field`` is a dotted path (``steps``,

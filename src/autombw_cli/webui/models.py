@@ -191,6 +191,8 @@ class BridgeStatus(WireModel):
     arch: str | None = None
     model_a: BridgeModelRef | None = None
     model_b: BridgeModelRef | None = None
+    formula: str | None = None  # bridge_api 2: weighted_sum or add_difference
+    model_c: BridgeModelRef | None = None
     loaded_checkpoint: str | None = None
     merge_id: str | None = None
     weights: dict[str, float] | None = None
@@ -212,6 +214,8 @@ class MergeResult(WireModel):
     model_b: str = ""
     arch: str = ""
     cache_device: str | None = None
+    formula: str = "weighted_sum"  # what a bridge before bridge_api 2 always merged
+    model_c: str | None = None
 
 
 class RestoreResult(WireModel):

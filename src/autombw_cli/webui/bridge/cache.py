@@ -1,8 +1,10 @@
-"""The bridge's tensor cache: A's original and B's tensors per slot, on one device.
+"""The bridge's tensor cache: A's original, B's and (add difference) C's tensors per slot, on
+one device.
 
 A's tensors are copied from the live model when it holds A's originals (so a restore is bit
-for bit), or read from A's file when it does not (``a_from_file``); B's are always read from
-B's file, in the live model's dtype. Tensors are grouped by slot (the UNet block slots and
+for bit), or read from A's file when it does not (``a_from_file``); B's and C's are always read
+from their files, in the live model's dtype, under the same device rule (all three live on
+`device`). Tensors are grouped by slot (the UNet block slots and
 ``BASE`` for the text encoder) and keyed by the live model's keys relative to the slot's module.
 Checkpoints are read with `merging.checkpoint_io` (the one reader), mapped: the tensors cached
 from a file are views of its pages, as with ``safetensors.safe_open``. torch and the stdlib only
@@ -28,11 +30,13 @@ Slot = dict[str, Tensor]  # live key (relative to the slot's module) -> tensor
 
 
 class TensorCache:
-    """A's and B's tensors per slot on `device`, for one pair (a new A starts a new cache)."""
+    """A's, B's and C's tensors per slot on `device`, for one pair (a new A starts a new
+    cache). `c` stays empty for a weighted sum."""
 
     def __init__(self, *, device: torch.device | None = None) -> None:
         self.a: dict[str, Slot] = {}
         self.b: dict[str, Slot] = {}
+        self.c: dict[str, Slot] = {}
         self.device = device  # None until the first merge chooses one
         self.a_from_file = False  # A's originals come from A's file, not from the live model
         self.slot_keys: dict[str, list[str]] = {}  # slot -> its live keys (the slot module's)
@@ -51,7 +55,7 @@ class TensorCache:
                 reader.close()
 
     def tensors(self) -> Iterator[Tensor]:
-        for cache in (self.a, self.b):
+        for cache in (self.a, self.b, self.c):
             for slot in cache.values():
                 yield from slot.values()
 
@@ -65,7 +69,7 @@ class TensorCache:
     def move_to(self, device: torch.device) -> None:
         """Keep (and move) every cached tensor on ``device`` from now on."""
         self.device = device
-        for cache in (self.a, self.b):
+        for cache in (self.a, self.b, self.c):
             for slot, tensors in cache.items():
                 if any(t.device != device for t in tensors.values()):
                     cache[slot] = {k: self.put(t) for k, t in tensors.items()}
@@ -73,6 +77,7 @@ class TensorCache:
     def clear(self) -> None:
         self.a.clear()
         self.b.clear()
+        self.c.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -95,7 +100,8 @@ class TensorCache:
         held: float,
         need_b: bool = True,
     ) -> None:
-        """Cache ``slot``'s tensors of A and (with ``need_b``) of B, unless cached already.
+        """Cache ``slot``'s tensors of A and (with ``need_b``) of B, and of C when the pair has
+        one, unless cached already.
 
         ``keys``: ``(file key, live key)``; ``live``: the live tensors by live key; ``held``:
         the weight the live slot holds. A's originals are copied from the live model while it
@@ -114,6 +120,8 @@ class TensorCache:
                 self.a[slot] = {k: self.put(live[k], copy=True) for _, k in keys}
         if need_b and slot not in self.b:
             self.b[slot] = self.from_file(pair.b, keys, live)
+        if need_b and pair.c is not None and slot not in self.c:
+            self.c[slot] = self.from_file(pair.c, keys, live)
 
     def from_file(
         self, ref: CheckpointRef, keys: list[tuple[str, str]], live: Mapping[str, Tensor]

@@ -1,4 +1,5 @@
-"""The bridge's merge engine: an in-memory block merge of two checkpoints inside a WebUI.
+"""The bridge's merge engine: an in-memory block merge of two checkpoints inside a WebUI
+(a weighted sum of A and B, or add difference: A plus the weighted difference of B and C).
 
 `BridgeCore` knows nothing of AUTOMATIC1111. It works through a small `BridgeHost` (``host.py``:
 the live model, loading a checkpoint, listing checkpoints, the checkpoint folder, the queue
@@ -10,10 +11,10 @@ How a merge works:
 1. Model A is loaded as the WebUI's checkpoint if it is not already (the host does it).
 2. Per pair, caches are filled once: A's original UNet tensors (copied from the live model, so
    a restore is bit-exact) and B's UNet tensors (read from B's file, cast to the live dtype),
-   grouped by block slot, on the cache device (``cuda`` or ``cpu``). Changing B keeps A's cache;
-   changing A drops both.
+   and for add difference C's (like B's), grouped by block slot, on the cache device (``cuda``
+   or ``cpu``). Changing B or C keeps A's cache; changing A drops A's.
 3. Only the slots whose weight differs from what the live model holds are recomputed
-   (``merging.kernels.lerp_tensor``) and written with ``load_state_dict(strict=False)``.
+   (``merging.kernels.merge_tensor``) and written with ``load_state_dict(strict=False)``.
    Whenever the text encoder's weights change (a merge, a restore, a reload of a merged
    model), the host drops its cached prompt conditionings (`BridgeHost.invalidate_conditioning`).
 4. Every merge gets a new ``merge_id``. When the host reloads a checkpoint for any reason
@@ -41,10 +42,15 @@ from typing import Any
 import torch
 
 from autombw_cli.atomic import atomic_write_text
-from autombw_cli.blocks import BASE, Arch, Weights
-from autombw_cli.errors import WeightsError
+from autombw_cli.blocks import BASE
 from autombw_cli.merging.ckpt_writer import SUFFIXES
 from autombw_cli.recipe import Recipe
+from autombw_cli.webui.bridge.arguments import (
+    CACHE_DEVICES,
+    check_choice,
+    requested_formula,
+    requested_weights,
+)
 from autombw_cli.webui.bridge.cache import TensorCache
 from autombw_cli.webui.bridge.errors import (
     BadRequest,
@@ -70,8 +76,7 @@ from autombw_cli.webui.bridge.state import UNKNOWN, LiveState, Pair
 
 __all__ = ["BRIDGE_API", "BridgeCore", "BridgeError", "BridgeHost", "MergeOutcome", "SaveOutcome"]
 
-BRIDGE_API = 1
-CACHE_DEVICES = ("auto", "cuda", "cpu")
+BRIDGE_API = 2  # 2: merge takes formula + model_c (add difference)
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,8 @@ class MergeOutcome:
     model_b: str
     arch: str
     cache_device: str
+    formula: str = "weighted_sum"
+    model_c: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +100,8 @@ class MergeOutcome:
             "model_b": self.model_b,
             "arch": self.arch,
             "cache_device": self.cache_device,
+            "formula": self.formula,
+            "model_c": self.model_c,
         }
 
 
@@ -155,6 +164,8 @@ class BridgeCore:
                 "arch": pair.arch.value if pair else None,
                 "model_a": _ref_json(pair.a) if pair else None,
                 "model_b": _ref_json(pair.b) if pair else None,
+                "formula": pair.formula.value if pair else None,
+                "model_c": _ref_json(pair.c) if pair and pair.c else None,
                 "loaded_checkpoint": loaded.title if loaded else None,
                 "merge_id": state.merge_id,
                 "weights": dict(state.weights.values) if state.weights else None,
@@ -182,23 +193,35 @@ class BridgeCore:
         cache_device: str = "auto",
         text_encoder_weight: float | None = None,
         extrapolation: bool = False,
+        formula: str | None = None,
+        model_c: str | None = None,
     ) -> MergeOutcome:
+        """Merge A and B into the live model with ``weights``; ``formula`` ``add_difference``
+        (with ``model_c``) merges ``A + (B - C) * w`` instead of the weighted sum."""
         t0 = time.perf_counter()
         with self._lock, torch.no_grad():
+            how = requested_formula(formula, model_c)
             refs = self.host.list_checkpoints()
             ref_a = resolve(model_a, refs, "model_a")
             ref_b = resolve(model_b, refs, "model_b")
+            ref_c = resolve(model_c, refs, "model_c") if how.needs_c else None
             if same_file(ref_a.path, ref_b.path):
                 raise BadRequest(
                     f"model_a and model_b are the same checkpoint ({ref_a.name})",
                     kind="SameModel",
                     hint="a merge needs two different checkpoints",
                 )
-            arch = self._pairs.check(ref_a, ref_b)
+            if ref_c is not None and same_file(ref_b.path, ref_c.path):
+                raise BadRequest(
+                    f"model_c and model_b are the same checkpoint ({ref_b.name}): B - C is zero",
+                    kind="SameModel",
+                    hint="model C is B's base model (e.g. SD1.5 for an SD1.5 fine-tune)",
+                )
+            arch = self._pairs.check(ref_a, ref_b, ref_c)
             w = requested_weights(arch, weights, text_encoder_weight, extrapolation)
-            _check_choice("cache_device", cache_device, list(CACHE_DEVICES))
+            check_choice("cache_device", cache_device, list(CACHE_DEVICES))
 
-            self._switch_pair(Pair(ref_a, ref_b, arch))
+            self._switch_pair(Pair(ref_a, ref_b, arch, ref_c))
             model = self._ensure_a_loaded()
             unet = model.get_submodule(UNET_MODULE)
             device = self._choose_cache_device(cache_device, unet)
@@ -232,6 +255,8 @@ class BridgeCore:
                 model_b=ref_b.name,
                 arch=arch.value,
                 cache_device=str(device),
+                formula=how.value,
+                model_c=ref_c.name if ref_c else None,
             )
 
     # --- restore --------------------------------------------------------------------------
@@ -291,9 +316,11 @@ class BridgeCore:
                 raise ValidationError(
                     "no weights given and no current merge", hint="pass weights: {slot: w}"
                 )
-            _check_choice("dtype", dtype, sorted(DTYPE_NAMES))
-            _check_choice("format", fmt, list(SUFFIXES))
+            check_choice("dtype", dtype, sorted(DTYPE_NAMES))
+            check_choice("format", fmt, list(SUFFIXES))
             own = [("model A", pair.a), ("model B", pair.b)]
+            if pair.c is not None:
+                own.append(("model C", pair.c))
             loaded = self.host.loaded_checkpoint()
             if loaded is not None:
                 own.append(("the loaded checkpoint", loaded))
@@ -306,6 +333,8 @@ class BridgeCore:
                 model_b=pair.b.filename,
                 output_name=target.name[: -len(suffix)],
                 weights=w,
+                model_c=pair.c.filename if pair.c else None,
+                formula=pair.formula,
             )
             size, sha256 = write_merged_checkpoint(
                 pair.a.path,
@@ -315,6 +344,7 @@ class BridgeCore:
                 dtype=DTYPE_NAMES[dtype],
                 metadata=recipe.safetensors_metadata(),
                 fmt=fmt,  # type: ignore[arg-type]  (checked against SUFFIXES above)
+                c_path=pair.c.path if pair.c else None,
             )
             atomic_write_text(recipe_path, recipe.to_text())
             self.host.refresh_checkpoints()
@@ -329,21 +359,28 @@ class BridgeCore:
 
     # --- the pair and the live model ------------------------------------------------------
     def _switch_pair(self, pair: Pair) -> None:
-        """Make ``pair`` current. Same A: keep A's originals (a new B makes every slot that
-        holds some of the old B stale). New A: restore the old A first, start a new cache
-        (keeping B's tensors when B stays)."""
+        """Make ``pair`` current. Same A: keep A's originals (a new B, C or formula makes
+        every slot that holds some of the old merge stale). New A: restore the old A first,
+        start a new cache (keeping B's and C's tensors when they stay)."""
         state, old = self._state, self._state.pair
         if old is not None and same_file(old.a.path, pair.a.path) and old.arch is pair.arch:
+            stale = False
             if not same_file(old.b.path, pair.b.path):
                 self._cache.b.clear()
-                state = state.b_changed()
-            self._state = state.with_pair(pair)
+                stale = True
+            if not _same_c(old, pair):
+                self._cache.c.clear()
+                stale = True
+            self._state = (state.b_changed() if stale else state).with_pair(pair)
             return
         if old is not None and state.knows(self.host.live_model()):
             self.restore()  # leave A's weights as they were before the next pair loads
         cache = TensorCache(device=self._cache.device)
-        if old is not None and same_file(old.b.path, pair.b.path) and old.arch is pair.arch:
-            cache.b = self._cache.b
+        if old is not None and old.arch is pair.arch:
+            if same_file(old.b.path, pair.b.path):
+                cache.b = self._cache.b
+            if old.c is not None and _same_c(old, pair):
+                cache.c = self._cache.c
         self._cache = cache
         self._state = self._state.new_pair(pair)
 
@@ -407,7 +444,8 @@ class BridgeCore:
             unet_bytes = sum(t.numel() * t.element_size() for t in unet.state_dict().values())
             held = self._cache.nbytes(device_type="cuda")
             free, _ = torch.cuda.mem_get_info(live_device)
-            need = 2 * unet_bytes - held + (1 << 30)
+            copies = 2 if self._state.pair is None or self._state.pair.c is None else 3
+            need = copies * unet_bytes - held + (1 << 30)
             return live_device if free > need else torch.device("cpu")
         return torch.device("cpu")
 
@@ -427,28 +465,10 @@ class BridgeCore:
         self._state = self._state.with_applied(slot, weight)
 
 
-def requested_weights(
-    arch: Arch, weights: object, text_encoder_weight: object, extrapolation: bool
-) -> Weights:
-    """A request's ``weights`` (+ ``text_encoder_weight``) as `Weights` for ``arch``, checked by
-    `Weights.from_mapping` (names, numbers, a slot named twice, the range); 422 if not."""
-    if not isinstance(weights, Mapping) or not weights:
-        raise ValidationError("weights must be an object {slot: weight}")
-    try:
-        return Weights.from_mapping(
-            arch,
-            weights,
-            text_encoder=text_encoder_weight,
-            extrapolation=extrapolation,
-            source="weights",
-        )
-    except WeightsError as exc:
-        raise ValidationError(exc.message, hint=exc.hint) from None
-
-
-def _check_choice(name: str, value: object, options: list[str]) -> None:
-    if value not in options:
-        raise ValidationError(f"{name} must be one of {', '.join(options)}, not {value!r}")
+def _same_c(old: Pair, new: Pair) -> bool:
+    if old.c is None or new.c is None:
+        return old.c is new.c
+    return same_file(old.c.path, new.c.path)
 
 
 def _ref_json(ref: CheckpointRef) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from autombw_cli.blocks import BASE, UNET_PREFIX, Arch, layout
 from autombw_cli.merging.checkpoint_io import checkpoint
-from autombw_cli.merging.kernels import lerp_tensor
+from autombw_cli.merging.kernels import merge_tensor
 from autombw_cli.merging.plan import TEXT_ENCODER, slot_of
 from autombw_cli.webui.bridge.cache import TensorCache
 from autombw_cli.webui.bridge.errors import BadRequest, ServerError
@@ -120,9 +120,10 @@ def write_unet_slots(
     applied: Mapping[str, float],
     mark: Mark,
 ) -> None:
-    """Write ``lerp(A, B, w)`` into each target slot, one slot module at a time (a
-    ``load_state_dict`` on the small slot module, not on the whole model: far cheaper, and at
-    most one slot's merged tensors exist at once). ``applied``: what each slot held before."""
+    """Write ``lerp(A, B, w)`` (with C: ``A + (B - C) * w``) into each target slot, one slot
+    module at a time (a ``load_state_dict`` on the small slot module, not on the whole model:
+    far cheaper, and at most one slot's merged tensors exist at once). ``applied``: what each
+    slot held before. A key B or C lacks keeps A's tensor."""
     for slot, w in targets.items():
         module = unet.get_submodule(slot_module(pair.arch, slot))
         live = module.state_dict()
@@ -130,15 +131,18 @@ def write_unet_slots(
         keys = [(file_prefix + k, k) for k in cache.slot_keys[slot]]
         cache.fill(slot, pair, keys, live, held=applied.get(slot, 0.0))
         b_slot = cache.b[slot]
+        c_slot = cache.c.get(slot) if pair.c is not None else None
         batch: dict[str, Tensor] = {}
         for key, a in cache.a[slot].items():
             dst = live[key]
             a_dev = a.to(dst.device, non_blocking=True)
             b = b_slot.get(key)
-            if b is None or w == 0.0:
+            c = None if c_slot is None else c_slot.get(key)
+            if b is None or w == 0.0 or (c_slot is not None and c is None):
                 batch[key] = a_dev
             else:
-                batch[key] = lerp_tensor(a_dev, b.to(dst.device, non_blocking=True), w)
+                c_dev = None if c is None else c.to(dst.device, non_blocking=True)
+                batch[key] = merge_tensor(a_dev, b.to(dst.device, non_blocking=True), c_dev, w)
         mark(slot, UNKNOWN)
         load_into(module, batch)
         mark(slot, w)
@@ -152,7 +156,8 @@ def write_text_encoder(
     applied: Mapping[str, float],
     mark: Mark,
 ) -> None:
-    """Write ``lerp(A, B, w)`` into every text-encoder tensor (``w == 0``: A's originals)."""
+    """Write ``lerp(A, B, w)`` (with C: ``A + (B - C) * w``) into every text-encoder tensor
+    (``w == 0``: A's originals)."""
     live = model.state_dict()
     pairs = text_encoder_keys(live, pair.arch)
     if not pairs:
@@ -163,11 +168,17 @@ def write_text_encoder(
         )
     cache.fill(BASE, pair, pairs, live, held=applied.get(BASE, 0.0), need_b=w != 0.0)
     b_te = cache.b.get(BASE, {})
+    c_te = cache.c.get(BASE, {}) if pair.c is not None else None
     batch = {}
     for key, a in cache.a[BASE].items():
         a_dev = a.to(live[key].device)
         b = b_te.get(key)
-        batch[key] = a_dev if b is None else lerp_tensor(a_dev, b.to(a_dev.device), w)
+        c = None if c_te is None else c_te.get(key)
+        if b is None or (c_te is not None and c is None):
+            batch[key] = a_dev
+        else:
+            c_dev = None if c is None else c.to(a_dev.device)
+            batch[key] = merge_tensor(a_dev, b.to(a_dev.device), c_dev, w)
     mark(BASE, UNKNOWN)
     load_into(model, batch)
     mark(BASE, w)

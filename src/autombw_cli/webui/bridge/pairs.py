@@ -1,4 +1,5 @@
-"""Which checkpoints a request names, and whether two of them can be merged block by block.
+"""Which checkpoints a request names, and whether two of them (A and B, and A and C for an
+add-difference merge) can be merged block by block.
 
 The verdict for a pair of files (their architecture, or why not) is kept for the files' current
 size and modification time, so a search's thousands of merges of one pair read the headers
@@ -22,7 +23,8 @@ _MEMO = 8  # files (and pairs) remembered
 
 
 def resolve(requested: object, refs: list[CheckpointRef], field_name: str) -> CheckpointRef:
-    """The checkpoint a request's ``model_a``/``model_b`` names (404 with close names)."""
+    """The checkpoint a request's ``model_a``/``model_b``/``model_c`` names (404 with close
+    names)."""
     if not isinstance(requested, str) or not requested.strip():
         raise ValidationError(f"{field_name} must be a checkpoint name")
     ref = find_checkpoint(requested, refs)
@@ -44,9 +46,18 @@ class PairChecker:
         self._shapes: dict[FileKey, dict[str, tuple[int, ...]]] = {}
         self._verdicts: dict[tuple[FileKey, FileKey], Arch] = {}
 
-    def check(self, ref_a: CheckpointRef, ref_b: CheckpointRef) -> Arch:
+    def check(
+        self, ref_a: CheckpointRef, ref_b: CheckpointRef, ref_c: CheckpointRef | None = None
+    ) -> Arch:
         """The pair's architecture; 400 for an unreadable file, 409 for a pair that cannot be
-        merged block by block (naming the first UNet key that differs)."""
+        merged block by block (naming the first UNet key that differs). With ``ref_c`` (add
+        difference), A and C are checked the same way."""
+        arch = self._check(ref_a, ref_b, "model B")
+        if ref_c is not None:
+            self._check(ref_a, ref_c, "model C")
+        return arch
+
+    def _check(self, ref_a: CheckpointRef, ref_b: CheckpointRef, role: str) -> Arch:
         key = (_file_key(ref_a.path), _file_key(ref_b.path))
         arch = self._verdicts.get(key)
         if arch is None:
@@ -55,8 +66,8 @@ class PairChecker:
                 arch = check_mergeable(
                     shapes_a,
                     shapes_b,
-                    name_a=ref_a.name,
-                    name_b=ref_b.name,
+                    name_a=f"model A ({ref_a.name})" if role == "model C" else ref_a.name,
+                    name_b=f"{role} ({ref_b.name})" if role == "model C" else ref_b.name,
                     prefix=UNET_PREFIX,
                 )
             except AutombwError as exc:

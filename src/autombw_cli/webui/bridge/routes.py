@@ -131,6 +131,8 @@ def register_routes(
                 cache_device=_get_str(data, "cache_device", "auto"),
                 text_encoder_weight=data.get("text_encoder_weight"),
                 extrapolation=_get_bool(data, "extrapolation", False),
+                formula=_get_optional_str(data, "formula"),
+                model_c=data.get("model_c"),
             )
             return outcome.to_json()
 
@@ -170,6 +172,8 @@ MERGE_FIELDS = {
     "cache_device",
     "text_encoder_weight",
     "extrapolation",
+    "formula",  # bridge_api 2: add_difference (with model_c) or weighted_sum (the default)
+    "model_c",
 }
 RESTORE_FIELDS = {"free_caches"}
 SAVE_FIELDS = {
@@ -261,6 +265,13 @@ def _get_str(data: dict[str, Any], name: str, default: str) -> str:
     if value is None:
         return default
     if not isinstance(value, str):
+        raise _invalid(f"field {name} must be a string")
+    return value
+
+
+def _get_optional_str(data: dict[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, str):
         raise _invalid(f"field {name} must be a string")
     return value
 

@@ -1,7 +1,8 @@
 """Saving a merge as a checkpoint file: A's non-UNet tensors + the block-merged UNet.
 
-Streams one tensor at a time from A's and B's files (`merging.plan` gives each key's weight,
-`merging.kernels.ChunkedLerp` interpolates in float32, rounded once to the output dtype)
+Streams one tensor at a time from A's and B's (and for add difference C's) files
+(`merging.plan` gives each key's weight, `merging.kernels.ChunkedLerp` merges in float32,
+rounded once to the output dtype)
 into a temp file beside the target, hashing as it writes, then renames it into place; as
 ``.safetensors`` or as a ``.ckpt`` torch pickle (the writers of `autombw_cli.merging`). Only
 torch, safetensors and the standard library (copied into the WebUI extension).
@@ -9,6 +10,7 @@ torch, safetensors and the standard library (copied into the WebUI extension).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,19 +99,24 @@ def write_merged_checkpoint(
     dtype: torch.dtype | None,
     metadata: dict[str, str],
     fmt: CheckpointFormat = "safetensors",
+    c_path: Path | None = None,
 ) -> tuple[int, str]:
     """Write the merge atomically to ``target``; return (bytes written, sha256 of the file).
 
     ``dtype`` is the dtype of float tensors in the output (None: keep A's); ``metadata`` goes
-    into a ``.safetensors`` header (a ``.ckpt`` holds only ``{"state_dict": ...}``)."""
+    into a ``.safetensors`` header (a ``.ckpt`` holds only ``{"state_dict": ...}``);
+    ``c_path``: C's file for an add-difference merge (None: the weighted sum)."""
     hashing: list[_HashingWriter] = []
 
     def wrap(raw: BinaryIO) -> BinaryIO:
         hashing.append(_HashingWriter(raw))
         return hashing[-1]  # type: ignore[return-value]
 
-    with checkpoint(a_path) as fa, checkpoint(b_path) as fb:
-        producers = {e.key: (e, make) for e, make in _entries(fa, fb, weights, dtype)}
+    with contextlib.ExitStack() as stack:
+        fa = stack.enter_context(checkpoint(a_path))
+        fb = stack.enter_context(checkpoint(b_path))
+        fc = stack.enter_context(checkpoint(c_path)) if c_path is not None else None
+        producers = {e.key: (e, make) for e, make in _entries(fa, fb, fc, weights, dtype)}
         size = write_checkpoint_stream(
             target,
             [e for e, _ in producers.values()],
@@ -122,12 +129,17 @@ def write_merged_checkpoint(
 
 
 def _entries(
-    fa: CheckpointReader, fb: CheckpointReader, w: Weights, out_dtype: torch.dtype | None
+    fa: CheckpointReader,
+    fb: CheckpointReader,
+    fc: CheckpointReader | None,
+    w: Weights,
+    out_dtype: torch.dtype | None,
 ) -> Iterator[tuple[TensorEntry, Callable[[], Tensor]]]:
     """Per key of A: its output entry and how to make its tensor (`merging.plan` says which
-    weight; a key B lacks, or holds in another shape, is A's: the bridge checks only the
+    weight; a key B or C lacks, or holds in another shape, is A's: the bridge checks only the
     UNet's keys)."""
     b_shapes = fb.shapes()
+    c_shapes = fc.shapes() if fc is not None else None
     lerp = ChunkedLerp()
     for key in fa.keys():  # noqa: SIM118  (a reader, not a dict)
         info = fa.info(key)
@@ -136,10 +148,15 @@ def _entries(
         step = weight_of(key, w)
         weight = 0.0 if step is None else step[1]
         mix = floating and weight != 0.0 and b_shapes.get(key) == info.shape
+        if c_shapes is not None:
+            mix = mix and c_shapes.get(key) == info.shape
 
         def produce(key: str = key, weight: float = weight, mix: bool = mix, dtype=dtype) -> Tensor:
             a = fa.get(key)
-            return lerp(a, fb.get(key), weight, dtype) if mix else a.to(dtype)
+            if not mix:
+                return a.to(dtype)
+            c = None if fc is None else fc.get(key)
+            return lerp(a, fb.get(key), weight, dtype, c=c)
 
         yield TensorEntry(key, dtype, info.shape), produce
 

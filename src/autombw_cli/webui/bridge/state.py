@@ -1,6 +1,7 @@
 """What the bridge knows about the live model, as one immutable value replaced whole.
 
-`LiveState` answers: which pair (A, B, arch) the caches belong to; whether the bridge knows
+`LiveState` answers: which pair (A, B, arch, and C for an add-difference merge) the caches
+belong to; whether the bridge knows
 what the live model holds (``model_id``: the ``id()`` of the model object it last verified,
 None when unknown); what weight each slot holds (``applied``: NaN when unknown, so that slot is
 always rewritten); and the current merge (``merge_id``, ``weights``) with whether it is still
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from autombw_cli.blocks import BASE, Arch, Weights
+from autombw_cli.recipe import Formula
 from autombw_cli.webui.bridge.names import CheckpointRef
 
 UNKNOWN = math.nan  # "the live model holds something else for this slot": always rewritten
@@ -25,9 +27,17 @@ UNKNOWN = math.nan  # "the live model holds something else for this slot": alway
 
 @dataclass(frozen=True)
 class Pair:
+    """The models of the current merge: A and B, and C for ``A + (B - C) * w`` (None: the
+    weighted sum ``A + (B - A) * w``)."""
+
     a: CheckpointRef
     b: CheckpointRef
     arch: Arch
+    c: CheckpointRef | None = None
+
+    @property
+    def formula(self) -> Formula:
+        return Formula.WEIGHTED_SUM if self.c is None else Formula.ADD_DIFFERENCE
 
 
 @dataclass(frozen=True)
@@ -70,7 +80,8 @@ class LiveState:
         return dataclasses.replace(self, applied=MappingProxyType({**self.applied, slot: weight}))
 
     def b_changed(self) -> LiveState:
-        """A new B with the same A: every slot holding some of the old B is stale."""
+        """A new B (or C, or formula) with the same A: every slot holding some of the old B is
+        stale."""
         stale = {s: (0.0 if v == 0.0 else UNKNOWN) for s, v in self.applied.items()}
         return dataclasses.replace(self, applied=MappingProxyType(stale))
 
