@@ -1,4 +1,4 @@
-"""The scheduler's policies against small fake clients (the ``SchedulerClient`` seam).
+"""The scheduler's policies against small fake clients (the ``InstanceClient`` seam).
 
 Retries across instances, abandoning after ``max_attempts``, disabling on a setup error,
 probing a parked instance, the stop state, and what the scheduler reads of a txt2img answer.
@@ -27,11 +27,11 @@ from autombw_cli.search.events import (
 from autombw_cli.search.scheduler import (
     Candidate,
     Instance,
+    InstanceClient,
     Outcome,
     PromptSpec,
     RunPhase,
     Scheduler,
-    SchedulerClient,
     SchedulerSettings,
     StopState,
 )
@@ -115,7 +115,7 @@ class FakeClient:
         return Rendering([img], [b"png"], self.info, self.seeds.get(body["prompt"], []))
 
 
-def _typed(client: FakeClient) -> SchedulerClient:
+def _typed(client: FakeClient) -> InstanceClient:
     return client  # the fake satisfies the seam the scheduler declares
 
 

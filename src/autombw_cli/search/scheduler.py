@@ -19,7 +19,7 @@ does to its instance (parked, probed with backoff, disabled, every instance down
 ``Scheduler`` is the public face (``run``, ``request_stop``, ``busy_fractions``); everything
 one run needs lives in a ``_Run`` that ``run()`` creates, and how far the run is towards its
 end is one ``StopState`` (a ``RunPhase`` plus the stop reason or the fatal error). What the
-scheduler calls on a WebUI client is the typed ``SchedulerClient`` seam.
+scheduler calls on a WebUI client is the typed ``work.InstanceClient`` seam.
 """
 
 from __future__ import annotations
@@ -31,11 +31,10 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from PIL import Image
 
-from autombw_cli.blocks import Weights
 from autombw_cli.errors import AutombwError, ScorerError, WebUIError
 from autombw_cli.scoring.protocol import MemberScorer, Scorer
 from autombw_cli.search.events import (
@@ -72,7 +71,6 @@ __all__ = [
     "RenderedImage",
     "RunPhase",
     "Scheduler",
-    "SchedulerClient",
     "SchedulerSettings",
     "StopState",
 ]
@@ -80,65 +78,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-# --- the client seam -------------------------------------------------------------------------
-class MergeAnswer(Protocol):
-    """What the scheduler reads of a bridge merge: the id that names it."""
-
-    @property
-    def merge_id(self) -> str: ...
-
-
-class StatusAnswer(Protocol):
-    """What a probe reads of the bridge status: that it has a version (the bridge answers)."""
-
-    @property
-    def version(self) -> str: ...
-
-
-class RenderAnswer(Protocol):
-    """What the scheduler reads of a txt2img answer (``webui.models.Txt2ImgResult`` has it)."""
-
-    @property
-    def images(self) -> Sequence[Image.Image]: ...
-
-    @property
-    def raw_images(self) -> Sequence[bytes]: ...
-
-    @property
-    def info(self) -> Mapping[str, Any]: ...  # A1111's info: "version" is the WebUI's
-
-    @property
-    def seeds(self) -> Sequence[int]: ...  # one per image when the WebUI says
-
-
-class SchedulerClient(Protocol):
-    """The WebUI client methods the scheduler calls (``webui.client.WebUIClient`` has them).
-
-    The typed form of ``work.InstanceClient``; a policy test passes a small fake."""
-
-    async def ping(self) -> object: ...
-
-    async def bridge_status(self) -> StatusAnswer: ...
-
-    async def ensure_merge_live(self, merge_id: str) -> object: ...  # raises on a lost merge
-
-    async def bridge_merge(
-        self,
-        model_a: str,
-        model_b: str,
-        weights: Weights,
-        *,
-        cache_device: str = ...,
-        model_c: str | None = ...,
-    ) -> MergeAnswer: ...
-
-    async def txt2img(self, body: Mapping[str, Any]) -> RenderAnswer: ...
-
-
-def _client(inst: Instance) -> SchedulerClient:
-    return inst.client  # work.InstanceClient's answers are Any; this is what we read of them
 
 
 # --- the stop state --------------------------------------------------------------------------
@@ -463,7 +402,7 @@ class _Run:
             self.emit(ScorerQueue(depth=self.scoring_depth))
 
     async def _render(self, inst: Instance, job: Job) -> Rendered:
-        client = _client(inst)
+        client = inst.client
         started = time.monotonic()
         if inst.first_start is None:
             inst.first_start = started
@@ -596,7 +535,7 @@ class _Run:
             if self.stop.winding_down:
                 return False
             try:
-                client = _client(inst)
+                client = inst.client
                 await client.ping()
                 _ = (await client.bridge_status()).version
             except WebUIError as exc:

@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,20 +24,57 @@ log = logging.getLogger(__name__)
 
 
 # --- seams ---------------------------------------------------------------------------------
+class MergeAnswer(Protocol):
+    """What the scheduler reads of a bridge merge: the id that names it."""
+
+    @property
+    def merge_id(self) -> str: ...
+
+
+class StatusAnswer(Protocol):
+    """What a probe reads of the bridge status: that it has a version (the bridge answers)."""
+
+    @property
+    def version(self) -> str: ...
+
+
+class RenderAnswer(Protocol):
+    """What the scheduler reads of a txt2img answer (``webui.models.Txt2ImgResult`` has it)."""
+
+    @property
+    def images(self) -> Sequence[Image.Image]: ...
+
+    @property
+    def raw_images(self) -> Sequence[bytes]: ...
+
+    @property
+    def info(self) -> Mapping[str, Any]: ...  # A1111's info: "version" is the WebUI's
+
+    @property
+    def seeds(self) -> Sequence[int]: ...  # one per image when the WebUI says
+
+
 class InstanceClient(Protocol):
-    """What the scheduler needs of a WebUI client (``webui.client.WebUIClient`` has it)."""
+    """The WebUI client methods the scheduler calls (``webui.client.WebUIClient`` has them;
+    the policy tests pass a small fake)."""
 
-    async def ping(self) -> Any: ...
+    async def ping(self) -> object: ...
 
-    async def bridge_status(self) -> Any: ...  # .version, .merge_id, .merge_live
+    async def bridge_status(self) -> StatusAnswer: ...
 
-    async def ensure_merge_live(self, merge_id: str) -> Any: ...  # raises MergeLost
+    async def ensure_merge_live(self, merge_id: str) -> object: ...  # raises on a lost merge
 
     async def bridge_merge(
-        self, model_a: str, model_b: str, weights: Weights, **kw: Any
-    ) -> Any: ...  # .merge_id; kw: cache_device, model_c (add difference)
+        self,
+        model_a: str,
+        model_b: str,
+        weights: Weights,
+        *,
+        cache_device: str = ...,
+        model_c: str | None = ...,
+    ) -> MergeAnswer: ...
 
-    async def txt2img(self, body: dict[str, Any]) -> Any: ...  # .images, .raw_images
+    async def txt2img(self, body: Mapping[str, Any]) -> RenderAnswer: ...
 
 
 @dataclass(frozen=True)
