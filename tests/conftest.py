@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # imported in the fixtures: the GPU machine runs `-m gpu` wit
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"  # copies of ../shared/fixtures
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# every example config the project ships (tests load and `config check` each of them)
+SHIPPED_CONFIGS = sorted(p.name for p in (REPO_ROOT / "configs").glob("*.yaml"))
 
 StartSim = Callable[..., "SimulatorHandle"]
 

@@ -21,7 +21,7 @@ from autombw_cli.config import (
     load_config,
 )
 from autombw_cli.errors import ConfigError
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, SHIPPED_CONFIGS
 
 BASE: dict[str, Any] = {
     "models": {"a": "a.safetensors", "b": "b.safetensors"},
@@ -597,16 +597,7 @@ def test_check_paths_false_skips_existence(tmp_path: Path) -> None:
     assert cfg.payloads.files == [tmp_path / "nowhere.json"]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "quickstart.yaml",
-        "one-instance.yaml",
-        "four-gpus.yaml",
-        "sdxl.yaml",
-        "add-difference-sim.yaml",
-    ],
-)
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_example_configs_load(name: str) -> None:
     cfg = load_config(REPO_ROOT / "configs" / name)
     assert cfg.payloads.files and all(p.is_file() for p in cfg.payloads.files)

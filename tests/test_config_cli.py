@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import autombw_cli.cli  # registers every command group
 from autombw_cli.cli import main
 from autombw_cli.cli._app import app
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, SHIPPED_CONFIGS
 
 assert autombw_cli.cli
 
@@ -98,16 +98,7 @@ def test_config_check_missing_file_exits_2(tmp_path: Path, capsys) -> None:
     assert code == 2 and "none.yaml" in err
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "quickstart.yaml",
-        "one-instance.yaml",
-        "four-gpus.yaml",
-        "sdxl.yaml",
-        "add-difference-sim.yaml",
-    ],
-)
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_shipped_configs_check(name: str, capsys) -> None:
     code, _, err = run(["config", "check", str(REPO_ROOT / "configs" / name)], capsys)
     assert code == 0, err
