@@ -468,24 +468,15 @@ class _Run:
         """Pruning's one look: score the images so far (in the scorer's thread) and ask the
         source whether to stop rendering this candidate."""
         self._set_state(inst, WorkerState.SCORING, f"#{job.candidate.number} (pruning look)")
-        loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         try:
-            scores, members = await loop.run_in_executor(
-                self.score_pool,
-                self._score_all,
-                [ri.image for ri in images],
-                [ri.spec.prompt for ri in images],
+            scores, members = await self._run_scorer(
+                [ri.image for ri in images], [ri.spec.prompt for ri in images]
             )
         except AutombwError as exc:  # the scorer failed: the run fails, as in the scoring stage
             self.stop.fail(exc)
             await self.notify()
             raise
-        except Exception as exc:
-            error = ScorerError(f"the scorer {self.scorer.name!r} failed: {exc}")
-            self.stop.fail(error)
-            await self.notify()
-            raise error from exc
         score_s = time.monotonic() - t0
         raw = tuple(float(v) for v in scores)
         partial = Outcome(
@@ -591,27 +582,17 @@ class _Run:
         # the images a pruning look scored already are not scored again
         images = [ri.image for r in batch for ri in r.images[len(r.prescored) :]]
         prompts = [ri.spec.prompt for r in batch for ri in r.images[len(r.prescored) :]]
-        loop = asyncio.get_running_loop()
         t0 = time.monotonic()
-        try:
-            scores, members = await loop.run_in_executor(
-                self.score_pool, self._score_all, images, prompts
-            )
-        except AutombwError:
-            raise
-        except Exception as exc:
-            raise ScorerError(f"the scorer {self.scorer.name!r} failed: {exc}") from exc
+        scores, members = await self._run_scorer(images, prompts)
         score_s = time.monotonic() - t0
         pos = 0
         for r in batch:
             n = len(r.images) - len(r.prescored)
             raw = r.prescored + tuple(float(s) for s in scores[pos : pos + n])
             member_raw = {
-                k: tuple(r.prescored_members.get(k, ())) + tuple(v[pos : pos + n])
-                for k, v in members.items()
+                k: tuple(r.prescored_members.get(k, ())) + tuple(members.get(k, [])[pos : pos + n])
+                for k in dict.fromkeys([*r.prescored_members, *members])  # in a stable order
             }
-            if not members and r.prescored_members:
-                member_raw = dict(r.prescored_members)
             pos += n
             self.guard.check(r)
             outcome = Outcome(
@@ -637,6 +618,19 @@ class _Run:
                 self._set_state(inst, WorkerState.IDLE)
             await self._finish_job()
         self.emit(ScorerQueue(depth=self.scoring_depth))
+
+    async def _run_scorer(
+        self, images: list[Image.Image], prompts: list[str]
+    ) -> tuple[list[float], dict[str, list[float]]]:
+        """`_score_all` in the scorer's thread; a failure of the scorer's own code becomes a
+        `ScorerError` (the batches of the scoring stage and pruning's look both score here)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.score_pool, self._score_all, images, prompts)
+        except AutombwError:
+            raise
+        except Exception as exc:
+            raise ScorerError(f"the scorer {self.scorer.name!r} failed: {exc}") from exc
 
     def _score_all(
         self, images: list[Image.Image], prompts: list[str]
