@@ -23,10 +23,9 @@ from pydantic import ValidationError
 from autombw_cli.blocks import Arch, Weights
 from autombw_cli.config.search_section import SearchSettings
 from autombw_cli.errors import AutombwError, ConfigError
-from autombw_cli.search.campaign import Campaign, PassPlan
+from autombw_cli.search.campaign import Campaign, PassPlan, optimizer_factory
 from autombw_cli.search.evaluation import Evaluation
 from autombw_cli.search.objective_loop import Objective, ObjectiveLoop, SearchResult
-from autombw_cli.search.optimizers import Optimizer, create_optimizer
 from autombw_cli.search.space import SearchSpace
 from autombw_cli.yamlio import Document, FieldError, format_path, raise_validation_error
 
@@ -59,15 +58,6 @@ def pass_plans(settings: SearchSettings) -> list[PassPlan]:
         )
         for i, p in enumerate(settings.passes)
     ]
-
-
-def optimizer_factory(space: SearchSpace, seed: int) -> Callable[[PassPlan], Optimizer]:
-    """Pass ``i`` gets seed ``seed + i - 1``, so a seeded search repeats exactly."""
-
-    def make(plan: PassPlan) -> Optimizer:
-        return create_optimizer(plan.optimizer, plan.settings, space, seed + plan.index - 1)
-
-    return make
 
 
 def resolve_search(

@@ -28,7 +28,7 @@ from typing import Any
 from autombw_cli.app import instances as inst_mod
 from autombw_cli.app import records as rec
 from autombw_cli.app.instances import Endpoint
-from autombw_cli.app.optimize import optimizer_factory, pass_plans, search_space
+from autombw_cli.app.optimize import pass_plans, search_space
 from autombw_cli.app.prompts import expand_prompts, prompts_json, read_prompts, tally_outcome
 from autombw_cli.app.validate import ValidationReport, validate
 from autombw_cli.app.wrapup import exit_code_for, write_outputs
@@ -39,7 +39,7 @@ from autombw_cli.errors import AutombwError, ConfigError, JournalError
 from autombw_cli.folderlock import FolderLock
 from autombw_cli.report.summary import BEST_IMAGES_DIR, BestImage, write_best_images
 from autombw_cli.scoring.protocol import MemberScorer, Scorer
-from autombw_cli.search.campaign import Campaign, PassEndReason
+from autombw_cli.search.campaign import Campaign, PassEndReason, optimizer_factory
 from autombw_cli.search.evaluation import Evaluation
 from autombw_cli.search.events import (
     EventSink,

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autombw_cli.blocks import Weights
 from autombw_cli.search.evaluation import Evaluation
@@ -46,6 +46,7 @@ from autombw_cli.search.events import (
     RunWarning,
     StopReason,
 )
+from autombw_cli.search.optimizers import create_optimizer
 from autombw_cli.search.optimizers.base import (
     Optimizer,
     SpaceExhausted,
@@ -56,6 +57,9 @@ from autombw_cli.search.optimizers.base import (
 from autombw_cli.search.pruning import PruningRule, judge
 from autombw_cli.search.stopping import EarlyStopping, StoppingRule
 from autombw_cli.search.work import Candidate, Outcome
+
+if TYPE_CHECKING:
+    from autombw_cli.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,16 @@ class PassPlan:
     settings: dict[str, Any]
     max_evaluations: int | None
     early_stopping: StoppingRule | None = None  # None: off
+
+
+def optimizer_factory(space: SearchSpace, seed: int) -> Callable[[PassPlan], Optimizer]:
+    """The campaign's ``make_optimizer``: pass ``i`` gets seed ``seed + i - 1``, so a seeded
+    search repeats exactly (the live run, `optimize` and the benchmarks all use this)."""
+
+    def make(plan: PassPlan) -> Optimizer:
+        return create_optimizer(plan.optimizer, plan.settings, space, seed + plan.index - 1)
+
+    return make
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autombw_cli.blocks import Weights
-from autombw_cli.search.campaign import Campaign, PassPlan
+from autombw_cli.search.campaign import Campaign, PassPlan, optimizer_factory
 from autombw_cli.search.evaluation import Evaluation
 from autombw_cli.search.objective_loop import Objective, ObjectiveLoop, SearchResult
-from autombw_cli.search.optimizers import create_optimizer
 from autombw_cli.search.space import SearchSpace
 from autombw_cli.search.stopping import EarlyStopping
 
@@ -69,9 +68,7 @@ def run_passes(
         ],
         total_budget=limits.max_evaluations,
         tally=loop.tally,
-        make_optimizer=lambda plan: create_optimizer(
-            plan.optimizer, plan.settings, space, seed + plan.index - 1
-        ),
+        make_optimizer=optimizer_factory(space, seed),
         record=loop.record,
         emit=lambda _event: None,
         max_time_s=limits.max_wall_time_s,
