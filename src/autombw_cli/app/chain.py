@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
@@ -343,15 +344,40 @@ async def _listed(e: Endpoint, name: str) -> bool:
     return True
 
 
+async def _holds_pair(e: Endpoint, recipe: Recipe) -> bool:
+    """Whether ``e``'s bridge holds ``recipe``'s A, B (and C) with its formula."""
+    status = await e.client.bridge_status()
+    if status.formula not in (None, recipe.formula.value):
+        return False
+    roles = [(status.model_a, recipe.model_a), (status.model_b, recipe.model_b)]
+    roles.append((status.model_c, recipe.model_c))
+    for held, name in roles:
+        if held is None or name is None:
+            if held is not None or name is not None:
+                return False
+            continue
+        listed = await e.client.find_checkpoint(name)
+        if _without_hash(listed.title) != _without_hash(held.title or ""):
+            return False
+    return True
+
+
+def _without_hash(title: str) -> str:
+    """A checkpoint title without its `` [hash]`` (A1111 adds it once the hash is known)."""
+    return re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", title)
+
+
 async def _merge_and_save(
     e: Endpoint, recipe: Recipe, cfg: SearchConfig, *, overwrite: bool
 ) -> None:
-    """Merge ``recipe`` in ``e`` and save it under its output name (the bridge saves the merge
-    of the pair it holds: merging first makes that pair this recipe's)."""
+    """Save ``recipe``'s merge in ``e`` under its output name. The bridge saves from the
+    files of the pair it holds: right after the step that pair is the recipe's and the save
+    alone does; otherwise (a fresh WebUI on resume) a merge makes it the recipe's first."""
     try:
-        await e.client.bridge_merge(
-            recipe.model_a, recipe.model_b, recipe.weights, model_c=recipe.model_c
-        )
+        if not await _holds_pair(e, recipe):
+            await e.client.bridge_merge(
+                recipe.model_a, recipe.model_b, recipe.weights, model_c=recipe.model_c
+            )
         await e.client.bridge_save(
             recipe.output_name,
             recipe.weights,
