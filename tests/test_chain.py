@@ -18,7 +18,7 @@ from autombw_cli.app.chain import ChainRun, step_config
 from autombw_cli.blocks import Arch, Weights, layout
 from autombw_cli.chain_recipe import ChainRecipe, is_chain_file, read_chain_recipe
 from autombw_cli.config import load_config
-from autombw_cli.errors import ConfigError, JournalError
+from autombw_cli.errors import ConfigError, JournalError, WebUIError
 from autombw_cli.merging.chain import merge_chain
 from autombw_cli.recipe import Formula, Recipe
 from autombw_cli.sim.checkpoints import random_state_dict, write_checkpoint
@@ -256,3 +256,17 @@ def test_a_chain_runs_on_simulators_and_replays_offline_to_the_same_checkpoint(
     assert set(offline) == set(bridge)
     assert all(torch.equal(offline[k], t) for k, t in bridge.items())
     assert (tmp_path / "replayed.chain.json").is_file()
+
+
+def test_a_later_steps_missing_model_fails_before_step_1_and_leaves_no_folder(
+    tmp_path: Path,
+) -> None:
+    chain = "chain: [{b: simC.safetensors}, {b: simD.safetensors}]"
+    path = write_search_config(tmp_path, evaluations=2, extra_search=chain)
+    chain_run = ChainRun.create(load_config(path))
+    with pytest.raises(WebUIError) as exc:
+        asyncio.run(chain_run.execute(lambda e: None, handle_signals=False))
+    message = exc.value.message
+    assert "sim1: model B of chain step 3 (simD.safetensors)" in message
+    assert "sim2: model B of chain step 3" in message and "step 2" not in message
+    assert not chain_run.run_dir.exists()

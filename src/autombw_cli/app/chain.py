@@ -42,7 +42,7 @@ from autombw_cli.atomic import atomic_write_text
 from autombw_cli.chain_recipe import ChainRecipe, write_chain_recipe
 from autombw_cli.config import SearchConfig, load_config
 from autombw_cli.config.chain_section import step_models
-from autombw_cli.errors import AutombwError, ConfigError, JournalError
+from autombw_cli.errors import AutombwError, ConfigError, JournalError, WebUIError
 from autombw_cli.folderlock import FolderLock
 from autombw_cli.recipe import Recipe, read_recipe_file
 from autombw_cli.report.summary import SUMMARY_FILE
@@ -144,6 +144,7 @@ class ChainRun:
         self.state = state
         self.n = len(config.chain) + 1
         self._lock = FolderLock.acquire(chain_dir, what="chain folder")
+        self._created_root: Path | None = None  # set by create(): removed if nothing ran
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -160,7 +161,9 @@ class ChainRun:
         except BaseException:
             remove_new_folder(chain_dir, created_root)
             raise
-        return cls(config, chain_dir, state)
+        chain = cls(config, chain_dir, state)
+        chain._created_root = created_root
+        return chain
 
     @classmethod
     def resume(cls, chain_dir: Path) -> ChainRun:
@@ -184,6 +187,11 @@ class ChainRun:
     async def execute(self, emit: EventSink, *, handle_signals: bool = True) -> RunResult:
         try:
             return await self._execute(emit, handle_signals)
+        except AutombwError:
+            if self._created_root is not None and not step_folder(self.run_dir, 1).exists():
+                self._lock.release()  # failed before step 1 began (a model missing): no trace
+                remove_new_folder(self.run_dir, self._created_root)
+            raise
         finally:
             self._lock.release()
 
@@ -198,6 +206,7 @@ class ChainRun:
             endpoints = await inst_mod.open_instances(cfg, stack)
             if not cfg.outputs.keep_merge_loaded:
                 stack.push_async_callback(inst_mod.restore_instances, endpoints, emit)
+            await self._check_step_models(endpoints)
             for k in range(1, self.n + 1):
                 if k > 1:  # the previous results, in every instance (saved again if missing)
                     for j in range(1, k):
@@ -220,6 +229,23 @@ class ChainRun:
             outputs = await self._final_outputs(recipes, result, emit)
         reason = result.reason if result is not None else StopReason.BUDGET
         return RunResult(self.run_dir, reason, done, result.best if result else None, outputs, None)
+
+    async def _check_step_models(self, endpoints: list[Endpoint]) -> None:
+        """Every later step's B (and C) in every instance, checked before step 1 starts (each
+        step's preflight checks its own models too, but only when the step comes)."""
+        assert self.config.chain is not None
+        missing = []
+        for e in endpoints:
+            for k, step in enumerate(self.config.chain, start=2):
+                for role, name in (("B", step.b), ("C", step.c)):
+                    if name is not None and not await _listed(e, name):
+                        missing.append(f"{e.label}: model {role} of chain step {k} ({name})")
+        if missing:
+            raise WebUIError(
+                "not in the WebUI's checkpoint list: " + "; ".join(missing),
+                hint="copy the checkpoints into each WebUI's models/Stable-diffusion folder, "
+                "or fix the names under chain:",
+            )
 
     def _b(self, k: int) -> str:
         assert self.config.chain is not None
@@ -312,6 +338,9 @@ class ChainRun:
         models_b = [cfg.models.b_file, *(s.b_file for s in cfg.chain)]
         models_c = [c for c in [cfg.models.c_file, *(s.c_file for s in cfg.chain)] if c]
         out = self.run_dir / f"{cfg.models.output}.{cfg.outputs.format}"
+        if out.is_file() and not cfg.outputs.overwrite:  # a finished chain resumed again
+            emit(Notice(message=f"{out} exists: the chain's final merge was written before"))
+            return out
         chain = ChainRecipe(tuple(recipes), intermediate_dtype=cfg.outputs.dtype)
         report = await asyncio.to_thread(
             merge_chain,
