@@ -19,7 +19,7 @@ from typing import Any
 
 from autombw_cli.atomic import atomic_write_text
 from autombw_cli.errors import JournalError
-from autombw_cli.recipe import Recipe
+from autombw_cli.recipe import Recipe, read_recipe_text
 
 CHAIN_FORMAT = "autombw-chain/1"
 INTERMEDIATE_DTYPES = ("fp16", "bf16", "fp32")
@@ -106,13 +106,7 @@ def is_chain_file(path: Path) -> bool:
 
 def read_chain_recipe(path: Path | str) -> ChainRecipe:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise JournalError(f"{p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise JournalError(f"{p}: cannot read ({exc})") from None
-    return ChainRecipe.from_json(text, source=str(p))
+    return ChainRecipe.from_json(read_recipe_text(p), source=str(p))
 
 
 def write_chain_recipe(chain: ChainRecipe, path: Path) -> Path:
