@@ -270,3 +270,23 @@ def test_a_later_steps_missing_model_fails_before_step_1_and_leaves_no_folder(
     assert "sim1: model B of chain step 3 (simD.safetensors)" in message
     assert "sim2: model B of chain step 3" in message and "step 2" not in message
     assert not chain_run.run_dir.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_chain_leaves_its_step_results_and_model_a_loaded_in_the_webui(
+    tmp_path: Path, start_sim
+) -> None:  # type: ignore[no-untyped-def]
+    handle = start_sim(arch="sd1", base_model=True)
+    instances = f"[{{url: '{handle.url}', label: gpu0}}]"
+    chain = "chain: [{b: simC.safetensors, search: {max_evaluations: 2}}]"
+    path = write_search_config(tmp_path, instances=instances, evaluations=2, extra_search=chain)
+    chain_run = ChainRun.create(load_config(path))
+    result = asyncio.run(chain_run.execute(lambda e: None, handle_signals=False))
+    assert result.exit_code == 0
+    folder = handle.sim.model_dir
+    step1 = folder / f"{result.run_dir.name}-step1.safetensors"
+    assert step1.is_file() and (folder / "test-merge.safetensors").is_file()
+    assert (folder / f"{result.run_dir.name}-step1.recipe.txt").is_file()
+    loaded = handle.sim.host.loaded_checkpoint()
+    assert loaded is not None and loaded.name == "simA"  # not the intermediate, step 2's A

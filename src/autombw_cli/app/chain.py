@@ -46,7 +46,7 @@ from autombw_cli.errors import AutombwError, ConfigError, JournalError, WebUIErr
 from autombw_cli.folderlock import FolderLock
 from autombw_cli.recipe import Recipe, read_recipe_file
 from autombw_cli.report.summary import SUMMARY_FILE
-from autombw_cli.search.events import EventSink, Notice, OutputWritten, StopReason
+from autombw_cli.search.events import EventSink, Notice, OutputWritten, RunWarning, StopReason
 from autombw_cli.webui.errors import CheckpointNotLoaded, WebUIHTTPError
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,9 @@ class ChainRun:
                 emit(Notice(message=f"starting {cfg.instances.simulate} simulated WebUI(s)"))
             endpoints = await inst_mod.open_instances(cfg, stack)
             if not cfg.outputs.keep_merge_loaded:
+                # at the end (after the bridge's restore, which gives back the last step's A,
+                # an intermediate result): the chain's own model A loaded again
+                stack.push_async_callback(_load_model, endpoints, cfg.models.a, emit)
                 stack.push_async_callback(inst_mod.restore_instances, endpoints, emit)
             await self._check_step_models(endpoints)
             for k in range(1, self.n + 1):
@@ -363,6 +366,17 @@ def _finished(folder: Path) -> bool:
         return StopReason(summary.get("reason")) in FINISHED
     except (OSError, ValueError, TypeError, AttributeError):
         return False
+
+
+async def _load_model(endpoints: list[Endpoint], name: str, emit: EventSink) -> None:
+    """Load checkpoint ``name`` in every instance; never raises (a warning says what to do)."""
+    for e in endpoints:
+        try:
+            await e.client.set_checkpoint(name)
+        except AutombwError as exc:
+            message = f"{e.label}: could not load {name} again ({exc.message}); load it there"
+            log.warning("%s", message)
+            emit(RunWarning(message=message))
 
 
 async def _listed(e: Endpoint, name: str) -> bool:
