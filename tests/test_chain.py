@@ -290,3 +290,22 @@ def test_a_chain_leaves_its_step_results_and_model_a_loaded_in_the_webui(
     assert (folder / f"{result.run_dir.name}-step1.recipe.txt").is_file()
     loaded = handle.sim.host.loaded_checkpoint()
     assert loaded is not None and loaded.name == "simA"  # not the intermediate, step 2's A
+
+
+def test_every_step_field_reaches_the_steps_config(tmp_path: Path) -> None:
+    (tmp_path / "other.json").write_text(json.dumps({"prompt": "a red car", "steps": 4}))
+    chain = (
+        "chain: [{b: simD.safetensors, formula: add_difference, c: simC.safetensors, "
+        "payloads: [other.json], search: {passes: [{optimizer: tpe}], seed: 9, max_time: 90m, "
+        "initial: {weights: '0.5'}}}]"
+    )
+    cfg = load_config(write_search_config(tmp_path, extra_search=chain))
+    step = step_config(cfg, 2, model_a="run-step1", output="final")
+    assert step.models.formula is Formula.ADD_DIFFERENCE and step.models.c == "simC.safetensors"
+    assert [p.name for p in step.payloads.files] == ["other.json"]
+    assert [p.optimizer for p in step.search.passes] == ["tpe"]
+    assert (step.search.seed, step.search.max_time) == (9, 5400.0)
+    start = step.initial_weights()
+    assert start is not None and set(start.values.values()) == {0.5}
+    assert step.search.max_evaluations == cfg.search.max_evaluations  # not overridden
+    assert [p.name for p in cfg.payloads.files] == ["apple.json"]  # the top level keeps its own
