@@ -39,6 +39,7 @@ from autombw_cli.app import instances as inst_mod
 from autombw_cli.app.instances import Endpoint
 from autombw_cli.app.run import CONFIG_FILE, Run, RunResult, new_run_folder, remove_new_folder
 from autombw_cli.atomic import atomic_write_text
+from autombw_cli.blocks import Weights, layout
 from autombw_cli.chain_recipe import ChainRecipe, write_chain_recipe
 from autombw_cli.config import SearchConfig, load_config
 from autombw_cli.config.chain_section import step_models
@@ -207,7 +208,7 @@ class ChainRun:
             if not cfg.outputs.keep_merge_loaded:
                 # at the end (after the bridge's restore, which gives back the last step's A,
                 # an intermediate result): the chain's own model A loaded again
-                stack.push_async_callback(_load_model, endpoints, cfg.models.a, emit)
+                stack.push_async_callback(_give_back_model_a, endpoints, cfg, emit)
                 stack.push_async_callback(inst_mod.restore_instances, endpoints, emit)
             await self._check_step_models(endpoints)
             for k in range(1, self.n + 1):
@@ -368,13 +369,21 @@ def _finished(folder: Path) -> bool:
         return False
 
 
-async def _load_model(endpoints: list[Endpoint], name: str, emit: EventSink) -> None:
-    """Load checkpoint ``name`` in every instance; never raises (a warning says what to do)."""
+async def _give_back_model_a(endpoints: list[Endpoint], cfg: SearchConfig, emit: EventSink) -> None:
+    """Every instance holds plain model A of step 1 again: a merge of A and B at weight 0 makes
+    the bridge load A (A1111's ``sd_model_checkpoint`` option may still name A while an
+    intermediate is loaded, so setting the option would not), then a restore frees the caches.
+    Never raises: a warning says what to do."""
+    zero = Weights(cfg.models.arch, dict.fromkeys(layout(cfg.models.arch).slots, 0.0))
     for e in endpoints:
         try:
-            await e.client.set_checkpoint(name)
+            await e.client.bridge_merge(cfg.models.a, cfg.models.b, zero, model_c=cfg.models.c)
+            await e.client.bridge_restore(free_caches=True)
         except AutombwError as exc:
-            message = f"{e.label}: could not load {name} again ({exc.message}); load it there"
+            message = (
+                f"{e.label}: could not load model A ({cfg.models.a}) again ({exc.message}); "
+                "load it there"
+            )
             log.warning("%s", message)
             emit(RunWarning(message=message))
 
