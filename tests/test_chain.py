@@ -309,3 +309,40 @@ def test_every_step_field_reaches_the_steps_config(tmp_path: Path) -> None:
     assert start is not None and set(start.values.values()) == {0.5}
     assert step.search.max_evaluations == cfg.search.max_evaluations  # not overridden
     assert [p.name for p in cfg.payloads.files] == ["apple.json"]  # the top level keeps its own
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_an_offline_final_merge_replays_the_chain_into_the_chain_folder(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    models = tmp_path / "models"
+    write_builtin_models(models, "sd1", base_model=True)
+    config_models = (
+        f"{{a: simA.safetensors, b: simB.safetensors, output: test-merge, arch: sd1, "
+        f"a_file: {models / 'simA.safetensors'}, b_file: {models / 'simB.safetensors'}}}"
+    )
+    chain = (
+        f"chain: [{{b: simC.safetensors, b_file: {models / 'simC.safetensors'}, "
+        "search: {max_evaluations: 2}}]"
+    )
+    outputs = "{run_dir: runs, save_images: none, final_merge: true, merge_via: offline}"
+    path = write_search_config(
+        tmp_path, evaluations=2, models=config_models, outputs=outputs, extra_search=chain
+    )
+    result = asyncio.run(
+        ChainRun.create(load_config(path)).execute(lambda e: None, handle_signals=False)
+    )
+    d = result.run_dir
+    final = d / "test-merge.safetensors"
+    assert result.exit_code == 0 and result.outputs["checkpoint"] == str(final)
+    assert not (d / "step-2" / "test-merge.safetensors").exists()  # the step made none
+    with safe_open(str(final), "pt") as f:
+        recipe = Recipe.from_safetensors_metadata(f.metadata())
+    assert recipe.model_a == f"{d.name}-step1" and recipe.model_b == "simC.safetensors"
+    assert read_chain_recipe(d / "test-merge.chain.json") == read_chain_recipe(
+        d / "chain.recipe.json"
+    )
+    before = final.stat().st_mtime_ns
+    again = asyncio.run(ChainRun.resume(d).execute(lambda e: None, handle_signals=False))
+    assert again.exit_code == 0 and final.stat().st_mtime_ns == before  # kept, not redone
