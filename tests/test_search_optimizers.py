@@ -218,3 +218,29 @@ class TestRegistry:
         a = drive(create_optimizer("tpe", {"n_startup_trials": 3}, space, seed=0), 12)
         b = drive(create_optimizer("tpe", {"n_startup_trials": 30}, space, seed=0), 12)
         assert a[:3] == b[:3] and a != b
+
+
+def test_gp_does_not_print_optunas_greenlet_warning() -> None:
+    """Without the optional ``greenlet`` package Optuna's GP warns once, on its first
+    continuous suggestion, that it falls back to sequential L-BFGS-B; the adapter imports
+    that module with the warning off, so nothing lands in the user's console. A continuous
+    space (on a grid the GP never reaches L-BFGS-B), in a fresh process (the warning is
+    printed once per process)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("greenlet") is not None:
+        pytest.skip("greenlet is installed: Optuna has nothing to warn about")
+    code = (
+        "import autombw_cli\n"
+        "from autombw_cli.testing.landscapes import coupled\n"
+        "r = autombw_cli.optimize(coupled(0), search={'passes': [{'optimizer': 'gp'}],"
+        " 'continuous': True, 'max_evaluations': 12}, seed=0)\n"
+        "print(len(r.evaluations))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=240, check=True
+    )
+    assert done.stdout.strip() == "12"
+    assert "greenlet" not in done.stderr, done.stderr

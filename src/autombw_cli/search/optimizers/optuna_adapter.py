@@ -30,6 +30,8 @@ class OptunaOptimizer(AdapterBase):
         self.name = name
         self._optuna = optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if isinstance(sampler, optuna.samplers.GPSampler):
+            _import_gp_quietly(optuna)
         self._study = optuna.create_study(direction="maximize", sampler=sampler)
         self._distributions: dict[str, Any] = {}
         for p in space.params:
@@ -83,3 +85,20 @@ class OptunaOptimizer(AdapterBase):
 
     def _backend_duplicate(self, token: Any, score: float | None) -> None:
         self._backend_tell(token, score)
+
+
+def _import_gp_quietly(optuna: Any) -> None:
+    """Import the GP sampler's L-BFGS-B module now, with Optuna's warnings off: without the
+    optional ``greenlet`` package it warns, once, on a run's first GP suggestion in a
+    continuous space (``search.continuous``; on a grid the GP searches its acquisition
+    discretely and never imports it), that it falls back to sequential L-BFGS-B. That costs
+    some speed, not results, and a line of Optuna's log in the middle of the progress
+    display helps nobody."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        import optuna._gp.batched_lbfgsb  # a private module: it may move
+    except ImportError:
+        pass
+    finally:
+        optuna.logging.set_verbosity(verbosity)
