@@ -14,7 +14,8 @@ from autombw_cli.recipe import Formula
 from autombw_cli.webui.bridge.errors import ValidationError
 
 CACHE_DEVICES = ("auto", "cuda", "cpu")
-FORMULAS = [f.value for f in Formula]
+# what the bridge merges live (a LoRA bake is offline only for now: `autombw merge --lora`)
+FORMULAS = [Formula.WEIGHTED_SUM.value, Formula.ADD_DIFFERENCE.value]
 
 
 def requested_weights(
