@@ -326,7 +326,8 @@ def print_report(
     console.print("recipe: " + ", ".join(escape(str(p)) for p in report.recipe_files))
     for p in report.recipe_files:
         if p.name.endswith(".lbw.txt"):
-            console.print("LBW preset: " + escape(p.read_text(encoding="utf-8").strip()))
+            line = p.read_text(encoding="utf-8").strip()  # unwrapped: users copy it
+            console.print("LBW preset: " + escape(line), soft_wrap=True)
 
 
 def _size(n: int) -> str:
