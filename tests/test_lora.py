@@ -400,3 +400,13 @@ def test_merge_cli_bakes_an_lbw_line_and_refuses_a_lora_without_the_flag(files, 
     capsys.readouterr()
     assert _run(["merge", str(a_path), str(lora), "-w", "0.5", "-o", str(tmp / "x")]) == 2
     assert "style.safetensors is a LoRA file, not a checkpoint" in capsys.readouterr().err
+
+
+def test_the_config_refuses_a_lora_search_until_the_bridge_applies_loras(tmp_path: Path) -> None:
+    from autombw_cli.config import load_config
+    from search_helpers import write_search_config
+
+    models = "{a: simA.safetensors, b: style.safetensors, formula: lora, output: out}"
+    path = write_search_config(tmp_path, models=models)
+    with pytest.raises(ConfigError, match="formula lora is not searched through the WebUI yet"):
+        load_config(path)

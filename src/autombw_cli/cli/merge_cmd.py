@@ -132,12 +132,12 @@ def merge_command(
     """
     from autombw_cli.merging.offline import output_path
 
-    _check_b_kind(model_b, lora=lora or _is_lora_recipe(recipe))
     the_recipe = build_recipe(
         model_a, model_b, output_path(output), weights_text=weights, recipe_file=recipe,
         ordering=Ordering(order.value), text_encoder_weight=text_encoder_weight,
         extrapolate=extrapolate, preset_file=presets, model_c=model_c, lora=lora,
     )  # fmt: skip
+    _check_b_kind(model_b, lora=the_recipe.formula is Formula.LORA)
     err = Console(stderr=True)
     report = _run_with_progress(
         err, model_a, model_b, the_recipe, output, dtype.value if dtype else None, force,
@@ -224,10 +224,6 @@ def _lbw_weights(text: str, arch: Arch) -> Weights | None:
     if not is_lbw_length(arch, len(parts)):
         return None
     return parse_lbw_line(text, arch, source="--weights")[1]
-
-
-def _is_lora_recipe(recipe_file: Path | None) -> bool:
-    return recipe_file is not None and read_recipe_file(recipe_file).formula is Formula.LORA
 
 
 def _check_b_kind(model_b: Path, *, lora: bool) -> None:

@@ -122,7 +122,14 @@ class ModelsConfig(StrictModel):
         return self
 
     def _check_c(self) -> None:
-        """Model C exactly when the formula is add_difference, and not B itself."""
+        """Model C exactly when the formula is add_difference, and not B itself; no LoRA
+        search (yet: a LoRA is baked offline, ``autombw merge A LORA --lora``)."""
+        if self.formula is Formula.LORA:
+            raise FieldError(
+                ("formula",),
+                "formula lora is not searched through the WebUI yet; bake a LoRA's block "
+                "strengths offline with: autombw merge A LORA.safetensors --lora -w ...",
+            )
         if self.formula is Formula.ADD_DIFFERENCE:
             if self.c is None:
                 raise FieldError(
