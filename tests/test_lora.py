@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from autombw_cli.blocks import BASE, UNET_PREFIX, Arch, Weights, layout
@@ -22,7 +23,6 @@ from autombw_cli.merging.offline import merge_checkpoints
 from autombw_cli.recipe import Formula, Recipe
 from autombw_cli.sim.checkpoints import key_shapes, write_random_checkpoint
 from autombw_cli.sim.loras import lora_state_dict, write_random_lora
-from autombw_cli.webui.bridge.arguments import requested_formula
 from autombw_cli.webui.bridge.errors import ValidationError
 
 TE1 = "cond_stage_model.transformer.text_model.encoder.layers."
@@ -314,13 +314,6 @@ def test_lora_recipe_round_trips_and_hashes_apart() -> None:
     assert recipe.content_hash() != ws.content_hash()
 
 
-def test_the_bridge_refuses_formula_lora_until_it_applies_loras() -> None:
-    with pytest.raises(
-        ValidationError, match="formula must be one of weighted_sum, add_difference"
-    ):
-        requested_formula("lora", None)
-
-
 # --- the offline bake ---------------------------------------------------------------------------
 @pytest.fixture
 def files(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -410,3 +403,79 @@ def test_the_config_refuses_a_lora_search_until_the_bridge_applies_loras(tmp_pat
     path = write_search_config(tmp_path, models=models)
     with pytest.raises(ConfigError, match="formula lora is not searched through the WebUI yet"):
         load_config(path)
+
+
+# --- the bridge -------------------------------------------------------------------------------
+@pytest.mark.parametrize("te", [None, 0.4], ids=["unet", "unet+te"])
+def test_bridge_live_merge_and_save_equal_the_offline_bake(
+    tmp_path: Path, te: float | None
+) -> None:
+    from autombw_cli.sim.host import SimHost
+    from autombw_cli.webui.bridge.core import BridgeCore
+
+    models = tmp_path / "models"
+    (models / "Lora").mkdir(parents=True)
+    a_path = write_random_checkpoint(models / "A.safetensors", Arch.SD1, "tiny", seed=1)
+    lora = write_random_lora(models / "Lora" / "style.safetensors", Arch.SD1, kind="locon")
+    slots = layout(Arch.SD1).slots
+    w = Weights(
+        Arch.SD1, {s: round(0.05 + 0.9 * i / len(slots), 3) for i, s in enumerate(slots)}, te
+    )
+    out = tmp_path / "baked" / "offline.safetensors"
+    out.parent.mkdir()
+    merge_checkpoints(a_path, lora, Recipe("A", "style", "o", w, formula=Formula.LORA), out)
+    offline, a = load_file(str(out)), load_file(str(a_path))
+
+    host = SimHost(models)
+    assert [r.name for r in host.list_checkpoints()] == ["A"]  # the Lora folder is not listed
+    core = BridgeCore(host, version="test")
+    outcome = core.merge(
+        "A", "style", dict(w.values), text_encoder_weight=te, cache_device="cpu", formula="lora"
+    )
+    assert outcome.formula == "lora" and outcome.model_b == "style"
+    assert core.status()["formula"] == "lora"
+    model = host.live_model()
+    assert model is not None
+    live = {k: t.detach().clone() for k, t in model.state_dict().items()}
+    saved = load_file(core.save("saved", dtype="keep").path)
+    assert set(live) == set(saved) == set(offline)
+    for key, want in offline.items():
+        assert torch.equal(live[key], want), key
+        assert torch.equal(saved[key], want), key
+    patched = [k for k in a if not torch.equal(offline[k], a[k])]
+    assert any(k.startswith(UNET_PREFIX) for k in patched)
+    assert any(not k.startswith(UNET_PREFIX) for k in patched) == (te is not None)
+    with safe_open(str(models / "saved.safetensors"), "pt") as f:
+        saved_recipe = Recipe.from_safetensors_metadata(f.metadata())
+    assert saved_recipe.formula is Formula.LORA and saved_recipe.model_b == "style.safetensors"
+
+    # a second strength vector rewrites only what changed; restore gives A back bit for bit
+    again = core.merge(
+        "A",
+        "style",
+        dict(w.replace({"IN04": 0.0}).values),
+        text_encoder_weight=te,
+        cache_device="cpu",
+        formula="lora",
+    )
+    assert again.changed_blocks == ["IN04"]
+    core.restore()
+    assert all(torch.equal(t, a[k]) for k, t in model.state_dict().items())
+
+
+def test_bridge_refuses_a_lora_it_cannot_find_or_place(tmp_path: Path) -> None:
+    from autombw_cli.sim.host import SimHost
+    from autombw_cli.webui.bridge.core import BridgeCore
+    from autombw_cli.webui.bridge.errors import Conflict, UnknownModel
+
+    write_random_checkpoint(tmp_path / "A.safetensors", Arch.SD1, "tiny", seed=1)
+    (tmp_path / "Lora").mkdir()
+    write_random_lora(tmp_path / "Lora" / "xl.safetensors", Arch.SDXL)
+    core = BridgeCore(SimHost(tmp_path), version="test")
+    w = dict(Weights.uniform(Arch.SD1, 0.5).values)
+    with pytest.raises(UnknownModel, match="model_b: unknown LoRA 'nothere'"):
+        core.merge("A", "nothere", w, formula="lora")
+    with pytest.raises(Conflict, match="xl: an SDXL LoRA cannot be applied to an SD1/SD2"):
+        core.merge("A", "xl", w, formula="lora")
+    with pytest.raises(ValidationError, match="model_c is given but the formula is lora"):
+        core.merge("A", "xl", w, formula="lora", model_c="A")

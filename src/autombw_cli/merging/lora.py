@@ -34,10 +34,11 @@ from types import MappingProxyType
 import torch
 from torch import Tensor
 
-from autombw_cli.blocks import UNET_PREFIX, Arch, detect_arch
+from autombw_cli.blocks import UNET_PREFIX, Arch, Weights, detect_arch
 from autombw_cli.errors import ConfigError, ModelMismatchError
 from autombw_cli.merging.checkpoint_io import SafetensorsReader
-from autombw_cli.merging.plan import slot_of
+from autombw_cli.merging.kernels import add_delta_tensor
+from autombw_cli.merging.plan import slot_of, weight_of
 
 LORA_HINT = "pass a kohya-ss LoRA/LoCon .safetensors file (what A1111's Lora extension loads)"
 _LORA_PARTS = ("lora_up.weight", "lora_down.weight", "lora_mid.weight", "alpha", "scale")
@@ -120,6 +121,18 @@ class PlacedLora:
         for slot in self.slots.values():
             counts[slot] = counts.get(slot, 0) + 1
         return counts
+
+    def patched(
+        self, key: str, a: Tensor, weights: Weights, dtype: torch.dtype | None = None
+    ) -> Tensor:
+        """``key``'s output: A's tensor ``a`` plus the delta at the strength the merge policy
+        gives the key (`plan.weight_of`), in ``dtype`` (default A's); A's tensor itself for a
+        key the LoRA does not patch or a strength of 0. The offline bake and the bridge's save
+        both write this."""
+        step = weight_of(key, weights) if key in self.slots else None
+        if step is None or step[1] == 0.0 or not a.is_floating_point():
+            return a if dtype is None or not a.is_floating_point() else a.to(dtype)
+        return add_delta_tensor(a, self.delta(key), step[1], dtype)
 
     def delta(self, key: str) -> Tensor:
         """The float32 CPU delta of ``key`` at strength 1 (the sum of its modules', in name

@@ -1,6 +1,6 @@
 """The offline LoRA bake: checkpoint A, a LoRA file and per-block strengths in, one checkpoint out.
 
-Each key the LoRA patches becomes ``A + s * delta`` (`kernels.add_delta_tensor`, float32,
+Each key the LoRA patches becomes ``A + s * delta`` (`lora.PlacedLora.patched`, float32,
 rounded once to the output dtype), ``s`` being the strength the merge policy gives the key
 (`plan.weight_of`: its UNet slot's weight, the text-encoder weight for text-encoder keys, none
 when the recipe has no text-encoder weight); every other key is A's tensor bit for bit. Streams
@@ -25,7 +25,6 @@ from autombw_cli.lbw import lbw_preset_line
 from autombw_cli.merging.checkpoint_io import checkpoint
 from autombw_cli.merging.ckpt_writer import write_checkpoint_stream
 from autombw_cli.merging.dtypes import OUTPUT_DTYPES
-from autombw_cli.merging.kernels import add_delta_tensor
 from autombw_cli.merging.lora import PlacedLora, place_lora
 from autombw_cli.merging.offline import (
     MERGE_THREADS,
@@ -88,19 +87,15 @@ def bake_lora(
         recipe = _recipe_for(recipe, placed)
         line = _lbw_line_or_none(recipe, placed)
         keys = reader_a.keys()
-        plan = lora_plan(placed, keys, recipe.weights)
+        weights = recipe.weights
+        plan = lora_plan(placed, keys, weights)
         entries = [_output_entry(reader_a, k, out_dtype) for k in keys]
         _check_disk_space(out, sum(e.nbytes for e in entries))
         done = 0
 
         def produce(entry: TensorEntry) -> torch.Tensor:
             nonlocal done
-            a = reader_a.get(entry.key)
-            step = plan[entry.key]
-            if step is None or step[1] == 0.0:
-                result = a.to(entry.dtype)
-            else:
-                result = add_delta_tensor(a, placed.delta(entry.key), step[1], entry.dtype)
+            result = placed.patched(entry.key, reader_a.get(entry.key), weights, entry.dtype)
             done += 1
             if progress is not None:
                 progress(done, len(entries))

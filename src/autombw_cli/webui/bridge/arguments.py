@@ -14,8 +14,7 @@ from autombw_cli.recipe import Formula
 from autombw_cli.webui.bridge.errors import ValidationError
 
 CACHE_DEVICES = ("auto", "cuda", "cpu")
-# what the bridge merges live (a LoRA bake is offline only for now: `autombw merge --lora`)
-FORMULAS = [Formula.WEIGHTED_SUM.value, Formula.ADD_DIFFERENCE.value]
+FORMULAS = [f.value for f in Formula]
 
 
 def requested_weights(
