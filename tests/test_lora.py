@@ -395,16 +395,6 @@ def test_merge_cli_bakes_an_lbw_line_and_refuses_a_lora_without_the_flag(files, 
     assert "style.safetensors is a LoRA file, not a checkpoint" in capsys.readouterr().err
 
 
-def test_the_config_refuses_a_lora_search_until_the_bridge_applies_loras(tmp_path: Path) -> None:
-    from autombw_cli.config import load_config
-    from search_helpers import write_search_config
-
-    models = "{a: simA.safetensors, b: style.safetensors, formula: lora, output: out}"
-    path = write_search_config(tmp_path, models=models)
-    with pytest.raises(ConfigError, match="formula lora is not searched through the WebUI yet"):
-        load_config(path)
-
-
 # --- the bridge -------------------------------------------------------------------------------
 @pytest.mark.parametrize("te", [None, 0.4], ids=["unet", "unet+te"])
 def test_bridge_live_merge_and_save_equal_the_offline_bake(

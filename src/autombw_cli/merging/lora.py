@@ -241,20 +241,21 @@ def lora_arch_hint(names: Sequence[str]) -> Arch | None:
     return None
 
 
-def read_lora(path: Path | str) -> dict[str, dict[str, Tensor]]:
+def read_lora(path: Path | str, *, source: str | None = None) -> dict[str, dict[str, Tensor]]:
     """A LoRA file's tensors grouped by module: ``{module name: {part: tensor}}`` (``part``:
     ``lora_up.weight``, ``lora_down.weight``, ``lora_mid.weight``, ``alpha``, ``scale``; PEFT's
     ``lora_A``/``lora_B`` renamed). Raises ConfigError for a missing file or a module of a kind
-    autombw does not apply, ModelMismatchError for a file that is not safetensors."""
+    autombw does not apply, ModelMismatchError for a file that is not safetensors. Messages
+    name the file as ``source`` (default: its path)."""
     p = Path(path)
+    name = source or str(p)
     if not p.is_file():
-        raise ConfigError(f"{p}: no such LoRA file", hint=LORA_HINT)
+        raise ConfigError(f"{name}: no such LoRA file", hint=LORA_HINT)
     try:
         reader = SafetensorsReader(p)
     except ModelMismatchError as exc:
-        raise ModelMismatchError(
-            f"{p}: not a readable LoRA ({exc.message.split(': ', 1)[-1]})", hint=LORA_HINT
-        ) from None
+        why = exc.message.split("not a valid checkpoint (", 1)[-1].removesuffix(")")
+        raise ModelMismatchError(f"{name}: not a readable LoRA ({why})", hint=LORA_HINT) from None
     try:
         modules: dict[str, dict[str, Tensor]] = {}
         keys = reader.keys()
@@ -267,7 +268,7 @@ def read_lora(path: Path | str) -> dict[str, dict[str, Tensor]]:
                 kind = _REFUSED.get(part)
                 what = f"a LyCORIS {kind} module" if kind else f"an unknown LoRA part {part!r}"
                 raise ConfigError(
-                    f"{p}: {key} is {what}; autombw applies LoRA/LoCon modules only "
+                    f"{name}: {key} is {what}; autombw applies LoRA/LoCon modules only "
                     "(lora_up/lora_down[/lora_mid], alpha)",
                     hint="bake it with a tool that supports it, or use a LoRA/LoCon file",
                 )
@@ -275,7 +276,9 @@ def read_lora(path: Path | str) -> dict[str, dict[str, Tensor]]:
     finally:
         reader.close()
     if not modules:
-        raise ConfigError(f"{p}: no LoRA modules (lora_up/lora_down tensors) found", hint=LORA_HINT)
+        raise ConfigError(
+            f"{name}: no LoRA modules (lora_up/lora_down tensors) found", hint=LORA_HINT
+        )
     return modules
 
 
@@ -294,7 +297,18 @@ def place_lora(
     that does not fit its weight."""
     p = Path(path)
     name = source or p.name
-    modules = read_lora(p)
+    return place_modules(read_lora(p, source=name), shapes, source=name)
+
+
+def place_modules(
+    modules: Mapping[str, Mapping[str, Tensor]],
+    shapes: Mapping[str, Sequence[int]],
+    *,
+    source: str,
+) -> PlacedLora:
+    """`place_lora` for modules already read (`read_lora`'s form; the simulator makes its
+    LoRA in memory)."""
+    name = source
     arch = detect_arch(shapes, source="model A")
     hinted = lora_arch_hint(list(modules))
     if hinted is not None and (hinted is Arch.SDXL) != (arch is Arch.SDXL):
@@ -325,7 +339,7 @@ def place_lora(
         shape = tuple(shapes[target.key])
         want = shape if target.part is None else (shape[0] // 3, *shape[1:])
         _check_fits(parts, want, module=module, source=name)
-        patches.setdefault(target.key, []).append(Patch(module, parts, target.part))
+        patches.setdefault(target.key, []).append(Patch(module, dict(parts), target.part))
         slots[target.key] = slot
     return PlacedLora(
         source=name,
