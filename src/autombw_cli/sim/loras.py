@@ -137,8 +137,23 @@ def lora_state_dict(
 ) -> dict[str, torch.Tensor]:
     """A kohya-named LoRA over the synthetic checkpoint of ``arch``/``scale``."""
     arch = Arch(arch)
+    shapes = key_shapes(arch, scale)
+    return lora_for_shapes(shapes, arch, seed=seed, rank=rank, alpha=alpha, kind=kind, dtype=dtype)
+
+
+def lora_for_shapes(
+    shapes: Mapping[str, tuple[int, ...]],
+    arch: Arch,
+    *,
+    seed: int = 0,
+    rank: int = 4,
+    alpha: float = 2.0,
+    kind: LoraKind = "lora",
+    dtype: torch.dtype = torch.float16,
+) -> dict[str, torch.Tensor]:
+    """A kohya-named LoRA over any checkpoint with these key shapes (e.g. a real one's)."""
     out: dict[str, torch.Tensor] = {}
-    for key, shape in key_shapes(arch, scale).items():
+    for key, shape in shapes.items():
         if len(shape) < 2 or not _trained(key, kind):
             continue
         names = kohya_name(key, arch)
