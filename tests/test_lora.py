@@ -469,3 +469,20 @@ def test_bridge_refuses_a_lora_it_cannot_find_or_place(tmp_path: Path) -> None:
         core.merge("A", "xl", w, formula="lora")
     with pytest.raises(ValidationError, match="model_c is given but the formula is lora"):
         core.merge("A", "xl", w, formula="lora", model_c="A")
+
+
+def test_weights_lbw_prints_a_recipes_preset_line(files, capsys) -> None:  # type: ignore[no-untyped-def]
+    _, _, tmp = files
+    w = Weights.uniform(Arch.SD1, 0.5, text_encoder=1.0).replace({"OUT": 1.0, "TIME_EMBED": 1.0})
+    w = w.replace({s: 0.0 for s in ("IN00", "IN03", "IN06", "IN09", "IN10", "IN11")})
+    w = w.replace({s: 0.0 for s in ("OUT00", "OUT01", "OUT02")})
+    recipe = Recipe("a.safetensors", "style.safetensors", "mix", w, formula=Formula.LORA)
+    (tmp / "mix.recipe.txt").write_text(recipe.to_text())
+    assert _run(["weights", "lbw", str(tmp / "mix.recipe.txt")]) == 0
+    assert capsys.readouterr().out.strip() == "mix:1" + ",0.5" * 16
+    assert _run(["weights", "lbw", str(tmp / "mix.recipe.txt"), "--name", "MINE"]) == 0
+    assert capsys.readouterr().out.startswith("MINE:1,0.5,")
+    bad = recipe.to_text().replace(",1.0,1.0\n", ",0.5,1.0\n")  # OUT at 0.5
+    (tmp / "bad.recipe.txt").write_text(bad)
+    assert _run(["weights", "lbw", str(tmp / "bad.recipe.txt")]) == 2
+    assert "no place for OUT" in capsys.readouterr().err
