@@ -166,23 +166,17 @@ def compvis_name(name: str, *, sd2: bool = False) -> str:
     m = re.match(r"lora_unet_time_embedding_linear_(\d+)(.*)", name)
     if m:
         return f"diffusion_model_time_embed_{int(m[1]) * 2 - 2}{m[2]}"
-    m = re.match(r"lora_unet_down_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)", name)
+    m = re.match(r"lora_unet_(down|up)_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)", name)
     if m:
-        block, kind, idx, rest = int(m[1]), m[2], int(m[3]), m[4]
-        suffix = _RESNET_SUFFIXES.get(rest, rest) if kind == "resnets" else rest
-        sub = 1 if kind == "attentions" else 0
-        return f"diffusion_model_input_blocks_{1 + block * 3 + idx}_{sub}_{suffix}"
+        block, idx, tail = int(m[2]), int(m[4]), _sub_suffix(m[3], m[5])
+        if m[1] == "down":
+            return f"diffusion_model_input_blocks_{1 + block * 3 + idx}_{tail}"
+        return f"diffusion_model_output_blocks_{block * 3 + idx}_{tail}"
     m = re.match(r"lora_unet_mid_block_(attentions|resnets)_(\d+)_(.+)", name)
     if m:
         kind, idx, rest = m[1], int(m[2]), m[3]
         suffix = _RESNET_SUFFIXES.get(rest, rest) if kind == "resnets" else rest
         return f"diffusion_model_middle_block_{1 if kind == 'attentions' else idx * 2}_{suffix}"
-    m = re.match(r"lora_unet_up_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)", name)
-    if m:
-        block, kind, idx, rest = int(m[1]), m[2], int(m[3]), m[4]
-        suffix = _RESNET_SUFFIXES.get(rest, rest) if kind == "resnets" else rest
-        sub = 1 if kind == "attentions" else 0
-        return f"diffusion_model_output_blocks_{block * 3 + idx}_{sub}_{suffix}"
     m = re.match(r"lora_unet_down_blocks_(\d+)_downsamplers_0_conv", name)
     if m:
         return f"diffusion_model_input_blocks_{3 + int(m[1]) * 3}_0_op"
@@ -199,6 +193,13 @@ def compvis_name(name: str, *, sd2: bool = False) -> str:
     if m:
         return f"1_model_transformer_resblocks_{m[1]}_{_open_clip_part(m[2])}"
     return name
+
+
+def _sub_suffix(kind: str, rest: str) -> str:
+    """``<sub>_<suffix>`` of a down/up block's attention (sub 1) or ResNet (sub 0) module."""
+    if kind == "attentions":
+        return f"1_{rest}"
+    return f"0_{_RESNET_SUFFIXES.get(rest, rest)}"
 
 
 def _open_clip_part(rest: str) -> str:

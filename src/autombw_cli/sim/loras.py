@@ -19,7 +19,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -126,19 +126,11 @@ def _seeded(seed: int, name: str, shape: tuple[int, ...], std: float) -> torch.T
 
 
 def lora_state_dict(
-    arch: Arch | str,
-    scale: Scale = "tiny",
-    *,
-    seed: int = 0,
-    rank: int = 4,
-    alpha: float = 2.0,
-    kind: LoraKind = "lora",
-    dtype: torch.dtype = torch.float16,
+    arch: Arch | str, scale: Scale = "tiny", **options: Any
 ) -> dict[str, torch.Tensor]:
-    """A kohya-named LoRA over the synthetic checkpoint of ``arch``/``scale``."""
-    arch = Arch(arch)
-    shapes = key_shapes(arch, scale)
-    return lora_for_shapes(shapes, arch, seed=seed, rank=rank, alpha=alpha, kind=kind, dtype=dtype)
+    """A kohya-named LoRA over the synthetic checkpoint of ``arch``/``scale`` (``options``:
+    `lora_for_shapes`'s)."""
+    return lora_for_shapes(key_shapes(Arch(arch), scale), Arch(arch), **options)
 
 
 def lora_for_shapes(

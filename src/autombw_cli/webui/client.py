@@ -385,33 +385,29 @@ class WebUIClient:
             except WebUIValidationError as exc:
                 refused = "unknown field" in exc.detail and "formula" in exc.detail
                 if formula == "lora" and ("formula must be one of" in exc.detail or refused):
-                    raise BridgeTooOld(
-                        "its autombw bridge is too old for LoRA block weights (it refused "
-                        "formula lora)",
-                        hint="run `autombw webui install-extension WEBUI_DIR` with this autombw "
-                        "and restart the WebUI",
-                        instance=self.label,
-                        status_code=422,
-                        method="POST",
-                        path=ep.BRIDGE_MERGE,
-                        detail=exc.detail,
-                        json_answer=exc.json_answer,
+                    raise self._too_old(
+                        exc, "LoRA block weights (it refused formula lora)"
                     ) from exc
                 if model_c is not None and refused:
-                    raise BridgeTooOld(
-                        "its autombw bridge is too old for add-difference merges (it refused "
-                        "the formula and model_c fields)",
-                        hint="run `autombw webui install-extension WEBUI_DIR` with this autombw "
-                        "and restart the WebUI",
-                        instance=self.label,
-                        status_code=422,
-                        method="POST",
-                        path=ep.BRIDGE_MERGE,
-                        detail=exc.detail,
-                        json_answer=exc.json_answer,
+                    raise self._too_old(
+                        exc, "add-difference merges (it refused the formula and model_c fields)"
                     ) from exc
                 raise
         return self._parse(resp, MergeResult, "bridge merge")
+
+    def _too_old(self, exc: WebUIValidationError, what: str) -> BridgeTooOld:
+        """A bridge's 422 to a merge it predates, as the error that says so."""
+        return BridgeTooOld(
+            f"its autombw bridge is too old for {what}",
+            hint="run `autombw webui install-extension WEBUI_DIR` with this autombw "
+            "and restart the WebUI",
+            instance=self.label,
+            status_code=422,
+            method="POST",
+            path=ep.BRIDGE_MERGE,
+            detail=exc.detail,
+            json_answer=exc.json_answer,
+        )
 
     async def bridge_restore(self, free_caches: bool = False) -> RestoreResult:
         """Put A's original weights back; ``free_caches`` also drops the bridge's block caches."""
