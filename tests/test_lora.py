@@ -486,3 +486,18 @@ def test_weights_lbw_prints_a_recipes_preset_line(files, capsys) -> None:  # typ
     (tmp / "bad.recipe.txt").write_text(bad)
     assert _run(["weights", "lbw", str(tmp / "bad.recipe.txt")]) == 2
     assert "no place for OUT" in capsys.readouterr().err
+
+
+def test_recover_keeps_a_lora_recipe_and_bakes_it(files, capsys) -> None:  # type: ignore[no-untyped-def]
+    a_path, lora, tmp = files
+    w = Weights.uniform(Arch.SD1, 0.5)
+    recipe = Recipe(a_path.name, lora.name, "mix", w, formula=Formula.LORA)
+    (tmp / "run.recipe.txt").write_text(recipe.to_text())
+    out = tmp / "rec"
+    argv = ["recover", str(tmp / "run.recipe.txt"), "--out", str(out), "--merge", str(a_path)]
+    assert _run([*argv, str(lora), "-o", str(tmp / "rec.safetensors")]) == 0
+    assert "merge_mode=LoRA" in (tmp / "rec.recipe.txt").read_text().splitlines()
+    baked = load_file(str(tmp / "rec.safetensors"))
+    merge_checkpoints(a_path, lora, recipe, tmp / "direct.safetensors")
+    direct = load_file(str(tmp / "direct.safetensors"))
+    assert all(torch.equal(baked[k], direct[k]) for k in direct)
