@@ -116,12 +116,6 @@ class PlacedLora:
         """The slots the LoRA has modules in."""
         return frozenset(self.slots.values())
 
-    def keys_per_slot(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for slot in self.slots.values():
-            counts[slot] = counts.get(slot, 0) + 1
-        return counts
-
     def patched(
         self, key: str, a: Tensor, weights: Weights, dtype: torch.dtype | None = None
     ) -> Tensor:
