@@ -598,6 +598,54 @@ def test_search_with_pruning_and_validation(
             p.unlink()
 
 
+def test_a_two_step_chain_saves_its_step_and_replays_offline(
+    webui: WebUI, install: Install, scratch: Path, tmp_path: Path, auth_env: None
+) -> None:
+    """(rndA + rndB) then (AB + rndC), 2 evaluations each: step 1's best is saved through the
+    bridge into A1111's checkpoint folder and loaded by A1111 as step 2's A; the final merge
+    equals `autombw merge rndA rndB rndC --recipe chain.recipe.json` tensor by tensor."""
+    rnd_c = scratch / "rndC.safetensors"
+    if not rnd_c.is_file():
+        write_base_model(install, rnd_c)
+    webui.refresh()
+    output = f"autombw-it-chain-{int(time.time())}"
+    cfg = write_config(tmp_path / "cfg.yaml", install, webui.url, output=output, auth=True,
+                       evaluations=2, final_merge=True, run_dir=tmp_path / "runs")  # fmt: skip
+    text = cfg.read_text() + "chain:\n  - b: rndC.safetensors\n    search: {max_evaluations: 2}\n"
+    cfg.write_text(text, encoding="utf-8")
+    t0 = time.monotonic()
+    search = run_cli("search", str(cfg), "--plain", cwd=tmp_path)
+    elapsed = time.monotonic() - t0
+    try:
+        assert search.returncode == 0, search.stdout[-3000:] + search.stderr[-3000:]
+        (chain_dir,) = (tmp_path / "runs").iterdir()
+        step1 = install.models / f"{chain_dir.name}-step1.safetensors"
+        assert step1.is_file(), search.stdout[-3000:]
+        config2 = (chain_dir / "step-2" / "config.yaml").read_text()
+        assert f"a: {chain_dir.name}-step1" in config2
+        with (chain_dir / "step-2" / "history.csv").open(encoding="utf-8") as f:
+            assert len(list(csv.DictReader(f))) == 2
+        record({"what": "chain: 2 steps x 2 evaluations, one intermediate save, final merge",
+                "s": round(elapsed, 1), "rss_mb": round(webui.rss_mb())})  # fmt: skip
+        saved = install.models / f"{output}.safetensors"
+        offline = scratch / "chain-offline.safetensors"
+        done = run_cli("merge", str(install.models / "rndA.safetensors"),
+                       str(install.models / "rndB.safetensors"), str(rnd_c),
+                       "--recipe", str(chain_dir / "chain.recipe.json"), "-o", str(offline),
+                       "--dtype", "fp16", "--force", cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert tensor_hashes(saved) == tensor_hashes(offline)
+    finally:
+        for p in install.models.glob(f"{output}*"):
+            p.unlink()
+        for p in scratch.glob("chain-offline*"):
+            p.unlink()
+        webui.refresh()
+    status = webui.status()
+    assert status["merge_live"] is False
+    assert str(status["loaded_checkpoint"]).startswith("rndA")
+
+
 def test_config_check_refuses_an_output_naming_model_a(install: Install, tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "cfg.yaml", install, "http://127.0.0.1:9", output="rndA",
                        auth=False, evaluations=1, final_merge=True,

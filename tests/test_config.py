@@ -611,6 +611,8 @@ def test_example_configs_load(name: str) -> None:
     if name == "add-difference-sim.yaml":
         assert cfg.models.formula.value == "add_difference" and cfg.models.c == "simC.safetensors"
         assert cfg.simulated and cfg.scorer.options == {"formula": "add_difference"}
+    if name == "chain-sim.yaml":
+        assert cfg.simulated and cfg.chain and cfg.chain[0].b == "simC.safetensors"
 
 
 def test_json_schema_describes_every_section() -> None:
@@ -622,6 +624,7 @@ def test_json_schema_describes_every_section() -> None:
         "scorer",
         "search",
         "outputs",
+        "chain",
     }
     assert set(schema["required"]) == {"models", "instances", "payloads"}
     assert schema["additionalProperties"] is False

@@ -154,3 +154,17 @@ def test_a_bridge_too_old_for_loras_refuses_clearly(sim, monkeypatch) -> None:  
 
     with pytest.raises(BridgeTooOld, match="too old for LoRA block weights"):
         asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("models", "chain"),
+    [
+        (LORA_MODELS, "chain: [{b: simC.safetensors}]"),
+        (None, "chain: [{b: simLora, formula: lora}]"),
+    ],
+)
+def test_a_lora_is_not_chained_yet(tmp_path: Path, models: str | None, chain: str) -> None:
+    extra = {} if models is None else {"models": models}
+    path = write_search_config(tmp_path, extra_search=chain, **extra)
+    with pytest.raises(ConfigError, match=r"formula lora .* is not chained yet"):
+        load_config(path)

@@ -382,12 +382,17 @@ def write_recipe_files(recipe: Recipe, stem: Path | str) -> tuple[Path, Path]:
 def read_recipe_file(path: Path | str, *, upstream: bool = False) -> Recipe:
     """Read a ``.recipe.txt`` or a recipe ``.json`` (by content)."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise JournalError(f"{p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise JournalError(f"{p}: cannot read ({exc})") from None
+    text = read_recipe_text(p)
     if text.lstrip().startswith("{"):
         return Recipe.from_json(text, source=str(p))
     return Recipe.from_text(text, source=str(p), upstream=upstream)
+
+
+def read_recipe_text(path: Path) -> str:
+    """A recipe file's text (BOM dropped); JournalError when it is missing or unreadable."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise JournalError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JournalError(f"{path}: cannot read ({exc})") from None

@@ -70,7 +70,7 @@ def _start_simulator(config: SearchConfig, sims: SimulatedInstances) -> Simulato
     from autombw_cli.sim.server import start_simulator_in_thread
 
     options = dict(sims.options)
-    if config.models.c is not None:  # an add-difference search needs the built-in simC
+    if config.models.c is not None or config.chain:  # add difference, a chain: simC too
         options.setdefault("base_model", True)
     if config.models.formula is Formula.LORA:  # a LoRA search: the built-in simLora
         options.setdefault("lora", True)

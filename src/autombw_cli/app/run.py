@@ -153,6 +153,9 @@ class Run:
         self._started = time.monotonic()
         self._created_root: Path | None = None  # the outermost folder create() had to make
         self.scheduler_settings: SchedulerSettings = settings_from_config(config)
+        # WebUI instances opened by the caller (a chain keeps them across its steps); None:
+        # the run opens (and closes) its own
+        self.endpoints: list[Endpoint] | None = None
 
     # --- construction ----------------------------------------------------------------------
     @classmethod
@@ -163,13 +166,18 @@ class Run:
         max_evaluations: int | None = None,
         warm_start: Path | None = None,
         now: datetime | None = None,
+        folder: Path | None = None,
     ) -> Run:
-        """A new run folder ``<outputs.run_dir>/<name>-<timestamp>/``."""
-        name = config.outputs.run_name or config.models.output
-        stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-        root = Path(config.outputs.run_dir)
+        """A new run folder ``<outputs.run_dir>/<name>-<timestamp>/`` (or exactly ``folder``,
+        which must not exist yet: a chain's step)."""
         prompts = expand_prompts(config)
-        run_dir, created_root = _new_run_folder(root, f"{name}-{stamp}")
+        if folder is not None:
+            run_dir, created_root = _new_step_folder(Path(folder))
+        else:
+            name = config.outputs.run_name or config.models.output
+            stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+            root = Path(config.outputs.run_dir)
+            run_dir, created_root = new_run_folder(root, f"{name}-{stamp}")
         lock = FolderLock.acquire(run_dir)
         try:
             atomic_write_text(run_dir / CONFIG_FILE, config.redacted_yaml())
@@ -184,7 +192,7 @@ class Run:
             )
         except BaseException as exc:  # e.g. a full disk: leave nothing behind
             lock.release()
-            _remove_new_folder(run_dir, created_root)
+            remove_new_folder(run_dir, created_root)
             if isinstance(exc, OSError):
                 raise _io_error(exc, f"cannot start the run in {run_dir}") from exc
             raise
@@ -236,7 +244,7 @@ class Run:
         if (self.run_dir / "history.csv").exists():
             return
         shutil.rmtree(self.run_dir, ignore_errors=True)
-        _remove_new_folder(self.run_dir, self._created_root)
+        remove_new_folder(self.run_dir, self._created_root)
 
     async def _execute(self, emit: EventSink, handle_signals: bool) -> RunResult:
         cfg = self.config
@@ -244,9 +252,12 @@ class Run:
             if handle_signals:  # SIGTERM aborts like a second Ctrl-C (the stack still unwinds)
                 self._install_sigterm(emit)
                 stack.callback(self._remove_sigterm)
-            if cfg.simulated:
-                emit(Notice(message=f"starting {cfg.instances.simulate} simulated WebUI(s)"))
-            endpoints = await inst_mod.open_instances(cfg, stack)
+            if self.endpoints is not None:
+                endpoints = list(self.endpoints)
+            else:
+                if cfg.simulated:
+                    emit(Notice(message=f"starting {cfg.instances.simulate} simulated WebUI(s)"))
+                endpoints = await inst_mod.open_instances(cfg, stack)
             if not cfg.outputs.keep_merge_loaded:
                 # however the run ends (budget, Ctrl-C, SIGTERM, an error), after the final
                 # merge: plain model A back in every WebUI, the bridge's caches freed
@@ -558,7 +569,7 @@ class Run:
 _NO_VALIDATION = (StopReason.INTERRUPTED, StopReason.FAILED, StopReason.ALL_DOWN)
 
 
-def _new_run_folder(root: Path, base: str) -> tuple[Path, Path]:
+def new_run_folder(root: Path, base: str) -> tuple[Path, Path]:
     """Make a fresh ``root/base`` (``base-2``... when taken, also by a run started in the same
     second): (the folder, the outermost folder made for it, for the clean-up)."""
     outer: Path | None = None  # the outermost missing folder above the run folder
@@ -578,9 +589,18 @@ def _new_run_folder(root: Path, base: str) -> tuple[Path, Path]:
                 run_dir = root / f"{base}-{n}"
     except OSError as exc:
         if outer is not None:
-            _remove_new_folder(root, outer)
+            remove_new_folder(root, outer)
         raise _io_error(exc, f"cannot create the run folder {run_dir}") from exc
     return run_dir, (outer if outer is not None else run_dir)
+
+
+def _new_step_folder(run_dir: Path) -> tuple[Path, Path]:
+    """Make exactly ``run_dir`` (its parent exists): (the folder, the folder to clean up)."""
+    try:
+        run_dir.mkdir()  # exclusive: never two runs in one folder
+    except OSError as exc:
+        raise _io_error(exc, f"cannot create the run folder {run_dir}") from exc
+    return run_dir, run_dir
 
 
 def _why_nothing_new(campaign: Campaign) -> str:
@@ -601,7 +621,7 @@ def _why_nothing_new(campaign: Campaign) -> str:
     return "see run.log"
 
 
-def _remove_new_folder(run_dir: Path, created_root: Path | None) -> None:
+def remove_new_folder(run_dir: Path, created_root: Path | None) -> None:
     """Remove ``run_dir`` and the (now empty) parents made for it, up to ``created_root``."""
     shutil.rmtree(run_dir, ignore_errors=True)
     folder = run_dir

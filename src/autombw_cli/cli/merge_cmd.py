@@ -46,8 +46,12 @@ class MergeDtype(StrEnum):
 @app.command("merge")
 def merge_command(
     model_a: Annotated[Path, typer.Argument(help="Checkpoint A (.safetensors or .ckpt).")],
-    model_b: Annotated[
-        Path, typer.Argument(help="Checkpoint B (.safetensors or .ckpt), or with --lora a LoRA.")
+    models_b: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Checkpoint B (.safetensors or .ckpt), or with --lora a LoRA; for a chain "
+            "recipe, each step's B in step order.",
+        ),
     ],
     output: Annotated[
         Path,
@@ -105,12 +109,13 @@ def merge_command(
         Path | None,
         typer.Option(help="A preset.tsv adding to the built-in presets. Default: built-ins only."),
     ] = None,
-    model_c: Annotated[
-        Path | None,
+    models_c: Annotated[
+        list[Path] | None,
         typer.Option(
             "--model-c",
             help="Checkpoint C, B's base (e.g. SD1.5): merge A + (B - C) * w (add difference) "
-            "instead of the weighted sum. Needed by an add-difference --recipe. Default: none.",
+            "instead of the weighted sum. Needed by an add-difference --recipe; for a chain "
+            "recipe, once per add-difference step, in step order. Default: none.",
         ),
     ] = None,
     lora: Annotated[
@@ -129,8 +134,26 @@ def merge_command(
     everything else is A's. With --model-c each weight scales B - C added to A; with --lora
     each weight is the strength of LoRA B in that block. Writes OUT plus OUT.recipe.txt and
     OUT.recipe.json beside it (with --lora also OUT.lbw.txt, the LBW preset line).
+
+    A chain recipe (a chained search's chain.recipe.json) replays every step: give A, then
+    each step's B; only the final checkpoint is written (and OUT.chain.json).
     """
+    from autombw_cli.chain_recipe import is_chain_file
     from autombw_cli.merging.offline import output_path
+
+    cs = list(models_c or [])
+    if recipe is not None and is_chain_file(recipe):
+        if weights is not None:
+            raise ConfigError("give either --weights or --recipe, not both")
+        _merge_chain(model_a, models_b, cs, recipe, output, dtype, force)
+        return
+    if len(models_b) != 1 or len(cs) > 1:
+        raise ConfigError(
+            f"a merge takes one model B and at most one --model-c (got {len(models_b)} B, "
+            f"{len(cs)} C)",
+            hint="several B files are for a chain recipe (--recipe chain.recipe.json)",
+        )
+    model_b, model_c = models_b[0], (cs[0] if cs else None)
 
     the_recipe = build_recipe(
         model_a, model_b, output_path(output), weights_text=weights, recipe_file=recipe,
@@ -144,6 +167,41 @@ def merge_command(
         model_c=model_c,
     )  # fmt: skip
     print_report(Console(highlight=False), report, the_recipe, model_a, model_b, model_c)
+
+
+def _merge_chain(
+    model_a: Path,
+    models_b: list[Path],
+    models_c: list[Path],
+    recipe_file: Path,
+    output: Path,
+    dtype: MergeDtype | None,
+    force: bool,
+) -> None:
+    from autombw_cli.chain_recipe import read_chain_recipe
+    from autombw_cli.merging.chain import merge_chain
+
+    chain = read_chain_recipe(recipe_file)
+    err = Console(stderr=True)
+    with err.status(f"merging a chain of {len(chain.steps)} steps", spinner="dots"):
+        report = merge_chain(
+            model_a,
+            models_b,
+            models_c,
+            chain,
+            output,
+            dtype=dtype.value if dtype else None,
+            force=force,
+        )
+    last = chain.steps[-1]
+    print_report(
+        Console(highlight=False),
+        report,
+        last,
+        Path(last.model_a),
+        models_b[-1],
+        models_c[-1] if last.formula.needs_c else None,
+    )
 
 
 def build_recipe(

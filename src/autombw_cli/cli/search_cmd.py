@@ -16,6 +16,7 @@ from autombw_cli.cli._app import app
 from autombw_cli.errors import ConfigError
 
 if TYPE_CHECKING:
+    from autombw_cli.app.chain import ChainRun
     from autombw_cli.app.run import Run
 
 # The application layer (config, WebUI client, scorer registry, the search) is imported inside
@@ -66,6 +67,7 @@ def search_command(
     that finishes but cannot write its final merge exits with its cause's code (3 no WebUI could
     save it, 4 the offline merge cannot merge the files, 7 every free name is taken).
     """
+    from autombw_cli.app.chain import ChainRun, is_chain_folder
     from autombw_cli.app.run import Run
     from autombw_cli.config import load_config
 
@@ -74,19 +76,37 @@ def search_command(
             "give either a CONFIG file or --resume RUN_DIR",
             hint="e.g. `autombw search configs/quickstart.yaml`",
         )
+    run: Run | ChainRun
     if resume is not None:
         if warm_start is not None:
             raise ConfigError("--warm-start only applies to a new run, not to --resume")
-        run = Run.resume(resume, max_evaluations=max_evaluations)
+        if is_chain_folder(resume):
+            _chain_options(max_evaluations, None)
+            run = ChainRun.resume(resume)
+        else:
+            run = Run.resume(resume, max_evaluations=max_evaluations)
     else:
         assert config is not None
         cfg = load_config(config)
-        run = Run.create(cfg, max_evaluations=max_evaluations, warm_start=warm_start)
+        if cfg.chain is not None:
+            _chain_options(max_evaluations, warm_start)
+            run = ChainRun.create(cfg)
+        else:
+            run = Run.create(cfg, max_evaluations=max_evaluations, warm_start=warm_start)
     code = _execute(run, plain=plain, json_log=json_log)
     raise typer.Exit(code)
 
 
-def _execute(run: Run, *, plain: bool, json_log: Path | None) -> int:
+def _chain_options(max_evaluations: int | None, warm_start: Path | None) -> None:
+    """A chain's budgets are its steps' (``chain[k].search.max_evaluations``)."""
+    if max_evaluations is not None or warm_start is not None:
+        raise ConfigError(
+            "--max-evaluations and --warm-start do not apply to a chained merge",
+            hint="set each step's budget in the config (chain: - search: {max_evaluations: N})",
+        )
+
+
+def _execute(run: Run | ChainRun, *, plain: bool, json_log: Path | None) -> int:
     from autombw_cli.report.progress import JsonLog, LiveDisplay, PlainPrinter
     from autombw_cli.search.events import StopReason, fan_out
 

@@ -1,7 +1,8 @@
 """The YAML search config: pydantic v2 models, loading, path resolution and redaction.
 
 `load_config(path)` reads a YAML file into a `SearchConfig` with six sections: ``models``,
-``instances``, ``payloads``, ``scorer``, ``search`` and ``outputs``. Every model forbids unknown
+``instances``, ``payloads``, ``scorer``, ``search`` and ``outputs`` (and, for a chained merge,
+``chain``: the steps after ``models``). Every model forbids unknown
 keys; every error names the file, the line and the field path (see `autombw_cli.yamlio`).
 Relative paths resolve against the config file's folder. Secrets never enter the config: basic
 auth names the *environment variables* that hold them, resolved only when a client is built.
@@ -25,6 +26,7 @@ import yaml
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
 
 from autombw_cli.blocks import Weights
+from autombw_cli.config.chain_section import ChainStep, check_chain
 from autombw_cli.config.fields import (
     StrictModel,
     not_found,
@@ -51,6 +53,7 @@ from autombw_cli.yamlio import FieldError, raise_validation_error, read_document
 
 __all__ = [
     "BasicAuthConfig",
+    "ChainStep",
     "ConfigError",
     "EarlyStoppingConfig",
     "InitialConfig",
@@ -84,6 +87,12 @@ class SearchConfig(StrictModel):
     scorer: ScorerConfig = Field(default_factory=ScorerConfig)
     search: SearchSettings = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     outputs: OutputsConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+    chain: list[ChainStep] | None = Field(
+        None,
+        min_length=1,
+        description="A chained merge: the steps after models (step 1), each merging the "
+        "previous step's result (as A) with its own model B",
+    )
 
     _source: Path | None = PrivateAttr(None)
     _initial: Weights | None = PrivateAttr(None)
@@ -127,6 +136,14 @@ class SearchConfig(StrictModel):
                 ("outputs", "merge_via"),
                 "an offline final add-difference merge needs models.c_file too",
             )
+        if self.chain is not None:
+            check_chain(
+                self.models,
+                self.chain,
+                offline_final_merge=o.final_merge and o.merge_via == "offline",
+                arch=arch,
+                extrapolation=search.extrapolation,
+            )
         return self
 
     # --- reading ------------------------------------------------------------------------
@@ -164,7 +181,10 @@ class SearchConfig(StrictModel):
 
     def redacted_dump(self) -> dict[str, Any]:
         """JSON-able resolved config with anything secret-looking replaced (for run folders)."""
-        return _redact(self.model_dump(mode="json"))
+        data = self.model_dump(mode="json")
+        if data.get("chain") is None:  # a config without a chain dumps as it always did
+            data.pop("chain", None)
+        return _redact(data)
 
     def redacted_yaml(self) -> str:
         return yaml.safe_dump(self.redacted_dump(), sort_keys=False, allow_unicode=True)

@@ -31,9 +31,9 @@ from autombw_cli.merging.offline import (
     MergeReport,
     ProgressFn,
     _check_disk_space,
-    _check_output,
     _output_entry,
     _torch_threads,
+    check_output,
     output_format,
     output_path,
     recipe_stem,
@@ -73,7 +73,7 @@ def bake_lora(
     out_dtype = OUTPUT_DTYPES[dtype] if dtype else None
     out = output_path(output)
     path_a, path_lora = Path(model_a), Path(lora)
-    _check_output(out, (path_a, path_lora), force=force)
+    check_output(out, (path_a, path_lora), force=force)
     lbw_file = recipe_stem(out).with_name(recipe_stem(out).name + LBW_SUFFIX)
     if lbw_file.exists() and not force:
         raise OutputExistsError(

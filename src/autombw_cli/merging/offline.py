@@ -133,7 +133,7 @@ def merge_checkpoints(
     fmt = output_format(out)
     path_a, path_b = Path(model_a), Path(model_b)
     path_c = _model_c_path(recipe, model_c)
-    _check_output(out, (path_a, path_b) + ((path_c,) if path_c else ()), force=force)
+    check_output(out, (path_a, path_b) + ((path_c,) if path_c else ()), force=force)
 
     with contextlib.ExitStack() as stack:
         reader_a = stack.enter_context(checkpoint(path_a))
@@ -259,7 +259,7 @@ def _model_c_path(recipe: Recipe, model_c: Path | str | None) -> Path | None:
     return None if model_c is None else Path(model_c)
 
 
-def _check_output(out: Path, inputs: Sequence[Path], *, force: bool) -> None:
+def check_output(out: Path, inputs: Sequence[Path], *, force: bool) -> None:
     """Refuse an output that is A, B or C (or shares their recipe files), whatever ``force``
     says, and an existing output or recipe file unless ``force``."""
     stem = recipe_stem(out)
