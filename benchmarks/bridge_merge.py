@@ -17,10 +17,14 @@ GPU, as in a WebUI. Timed (median of --repeat, after a CUDA sync):
 C; the bridge caches C's UNet like B's, the re-read approach reads three files, and there is no
 runtime-block-merge row: it has no add difference); ``--kind weighted_sum add_difference`` runs
 both on the same machine, so the two are comparable. Files are freshly written, so disk reads
-come from the page cache (again generous to the re-read approach). Run from the repo root:
+come from the page cache (again generous to the re-read approach). ``--kind lora`` times a LoRA
+(kohya names, UNet modules, rank 32) applied to A with a strength per block, A + s * delta:
+the bridge (deltas cached per block, float32) against re-reading A and the LoRA and applying
+every delta per candidate. Run from the repo root:
 
     PYTHONPATH=src python benchmarks/bridge_merge.py [--arch sd1 sdxl] [--repeat 3]
     PYTHONPATH=src python benchmarks/bridge_merge.py --kind weighted_sum add_difference
+    PYTHONPATH=src python benchmarks/bridge_merge.py --kind weighted_sum lora
     PYTHONPATH=src python benchmarks/bridge_merge.py --scale tiny --device cpu   # smoke test
 """
 
@@ -86,6 +90,9 @@ class BenchHost:
     def checkpoint_dir(self) -> Path:
         return self._folder
 
+    def lora_dir(self) -> Path:
+        return self._folder / "Lora"
+
     def refresh_checkpoints(self) -> None:
         pass
 
@@ -114,9 +121,12 @@ def bench_bridge(
 ) -> dict:
     core = BridgeCore(host, version="bench")
     c = {"formula": kind, "model_c": "C"} if kind == "add_difference" else {}
+    b = "B"
+    if kind == "lora":
+        c, b = {"formula": "lora"}, f"{arch.value}-L"
 
     def merge(w: dict[str, float]) -> None:
-        core.merge("A", "B", w, cache_device=cache, **c)  # type: ignore[arg-type]
+        core.merge("A", b, w, cache_device=cache, **c)  # type: ignore[arg-type]
 
     series = weights_series(arch, repeat + 1)
     first = timed(lambda: merge(series[0]), device)
@@ -165,6 +175,36 @@ def bench_reread(
             merged[key] = merge_tensor(ta_dev, tb, tc, weights[slot])
         live.load_state_dict(merged, strict=False)
         del a, b, c, merged
+
+    times = [timed(lambda w=w: merge_once(w), device) for w in weights_series(arch, repeat)]
+    return {"first": times[0], "one": statistics.median(times), "all": statistics.median(times)}
+
+
+def write_unet_lora(path: Path, arch: Arch, scale: str) -> None:
+    """A kohya-named LoRA over the UNet's transformer blocks (what the benchmark's A holds)."""
+    from autombw_cli.sim.loras import lora_state_dict
+
+    lora = lora_state_dict(arch, scale, seed=5, rank=32)  # type: ignore[arg-type]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v for k, v in lora.items() if k.startswith("lora_unet_")}, str(path))
+
+
+def bench_reread_lora(
+    a_path: Path, lora_path: Path, live: torch.nn.Module, arch: Arch, repeat: int, device: str
+) -> dict:
+    """Per candidate: read A and the LoRA again, compute every delta, apply it, load."""
+    from autombw_cli.merging.lora import place_lora
+
+    def merge_once(weights: dict[str, float]) -> None:
+        a = load_file(str(a_path))
+        placed = place_lora(lora_path, {k: tuple(t.shape) for k, t in a.items()})
+        merged = {}
+        for key, slot in placed.slots.items():
+            delta = placed.delta(key).to(device, non_blocking=True)
+            ta = a[key].to(device, non_blocking=True)
+            merged[key] = (delta * weights[slot] + ta.float()).to(ta.dtype)
+        live.load_state_dict(merged, strict=False)
+        del a, merged
 
     times = [timed(lambda w=w: merge_once(w), device) for w in weights_series(arch, repeat)]
     return {"first": times[0], "one": statistics.median(times), "all": statistics.median(times)}
@@ -223,6 +263,9 @@ def run_arch(
     save_file(random_unet(arch, scale, 2, gen_device), str(b_path))
     if "add_difference" in kinds:
         save_file(random_unet(arch, scale, 3, gen_device), str(c_path))
+    lora_path = folder / "Lora" / f"{arch.value}-L.safetensors"
+    if "lora" in kinds:
+        write_unet_lora(lora_path, arch, scale)
     params = sum(t.numel() for k, t in a_sd.items() if k.startswith(UNET_PREFIX))
     live = module_from_state_dict({k: v for k, v in a_sd.items() if k.startswith(UNET_PREFIX)})
     live = live.to(device)
@@ -235,10 +278,14 @@ def run_arch(
     caches = ["cuda", "cpu"] if device.startswith("cuda") else ["cpu"]
     for kind in kinds:
         add_diff = kind == "add_difference"
-        tag = " A+(B-C)w" if add_diff else ""
+        tag = " A+(B-C)w" if add_diff else " A+s*LoRA" if kind == "lora" else ""
         for cache in caches:
             r = bench_bridge(host, arch, cache, repeat, device, kind)
             rows.append({"approach": f"bridge cache={cache}{tag}", "kind": kind, **r})
+        if kind == "lora":
+            reread = bench_reread_lora(a_path, lora_path, live, arch, repeat, device)
+            rows.append({"approach": f"reread (apply per candidate){tag}", "kind": kind, **reread})
+            continue
         reread = bench_reread(
             a_path, b_path, live, arch, repeat, device, c_path if add_diff else None
         )
@@ -261,7 +308,7 @@ def main() -> None:
         "--kind",
         nargs="+",
         default=["weighted_sum"],
-        choices=["weighted_sum", "add_difference"],
+        choices=["weighted_sum", "add_difference", "lora"],
         help="merge formula(s) to time (default: weighted_sum)",
     )
     ap.add_argument("--dir", type=Path, default=None, help="where the checkpoints are written")

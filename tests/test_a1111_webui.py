@@ -307,6 +307,89 @@ def test_add_difference_bridge_merge_equals_offline_merge_restore_and_save(
     webui.refresh()
 
 
+def write_test_lora(install: Install, path: Path) -> Path:
+    """A kohya-named random LoRA (rank 4, alpha 2) over rndA's real SD1 keys: the transformer
+    blocks' layers and the text encoder."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from autombw_cli.blocks import Arch
+    from autombw_cli.sim.loras import lora_for_shapes
+
+    with safe_open(str(install.models / "rndA.safetensors"), "pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(lora_for_shapes(shapes, Arch.SD1, seed=7), str(path))
+    return path
+
+
+def test_lora_block_weights_equal_the_offline_bake_and_a1111s_own_lora(
+    webui: WebUI, install: Install, scratch: Path, plain_a: np.ndarray
+) -> None:
+    """formula lora in the real WebUI: at strength 1 everywhere the render is A1111's own
+    ``<lora:...:1>``; with a strength per block the live tensors equal `autombw merge --lora`,
+    the render equals loading that file, the save writes the same tensors, restore gives A."""
+    webui.restore(free_caches=True)
+    lora = write_test_lora(install, install.models.parent / "Lora" / "autombw-it-lora.safetensors")
+    try:
+        # A1111's own LoRA at multiplier 1 (then a plain render: A1111 puts A back)
+        tagged = webui.txt2img(prompt="a photo of a cat <lora:autombw-it-lora:1>")
+        assert not np.array_equal(tagged, plain_a)
+        assert np.array_equal(webui.txt2img(), plain_a)
+        ones = dict.fromkeys(SLOTS, 1.0)
+        t0 = time.monotonic()
+        answer = webui.merge(ones, model_b="autombw-it-lora", formula="lora",
+                             text_encoder_weight=1.0)  # fmt: skip
+        record({"what": "first LoRA bridge merge (places the LoRA, caches its deltas)",
+                "s": round(time.monotonic() - t0, 1), "rss_mb": round(webui.rss_mb())})  # fmt: skip
+        assert answer["formula"] == "lora" and answer["model_b"] == "autombw-it-lora"
+        ours = webui.txt2img()
+        gap = np.abs(ours.astype(int) - tagged.astype(int)).mean()
+        record({"what": "LoRA at 1: bridge vs A1111 <lora:..:1>, mean |pixel diff|",
+                "value": float(gap), "exact": bool(np.array_equal(ours, tagged))})  # fmt: skip
+        assert gap < 0.1 * np.abs(ours.astype(int) - plain_a.astype(int)).mean()
+
+        out = scratch / "lora-baked.safetensors"
+        done = run_cli("merge", str(install.models / "rndA.safetensors"), str(lora), "--lora",
+                       "-w", weights_text(MIX), "-o", str(out), "--dtype", "fp32", "--force",
+                       cwd=scratch)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert (scratch / "lora-baked.lbw.txt").read_text().startswith("lora-baked:0,")
+        ref = tensor_hashes(out)
+        t0 = time.monotonic()
+        webui.merge(MIX, model_b="autombw-it-lora", formula="lora")
+        record({"what": "LoRA bridge merge, strengths per block, deltas cached",
+                "s": round(time.monotonic() - t0, 1)})  # fmt: skip
+        assert webui.status()["formula"] == "lora"
+        live = webui.live_hashes()
+        differ = [k for k in ref if live.get(k) != ref[k]]
+        assert not differ, differ[:5]
+        bridge_pixels = webui.txt2img()
+        assert not np.array_equal(bridge_pixels, plain_a)
+
+        name = f"autombw-it-lora-{int(time.time())}"
+        try:
+            saved = webui.ok("POST", "/autombw/v1/save", {"name": name, "dtype": "fp32"})
+            assert tensor_hashes(Path(saved["path"])) == ref
+            assert "merge_mode=LoRA" in Path(saved["recipe_path"]).read_text().splitlines()
+        finally:
+            for p in install.models.glob(f"{name}*"):
+                p.unlink()
+
+        webui.restore(free_caches=True)
+        a_ref = tensor_hashes(install.models / "rndA.safetensors")
+        live = webui.live_hashes()
+        assert not [k for k in a_ref if k in live and live[k] != a_ref[k]]
+        assert np.array_equal(webui.txt2img(), plain_a)
+        webui.refresh()
+        webui.load("autombw-it/lora-baked.safetensors")
+        assert np.array_equal(webui.txt2img(), bridge_pixels)
+        webui.load("rndA.safetensors")
+    finally:
+        lora.unlink()
+        webui.refresh()
+
+
 class _Evil:
     """A pickle payload: unpickling it calls os.makedirs(marker)."""
 

@@ -213,7 +213,7 @@ def test_bridge_merges_add_difference_and_reports_it(
     assert r.status_code == 200, r.text
     assert r.json()["formula"] == "add_difference" and r.json()["model_c"].startswith("simC")
     status = http.get("/autombw/v1/status").json()
-    assert status["bridge_api"] == 2 and status["formula"] == "add_difference"
+    assert status["bridge_api"] == 3 and status["formula"] == "add_difference"
     assert status["model_c"]["file"] == "simC.safetensors"
     # C is cached like A and B: three UNet copies
     unet = sum(

@@ -48,7 +48,10 @@ def test_each_key_gets_its_slot_the_text_encoder_or_a(arch: Arch) -> None:
     assert any(slot_of(k, arch) is None for k in keys)  # VAE and buffers
 
 
-@pytest.mark.parametrize("formula", list(Formula), ids=[f.value for f in Formula])
+LIVE_FORMULAS = [Formula.WEIGHTED_SUM, Formula.ADD_DIFFERENCE]  # the LoRA bake: test_lora.py
+
+
+@pytest.mark.parametrize("formula", LIVE_FORMULAS, ids=[f.value for f in LIVE_FORMULAS])
 @pytest.mark.parametrize("te", [None, 0.4], ids=["unet", "unet+te"])
 def test_offline_live_save_and_scorer_merge_alike(
     tmp_path: Path, te: float | None, formula: Formula

@@ -1,7 +1,8 @@
 """The `Recipe` value and its file forms.
 
-A recipe is everything needed to reproduce a merge: the formula (`Formula`: weighted sum, or
-add difference with a third model C), models A, B (and C), the output name and the named
+A recipe is everything needed to reproduce a merge: the formula (`Formula`: weighted sum, add
+difference with a third model C, or a LoRA baked into A: then B is the LoRA file and each
+weight its strength), models A, B (and C), the output name and the named
 `Weights` (with the optional text-encoder weight). Forms:
 
 - ``.recipe.txt`` (runtime-block-merge, 6DammK9 fork)::
@@ -16,8 +17,9 @@ add difference with a third model C), models A, B (and C), the output name and t
   autombw adds ``arch=sd2`` / ``text_encoder_weight=...`` lines only when they carry
   information the old format cannot hold, and for an add-difference merge ``modelC=<file>``
   and ``merge_mode=Add difference`` (supermerger's name for ``A+(B-C)*alpha``; a recipe
-  without ``merge_mode`` is a weighted sum). Anything after the weights line is ignored (users
-  paste console logs below it).
+  without ``merge_mode`` is a weighted sum; a LoRA baked into A is ``merge_mode=LoRA`` with
+  the LoRA file as ``modelB``). Anything after the weights line is ignored (users paste
+  console logs below it).
 - JSON (``Recipe.to_json``): our own, with named weights (``formula`` and ``model_c`` only for
   add difference, with ``format: autombw-recipe/2``).
 - safetensors metadata: ``autombw_recipe`` (our JSON) and ``sd_mbwrt_recipe`` (auto-MBW-rt's;
@@ -60,6 +62,7 @@ class Formula(StrEnum):
 
     WEIGHTED_SUM = "weighted_sum"  # A + (B - A) * w: torch.lerp(A, B, w)
     ADD_DIFFERENCE = "add_difference"  # A + (B - C) * w: C is B's base (e.g. SD1.5)
+    LORA = "lora"  # A + w * delta(B): B is a LoRA file, w its strength per block (LBW)
 
     @property
     def label(self) -> str:
@@ -80,14 +83,19 @@ class Formula(StrEnum):
                 return formula
         raise JournalError(
             f"{source}: unknown merge formula {text!r}",
-            hint="use weighted_sum (Weight sum) or add_difference (Add difference)",
+            hint="use weighted_sum (Weight sum), add_difference (Add difference) or lora (LoRA)",
         )
 
 
-_FORMULA_LABELS = {Formula.WEIGHTED_SUM: "Weight sum", Formula.ADD_DIFFERENCE: "Add difference"}
+_FORMULA_LABELS = {
+    Formula.WEIGHTED_SUM: "Weight sum",
+    Formula.ADD_DIFFERENCE: "Add difference",
+    Formula.LORA: "LoRA",
+}
 _FORMULA_NAMES = {
     Formula.WEIGHTED_SUM: ("weighted sum", "weight sum"),
     Formula.ADD_DIFFERENCE: ("add difference", "add diff"),
+    Formula.LORA: ("lora", "lora block weight", "lbw"),
 }
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from autombw_cli.app.preflight import PreflightReport, required_samplers, run_preflight
 from autombw_cli.config import SearchConfig, SimulatedInstances
 from autombw_cli.errors import AutombwError
+from autombw_cli.recipe import Formula
 from autombw_cli.scoring.protocol import Scorer
 from autombw_cli.scoring.registry import create_scorer
 from autombw_cli.search.events import EventSink, RunWarning
@@ -71,6 +72,8 @@ def _start_simulator(config: SearchConfig, sims: SimulatedInstances) -> Simulato
     options = dict(sims.options)
     if config.models.c is not None or config.chain:  # add difference, a chain: simC too
         options.setdefault("base_model", True)
+    if config.models.formula is Formula.LORA:  # a LoRA search: the built-in simLora
+        options.setdefault("lora", True)
     return start_simulator_in_thread(
         port=0,
         arch=config.models.arch,
@@ -139,6 +142,7 @@ async def preflight(
         scorer_name=config.scorer.name,
         arch=config.models.arch,
         model_c=config.models.c,
+        lora=config.models.formula is Formula.LORA,
     )
 
 

@@ -112,9 +112,11 @@ async def check_instance(
     bridge_version: str | None = None,
     arch: Arch | None = None,
     model_c: str | None = None,
+    lora: bool = False,
 ) -> InstanceReport:
     """Every check of one instance; problems are collected, not raised. ``model_c``: B's base
-    of an add-difference search (checked like A and B)."""
+    of an add-difference search (checked like A and B); ``lora``: B is a LoRA (not in the
+    checkpoint list: the bridge's merge at strength 0 checks it)."""
     problems: list[str] = []
     info: dict[str, Any] = {"label": label, "url": url}
     try:
@@ -157,12 +159,14 @@ async def check_instance(
     except WebUIError as exc:
         problems.append(f"bridge status: {exc.message}")
     if api_ok:
-        await _check_models(client, model_a, model_b, info, problems, model_c=model_c)
+        await _check_models(
+            client, model_a, None if lora else model_b, info, problems, model_c=model_c
+        )
         await _check_samplers(client, samplers, problems)
         info["gpu_memory"] = await _gpu_memory(client)
-        every = "A+B" if model_c is None else "A+B+C"
+        every = "A" if lora else "A+B" if model_c is None else "A+B+C"
         if arch is not None and info.get("models_found") == every and not problems:
-            await _check_pair(client, model_a, model_b, arch, problems, model_c=model_c)
+            await _check_pair(client, model_a, model_b, arch, problems, model_c=model_c, lora=lora)
     return InstanceReport(**info, problems=tuple(problems))
 
 
@@ -174,14 +178,19 @@ async def _check_pair(
     problems: list[str],
     *,
     model_c: str | None = None,
+    lora: bool = False,
 ) -> None:
     """Merge A and B (and C) at weight 0 (the model stays A): proves they load, share keys and
     shapes (same architecture), that the bridge knows the formula, and fills the bridge's
-    caches the first evaluation needs anyway."""
+    caches the first evaluation needs anyway. With ``lora``: that the WebUI has the LoRA and
+    that it fits A."""
     models = "models A and B" if model_c is None else "models A, B and C"
+    if lora:
+        models = "model A and the LoRA B"
     try:
+        how = {"formula": "lora"} if lora else {}
         result = await client.bridge_merge(
-            model_a, model_b, Weights.uniform(arch, 0.0), model_c=model_c
+            model_a, model_b, Weights.uniform(arch, 0.0), model_c=model_c, **how
         )
     except WebUIError as exc:
         # weights of the wrong architecture: the bridge names the checkpoints' ("... for sd1")
@@ -207,19 +216,21 @@ async def _check_pair(
 async def _check_models(
     client: WebUIClient,
     model_a: str,
-    model_b: str,
+    model_b: str | None,
     info: dict[str, Any],
     problems: list[str],
     *,
     model_c: str | None = None,
 ) -> None:
+    """Whether the WebUI lists A, B (unless None: a LoRA) and C as checkpoints."""
     try:
         models = await client.sd_models()
     except WebUIError as exc:
         problems.append(f"listing checkpoints: {exc.message}")
         return
     found = []
-    roles = [("A", model_a), ("B", model_b)] + ([("C", model_c)] if model_c else [])
+    roles = [("A", model_a)] + ([("B", model_b)] if model_b else [])
+    roles += [("C", model_c)] if model_c else []
     for role, name in roles:
         hit = next((m for m in models if m.matches(name)), None)
         if hit is None:
@@ -291,6 +302,7 @@ async def run_preflight(
     scorer_name: str = "",
     arch: Arch | None = None,
     model_c: str | None = None,
+    lora: bool = False,
 ) -> tuple[PreflightReport, Scorer | None]:
     """Check all instances concurrently and load the scorer at the same time.
 
@@ -307,6 +319,7 @@ async def run_preflight(
             samplers=samplers,
             arch=arch,
             model_c=model_c,
+            lora=lora,
         )
         for label, url, c in instances
     ]

@@ -37,6 +37,7 @@ from autombw_cli.blocks import Weights
 from autombw_cli.config import SearchConfig, load_config
 from autombw_cli.errors import AutombwError, ConfigError, JournalError
 from autombw_cli.folderlock import FolderLock
+from autombw_cli.recipe import Formula
 from autombw_cli.report.summary import BEST_IMAGES_DIR, BestImage, write_best_images
 from autombw_cli.scoring.protocol import MemberScorer, Scorer
 from autombw_cli.search.campaign import Campaign, PassEndReason, optimizer_factory
@@ -298,6 +299,7 @@ class Run:
                 emit=emit,
                 settings=settings,
                 model_c=cfg.models.c,
+                lora=cfg.models.formula is Formula.LORA,
             )
             done_before = len(self.records)
             if self.resumed and self.budget > max(cfg.search.max_evaluations, done_before):

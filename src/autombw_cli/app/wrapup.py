@@ -22,8 +22,8 @@ from autombw_cli.app.records import RecordBook
 from autombw_cli.app.validate import ValidationReport
 from autombw_cli.atomic import atomic_path
 from autombw_cli.config import SearchConfig
-from autombw_cli.errors import AutombwError, OutputExistsError
-from autombw_cli.recipe import Recipe
+from autombw_cli.errors import AutombwError, OutputExistsError, WeightsError
+from autombw_cli.recipe import Formula, Recipe
 from autombw_cli.report import summary as sm
 from autombw_cli.search.events import EventSink, OutputWritten, RunWarning, StopReason
 from autombw_cli.search.work import Instance
@@ -65,6 +65,7 @@ async def write_outputs(
     With a ``validation``, the recipe and the final merge are its winner's."""
     cfg = config
     arch = cfg.models.arch
+    lora = cfg.models.formula is Formula.LORA
     outputs: dict[str, str] = {}
     merge_error: AutombwError | None = None
     report = records.top()
@@ -84,10 +85,16 @@ async def write_outputs(
             model_b=cfg.models.b,
             output=cfg.models.output,
             model_c=cfg.models.c,
+            lora=lora,
         )
         txt, js = sm.write_best_recipe(recipe, run_dir)
         wrote("recipe", txt)
         wrote("recipe_json", js)
+        if lora:
+            try:
+                wrote("lbw_preset", sm.write_lbw_line(recipe, run_dir))
+            except WeightsError as exc:  # e.g. OUT held at 0.5: no LBW vector can say it
+                emit(RunWarning(message=f"no LBW preset line: {exc.message}"))
         if (run_dir / sm.BEST_IMAGES_DIR).is_dir():
             wrote("best_images", run_dir / sm.BEST_IMAGES_DIR)
         try:
@@ -126,6 +133,7 @@ async def write_outputs(
         model_a=cfg.models.a,
         model_b=cfg.models.b,
         model_c=cfg.models.c,
+        lora=lora,
         arch=arch,
         outputs=outputs,
         passes=[

@@ -3,6 +3,7 @@ or with ``--model-c C`` the add difference A + (B - C) * w)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -14,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from autombw_cli.blocks import (
+    Arch,
     Ordering,
     Weights,
     detect_arch,
@@ -47,8 +49,8 @@ def merge_command(
     models_b: Annotated[
         list[Path],
         typer.Argument(
-            help="Checkpoint B (.safetensors or .ckpt); for a chain recipe, each step's B in "
-            "step order.",
+            help="Checkpoint B (.safetensors or .ckpt), or with --lora a LoRA; for a chain "
+            "recipe, each step's B in step order.",
         ),
     ],
     output: Annotated[
@@ -116,12 +118,22 @@ def merge_command(
             "recipe, once per add-difference step, in step order. Default: none.",
         ),
     ] = None,
+    lora: Annotated[
+        bool,
+        typer.Option(
+            "--lora",
+            help="B is a LoRA/LoCon .safetensors: bake A + w * delta(B), each weight the LoRA "
+            "strength of its block (also LBW lines NAME:1,0,... of 17/26, SDXL 12/20 values). "
+            "Default: off.",
+        ),
+    ] = False,
 ) -> None:
     """Merge checkpoints A and B block by block into one .safetensors or .ckpt (streamed, atomic).
 
     UNet blocks get their slot's weight, text encoders the --text-encoder-weight (else A's),
-    everything else is A's. With --model-c each weight scales B - C added to A. Writes OUT
-    plus OUT.recipe.txt and OUT.recipe.json beside it.
+    everything else is A's. With --model-c each weight scales B - C added to A; with --lora
+    each weight is the strength of LoRA B in that block. Writes OUT plus OUT.recipe.txt and
+    OUT.recipe.json beside it (with --lora also OUT.lbw.txt, the LBW preset line).
 
     A chain recipe (a chained search's chain.recipe.json) replays every step: give A, then
     each step's B; only the final checkpoint is written (and OUT.chain.json).
@@ -146,8 +158,9 @@ def merge_command(
     the_recipe = build_recipe(
         model_a, model_b, output_path(output), weights_text=weights, recipe_file=recipe,
         ordering=Ordering(order.value), text_encoder_weight=text_encoder_weight,
-        extrapolate=extrapolate, preset_file=presets, model_c=model_c,
+        extrapolate=extrapolate, preset_file=presets, model_c=model_c, lora=lora,
     )  # fmt: skip
+    _check_b_kind(model_b, lora=the_recipe.formula is Formula.LORA)
     err = Console(stderr=True)
     report = _run_with_progress(
         err, model_a, model_b, the_recipe, output, dtype.value if dtype else None, force,
@@ -203,10 +216,12 @@ def build_recipe(
     extrapolate: bool = False,
     preset_file: Path | None = None,
     model_c: Path | None = None,
+    lora: bool = False,
 ) -> Recipe:
     """The Recipe for a merge from ``--weights`` or ``--recipe`` (arch detected from A); with
     ``model_c`` an add-difference one (an add-difference ``--recipe`` needs it, a weighted-sum
-    one refuses it)."""
+    one refuses it); with ``lora`` (or a LoRA ``--recipe``) a LoRA bake, whose ``--weights``
+    may also be an LBW line or vector."""
     from autombw_cli.merging.checkpoint_io import read_key_shapes
 
     if (weights_text is None) == (recipe_file is None):
@@ -217,16 +232,27 @@ def build_recipe(
     arch = detect_arch(read_key_shapes(model_a), source=f"model A ({model_a})")
     upstream = ordering is Ordering.UPSTREAM
     formula = Formula.WEIGHTED_SUM if model_c is None else Formula.ADD_DIFFERENCE
+    if lora:
+        if model_c is not None:
+            raise ConfigError("--lora and --model-c do not go together", hint="drop one")
+        formula = Formula.LORA
     if recipe_file is not None:
         read = read_recipe_file(recipe_file, upstream=upstream)
         _check_formula(read, recipe_file, model_c)
+        if lora and read.formula is not Formula.LORA:
+            raise ConfigError(
+                f"{recipe_file} is a {read.formula.label} recipe, not a LoRA bake",
+                hint="drop --lora, or merge with --weights",
+            )
+        formula = read.formula
         w = read.weights
         if len(w) == len(layout(arch).slots):  # a 27-value recipe reads as sd1; A may be sd2
             w = Weights(arch, w.values, w.text_encoder)
         source = str(recipe_file)
     else:
         assert weights_text is not None
-        w = parse_weights(
+        lbw = _lbw_weights(weights_text, arch) if formula is Formula.LORA else None
+        w = lbw or parse_weights(
             weights_text, arch, ordering=ordering, allow_upstream=upstream,
             presets=_load_presets(preset_file), extrapolation=extrapolate, source="--weights",
         )  # fmt: skip
@@ -244,8 +270,37 @@ def build_recipe(
     )
 
 
+def _lbw_weights(text: str, arch: Arch) -> Weights | None:
+    """``--weights`` as an LBW line or vector (``NAME:1,0,...``, 17/26 or SDXL 12/20 numbers),
+    or None when it is not one (then it is read as any other weights)."""
+    from autombw_cli.lbw import is_lbw_length, parse_lbw_line
+
+    body = text.split(":", 1)[1] if text.count(":") == 1 else text
+    parts = [p for p in re.split(r"[,\s]+", body.strip()) if p]
+    if not parts or not all(re.fullmatch(r"[-+0-9.eE]+", p) for p in parts):
+        return None
+    if not is_lbw_length(arch, len(parts)):
+        return None
+    return parse_lbw_line(text, arch, source="--weights")[1]
+
+
+def _check_b_kind(model_b: Path, *, lora: bool) -> None:
+    """A LoRA given as B without --lora (or a checkpoint with it): say so before merging."""
+    from autombw_cli.merging.lora import is_lora_file
+
+    if not lora and is_lora_file(model_b):
+        raise ConfigError(
+            f"{model_b} is a LoRA file, not a checkpoint",
+            hint="pass --lora to bake it into A with per-block strengths",
+        )
+
+
 def _check_formula(recipe: Recipe, recipe_file: Path, model_c: Path | None) -> None:
     """An add-difference recipe is merged with --model-c only; a weighted-sum one without."""
+    if recipe.formula is Formula.LORA and model_c is not None:
+        raise ConfigError(
+            f"{recipe_file} bakes a LoRA into A, but --model-c was given", hint="drop --model-c"
+        )
     if recipe.formula.needs_c and model_c is None:
         raise ConfigError(
             f"{recipe_file} is an add-difference recipe (A + (B - C) * w, C = "
@@ -302,9 +357,8 @@ def print_report(
 ) -> None:
     """The short summary after a merge: arch, keys per slot with their weight, time, files."""
     w = recipe.weights
-    table = Table(
-        title=f"{report.arch.value} merge: keys interpolated per block", title_justify="left"
-    )
+    what = "patched" if recipe.formula is Formula.LORA else "interpolated"
+    table = Table(title=f"{report.arch.value} merge: keys {what} per block", title_justify="left")
     table.add_column("block")
     table.add_column("weight", justify="right")
     table.add_column("keys", justify="right")
@@ -316,12 +370,18 @@ def print_report(
     inputs = f"{escape(str(model_a))} + {escape(str(model_b))}"
     if model_c is not None:
         inputs = f"{escape(str(model_a))} + ({escape(str(model_b))} - {escape(str(model_c))})"
+    if recipe.formula is Formula.LORA:
+        inputs = f"{escape(str(model_a))} + LoRA {escape(str(model_b))}"
     console.print(
         f"merged {inputs} → "
         f"[bold]{escape(str(report.output))}[/] ({_size(report.bytes_written)}, "
         f"{report.total_keys} keys, dtype {report.dtype or 'as A'}) in {report.elapsed_s:.1f} s"
     )
     console.print("recipe: " + ", ".join(escape(str(p)) for p in report.recipe_files))
+    for p in report.recipe_files:
+        if p.name.endswith(".lbw.txt"):
+            line = p.read_text(encoding="utf-8").strip()  # unwrapped: users copy it
+            console.print("LBW preset: " + escape(line), soft_wrap=True)
 
 
 def _size(n: int) -> str:

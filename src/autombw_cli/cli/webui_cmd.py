@@ -61,6 +61,14 @@ def simulate_command(
             help="Also write the built-in simC, model C of add-difference merges. Default: off.",
         ),
     ] = False,
+    lora: Annotated[
+        bool,
+        typer.Option(
+            "--lora",
+            help="Also write the built-in LoRA Lora/simLora.safetensors (formula lora). "
+            "Default: off.",
+        ),
+    ] = False,
 ) -> None:
     """Run a simulated AUTOMATIC1111 WebUI (A1111 API + the autombw bridge) until Ctrl-C."""
     from autombw_cli.sim.faults import parse_faults
@@ -96,6 +104,7 @@ def simulate_command(
         faults=plan,
         model_dir=models_dir,
         base_model=base_model,
+        lora=lora,
     )
 
 

@@ -132,3 +132,20 @@ def presets_command(
     for preset_name, values in found.items():
         table.add_row(preset_name, ",".join(f"{v:.3g}" for v in values))
     Console().print(table)
+
+
+@weights_app.command("lbw")
+def lbw_command(
+    recipe: Annotated[
+        Path, typer.Argument(help="A .recipe.txt or recipe .json (of a LoRA run or bake).")
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="Preset name. Default: the recipe's output name.")
+    ] = None,
+) -> None:
+    """Print a recipe's weights as an sd-webui-lora-block-weight preset line (NAME:1,0,...)."""
+    from autombw_cli.lbw import lbw_preset_line
+    from autombw_cli.recipe import read_recipe_file
+
+    read = read_recipe_file(recipe)
+    typer.echo(lbw_preset_line(name or read.output_name or recipe.stem, read.weights))

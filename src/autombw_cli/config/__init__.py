@@ -47,6 +47,7 @@ from autombw_cli.config.sections import (
     check_unique_instances,
 )
 from autombw_cli.errors import AutombwError, ConfigError
+from autombw_cli.recipe import Formula
 from autombw_cli.scoring.settings import ScorerConfig, ScorerPaths
 from autombw_cli.yamlio import FieldError, raise_validation_error, read_document
 
@@ -118,7 +119,8 @@ class SearchConfig(StrictModel):
         search = self.search
         initial = search.initial.parse(arch, search.extrapolation) if search.initial else None
         self._initial = initial
-        object.__setattr__(self, "search", self.search.resolve_slots(arch, initial))
+        lora = self.models.formula is Formula.LORA
+        object.__setattr__(self, "search", self.search.resolve_slots(arch, initial, lora=lora))
         o = self.outputs
         if (
             o.final_merge

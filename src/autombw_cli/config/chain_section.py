@@ -102,6 +102,14 @@ def check_chain(
     """Cross-section checks of a chain (paths are relative to the config, e.g. ``chain.0.b``)."""
     if len(steps) > MAX_CHAIN_STEPS:
         raise FieldError(("chain",), f"at most {MAX_CHAIN_STEPS} steps after models")
+    lora = [("models", "formula")] if models.formula is Formula.LORA else []
+    lora += [("chain", i, "formula") for i, s in enumerate(steps) if s.formula is Formula.LORA]
+    if lora:  # not built for chains yet: the LoRA search and bake work alone
+        raise FieldError(
+            lora[0],
+            "formula lora (LoRA block weights) is not chained yet; search or bake the LoRA "
+            "on its own (a search without chain:, or autombw merge A LORA --lora)",
+        )
     out = checkpoint_stem(models.output)
     for i, step in enumerate(steps):
         names = [("b", step.b, step.b_file)] + ([("c", step.c, step.c_file)] if step.c else [])

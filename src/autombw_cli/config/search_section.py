@@ -34,6 +34,7 @@ from autombw_cli.config.passes import (
     default_passes,
 )
 from autombw_cli.errors import AutombwError
+from autombw_cli.lbw import LBW_LENGTHS, LBW_ORDERS, UNPLACED_SLOTS
 from autombw_cli.yamlio import FieldError, error_text, format_path
 
 MAX_PASSES = 3
@@ -187,8 +188,14 @@ class SearchSettings(StrictModel):
     def weight_range(self) -> tuple[float, float]:
         return EXTRAPOLATION_RANGE if self.extrapolation else WEIGHT_RANGE
 
-    def resolve_slots(self, arch: Arch, initial: Weights | None) -> SearchSettings:
-        """Canonical block names; every slot either searched (``blocks``) or ``frozen``."""
+    def resolve_slots(
+        self, arch: Arch, initial: Weights | None, *, lora: bool = False
+    ) -> SearchSettings:
+        """Canonical block names; every slot either searched (``blocks``) or ``frozen``.
+
+        ``lora`` (a LoRA block-weight search): ``blocks: all`` means the blocks of LBW's short
+        vector (SD1 16, SDXL 11: where a plain LoRA has modules); the other blocks not frozen
+        in the config are held as LBW holds them: 0, and OUT/TIME_EMBED/LABEL_EMB 1."""
         lay = layout(arch)
         lo, hi = self.weight_range()
         root = ("search",)
@@ -219,7 +226,13 @@ class SearchSettings(StrictModel):
                 raise FieldError((*root, "frozen", name), f"{s} is frozen twice")
             in_range(v, ("frozen", name))
             frozen[s] = v
-        if self.blocks == "all":
+        if self.blocks == "all" and lora:
+            short = LBW_ORDERS[LBW_LENGTHS[arch][0]]
+            searched = [s for s in lay.slots if s in short and s not in frozen]
+            for s in lay.slots:
+                if s not in short and s not in frozen:
+                    frozen[s] = 1.0 if s in UNPLACED_SLOTS else 0.0
+        elif self.blocks == "all":
             searched = [s for s in lay.slots if s not in frozen]
         else:
             chosen: list[str] = []

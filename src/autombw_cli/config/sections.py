@@ -52,11 +52,16 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # --- models -----------------------------------------------------------------------------
 class ModelsConfig(StrictModel):
     """The checkpoints to merge (as the WebUI lists them), the formula and the merged model's
-    name: ``formula: weighted_sum`` (A + (B - A)·w, the default) or ``add_difference``
-    (A + (B - C)·w, with model ``c``, B's base)."""
+    name: ``formula: weighted_sum`` (A + (B - A)·w, the default), ``add_difference``
+    (A + (B - C)·w, with model ``c``, B's base) or ``lora`` (A + w·delta(B): B is a LoRA file
+    of the WebUI's Lora folder, each weight its strength in that block)."""
 
     a: str = Field(min_length=1, description="Model A: checkpoint title, name or file name")
-    b: str = Field(min_length=1, description="Model B: checkpoint title, name or file name")
+    b: str = Field(
+        min_length=1,
+        description="Model B: checkpoint title, name or file name (formula lora: the LoRA, "
+        "as the WebUI's Lora folder names it)",
+    )
     output: str = Field(
         "autombw-merge",
         min_length=1,
@@ -67,7 +72,8 @@ class ModelsConfig(StrictModel):
     b_file: ExistingFile | None = Field(None, description="Local file of B (offline merge)")
     formula: Formula = Field(
         Formula.WEIGHTED_SUM,
-        description="weighted_sum: A + (B - A)*w; add_difference: A + (B - C)*w (needs c)",
+        description="weighted_sum: A + (B - A)*w; add_difference: A + (B - C)*w (needs c); "
+        "lora: A + w*delta(B), B a LoRA and w its strength per block",
     )
     c: str | None = Field(
         None,

@@ -2,6 +2,7 @@
 globals; torch only):
 
 - weighted sum: `lerp_tensor`, ``A + w * (B - A)`` (``torch.lerp``);
+- a LoRA delta: `add_delta_tensor`, ``A + w * delta``, the same last two steps;
 - add difference: `add_difference_tensor`, ``A + w * (B - C)``, as three separate float32
   operations (``B - C``, ``* w``, ``+ A``), each rounded once, so any split of a tensor into
   pieces (CPU vector lanes, chunks, CUDA) gives the same bits; no fused multiply-add.
@@ -43,6 +44,22 @@ def add_difference_tensor(a: Tensor, b: Tensor, c: Tensor, w: float) -> Tensor:
     diff.mul_(float(w))
     diff.add_(a.float())  # float addition commutes exactly: this is a + diff
     return diff.to(a.dtype)
+
+
+def add_delta_tensor(
+    a: Tensor, delta: Tensor, w: float, dtype: torch.dtype | None = None
+) -> Tensor:
+    """``a + w * delta`` (a LoRA at strength ``w``; ``delta`` float32) computed in float32 and
+    cast once to ``dtype`` (default ``a``'s): the last two steps of `add_difference_tensor`.
+
+    ``w == 0`` returns ``a`` (cast to ``dtype`` when that differs); non-float tensors are never
+    patched."""
+    out_dtype = a.dtype if dtype is None else dtype
+    if w == 0.0 or not a.is_floating_point():
+        return a if a.dtype == out_dtype or not a.is_floating_point() else a.to(out_dtype)
+    out = delta.to(device=a.device, dtype=torch.float32) * float(w)
+    out.add_(a.float())
+    return out.to(out_dtype)
 
 
 def merge_tensor(a: Tensor, b: Tensor, c: Tensor | None, w: float) -> Tensor:
@@ -100,4 +117,8 @@ class ChunkedLerp:
         return out
 
 
-KERNELS = {"lerp": lerp_tensor, "add_difference": add_difference_tensor}
+KERNELS = {
+    "lerp": lerp_tensor,
+    "add_difference": add_difference_tensor,
+    "add_delta": add_delta_tensor,
+}

@@ -103,8 +103,9 @@ def merge_checkpoints(
     progress: ProgressFn | None = None,
 ) -> MergeReport:
     """Merge A and B (and C: ``model_c``, exactly when the recipe's formula is add difference)
-    with ``recipe``'s weights into ``output`` and write ``<stem>.recipe.txt`` / ``.recipe.json``
-    beside it. ``output`` ending in ``.ckpt`` is written as a torch pickle
+    with ``recipe``'s weights into ``output`` and write ``<stem>.recipe.txt`` /
+    ``.recipe.json`` beside it (a LoRA recipe: B is a LoRA file baked into A, see
+    `lora_bake`). ``output`` ending in ``.ckpt`` is written as a torch pickle
     ``{"state_dict": ...}`` (what A1111 loads), anything else as ``.safetensors``.
 
     Raises ConfigError (bad dtype/output path, missing input, C missing for an add-difference
@@ -113,6 +114,17 @@ def merge_checkpoints(
     worker thread; note that torch's intra-op thread count is process-wide and is set to
     `MERGE_THREADS` for the duration of the merge.
     """
+    if recipe.formula is Formula.LORA:  # B is a LoRA file: bake it into A
+        from autombw_cli.merging.lora_bake import bake_lora
+
+        if model_c is not None:
+            raise ConfigError(
+                f"model C ({model_c}) was given but the recipe bakes a LoRA into A",
+                hint="drop model C",
+            )
+        return bake_lora(
+            model_a, model_b, recipe, output, dtype=dtype, force=force, progress=progress
+        )
     started = time.perf_counter()
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}", hint=f"one of {', '.join(OUTPUT_DTYPES)}")

@@ -49,15 +49,18 @@ def recipe_for(
     model_c: str = "",
 ) -> Recipe:
     """A Recipe for a recovered evaluation (model names from ``base`` where not given). An
-    add-difference ``base`` keeps its formula and C; ``model_c`` makes the recipe an add
-    difference (refused for a ``base`` that says weighted sum: the source knows better)."""
+    add-difference (or LoRA) ``base`` keeps its formula and C; ``model_c`` makes the recipe
+    an add difference (refused for a ``base`` that says otherwise: the source knows better)."""
     if base is not None and model_c and not base.formula.needs_c:
+        what = "a LoRA bake" if base.formula is Formula.LORA else "a weighted sum of A and B"
         raise ConfigError(
-            "--model-c was given but the source's recipe is a weighted sum of A and B",
+            f"--model-c was given but the source's recipe is {what}",
             hint="drop --model-c; a history CSV or log of an add-difference search takes it",
         )
     c = model_c or (base.model_c if base is not None else None) or None
     formula = Formula.WEIGHTED_SUM if c is None else Formula.ADD_DIFFERENCE
+    if base is not None and base.formula is Formula.LORA:
+        formula = Formula.LORA
     if base is not None:
         return Recipe(
             model_a or base.model_a,

@@ -87,17 +87,35 @@ def top_k(records: Sequence[Evaluation], k: int = TOP_K) -> list[Evaluation]:
 
 
 def best_recipe(
-    best: Evaluation, *, model_a: str, model_b: str, output: str, model_c: str | None = None
+    best: Evaluation,
+    *,
+    model_a: str,
+    model_b: str,
+    output: str,
+    model_c: str | None = None,
+    lora: bool = False,
 ) -> Recipe:
-    """The best evaluation as a recipe (``model_c``: an add-difference search's C)."""
+    """The best evaluation as a recipe (``model_c``: an add-difference search's C; ``lora``:
+    a LoRA search's, B the LoRA)."""
+    formula = Formula.WEIGHTED_SUM if model_c is None else Formula.ADD_DIFFERENCE
     return Recipe(
         model_a=model_a,
         model_b=model_b,
         output_name=output,
         weights=best.weights,
         model_c=model_c,
-        formula=Formula.WEIGHTED_SUM if model_c is None else Formula.ADD_DIFFERENCE,
+        formula=Formula.LORA if lora else formula,
     )
+
+
+def write_lbw_line(recipe: Recipe, run_dir: Path) -> Path:
+    """``<output>.lbw.txt`` in the run folder: a LoRA search's best strengths as an
+    sd-webui-lora-block-weight preset line (`lbw.lbw_preset_line`)."""
+    from autombw_cli.lbw import lbw_preset_line
+
+    path = run_dir / f"{recipe.output_name}.lbw.txt"
+    atomic_write_text(path, lbw_preset_line(recipe.output_name, recipe.weights) + "\n")
+    return path
 
 
 def write_best_recipe(recipe: Recipe, run_dir: Path) -> tuple[Path, Path]:
@@ -166,6 +184,7 @@ def build_summary(
     model_c: str | None = None,
     passes: Sequence[Mapping[str, Any]] = (),
     trace: ScoreTrace | None = None,
+    lora: bool = False,
 ) -> dict[str, Any]:
     """The JSON-able summary of a run (pure).
 
@@ -193,7 +212,8 @@ def build_summary(
         "stop_reason": reason,
         "exit_code": exit_code,
         "models": {"a": model_a, "b": model_b, "arch": arch.value}
-        | ({} if model_c is None else {"c": model_c, "formula": Formula.ADD_DIFFERENCE.value}),
+        | ({} if model_c is None else {"c": model_c, "formula": Formula.ADD_DIFFERENCE.value})
+        | ({"formula": Formula.LORA.value} if lora else {}),
         "evaluations": len(trace),
         "pruned": trace.n_pruned,  # of those, stopped after their first images
         "failed_attempts": failed,  # evaluation attempts that failed (retried or given up)

@@ -144,9 +144,10 @@ class Scheduler:
         emit: EventSink,
         settings: SchedulerSettings | None = None,
         model_c: str | None = None,
+        lora: bool = False,
     ) -> None:
         """``model_c``: B's base for an add-difference search (A + (B - C) * w; None: the
-        weighted sum of A and B)."""
+        weighted sum of A and B); ``lora``: B is a LoRA, each weight its block strength."""
         if not instances:
             raise ValueError("the scheduler needs at least one instance")
         if not prompts:
@@ -157,6 +158,7 @@ class Scheduler:
         self.model_a = model_a
         self.model_b = model_b
         self.model_c = model_c
+        self.lora = lora
         self.emit = emit
         self.settings = settings or SchedulerSettings()
         self._stop = StopState()  # here, not in the run: a stop may be asked before run()
@@ -216,8 +218,12 @@ class _Run:
         self.prompts = sched.prompts
         self.model_a = sched.model_a
         self.model_b = sched.model_b
-        # add difference only: clients (and test fakes) without C know no such argument
-        self.merge_options = {} if sched.model_c is None else {"model_c": sched.model_c}
+        # add difference / LoRA only: clients (and test fakes) without them know no such argument
+        self.merge_options: dict[str, str] = {}
+        if sched.model_c is not None:
+            self.merge_options["model_c"] = sched.model_c
+        if sched.lora:
+            self.merge_options["formula"] = "lora"
         self.emit = sched.emit
         self.settings = sched.settings
         self.scorer = sched.scorer

@@ -72,6 +72,7 @@ class InstanceClient(Protocol):
         *,
         cache_device: str = ...,
         model_c: str | None = ...,
+        formula: str | None = ...,
     ) -> MergeAnswer: ...
 
     async def txt2img(self, body: Mapping[str, Any]) -> RenderAnswer: ...

@@ -20,6 +20,7 @@ from autombw_cli import __version__
 from autombw_cli.merging.checkpoint_io import checkpoint
 from autombw_cli.webui.bridge.names import CHECKPOINT_SUFFIXES, CheckpointRef, find_checkpoint
 
+LORA_FOLDER = "Lora"  # the simulator's LoRA files: <model_dir>/Lora (not checkpoints)
 HASH_LIMIT_BYTES = 256 << 20  # hash files up to this size at refresh (A1111 hashes lazily)
 
 
@@ -51,8 +52,15 @@ class SimHost:
 
     name = "sim"
 
-    def __init__(self, model_dir: Path, *, lock: threading.Lock | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        lock: threading.Lock | None = None,
+        lora_dir: Path | None = None,
+    ) -> None:
         self.model_dir = Path(model_dir)
+        self._lora_dir = Path(lora_dir) if lora_dir is not None else self.model_dir / LORA_FOLDER
         self._lock = lock or threading.Lock()
         self._refs: list[CheckpointRef] = []
         self._model: torch.nn.Module | None = None
@@ -92,6 +100,9 @@ class SimHost:
     def checkpoint_dir(self) -> Path:
         return self.model_dir
 
+    def lora_dir(self) -> Path:
+        return self._lora_dir
+
     def webui_version(self) -> str:
         return SIM_WEBUI_VERSION
 
@@ -107,6 +118,8 @@ class SimHost:
                 continue
             if any(part.startswith(".") for part in path.relative_to(self.model_dir).parts):
                 continue  # temp files of atomic writes
+            if path.is_relative_to(self._lora_dir):
+                continue  # LoRAs are not checkpoints
             rel = path.relative_to(self.model_dir).as_posix()
             sha = _sha256(path) if path.stat().st_size <= HASH_LIMIT_BYTES else None
             short = sha[:10] if sha else None

@@ -2,8 +2,9 @@
 
 The simulated WebUI renders from the live merged tensors (`sim.render`); this scorer builds
 the same built-in checkpoints in memory (same seeds, same fp16 kernels as the bridge), merges
-them with the **target** weights (a weighted sum of simA and simB, or with ``formula:
-add_difference`` simA + (simB - simC) * w), and renders the target image with the parameters the
+them with the **target** weights (a weighted sum of simA and simB, with ``formula:
+add_difference`` simA + (simB - simC) * w, with ``formula: lora`` simA with the built-in LoRA
+simLora at the target strengths), and renders the target image with the parameters the
 simulator stored in each PNG (``autombw_sim`` text chunk: prompt, seed, size, steps, cfg).
 
     score = 1 / (1 + 20 * rmse(image, target_image))      # in (0, 1]; exactly 1 at the target
@@ -25,11 +26,13 @@ import numpy as np
 
 from autombw_cli.blocks import Arch, Weights, layout, parse_weights
 from autombw_cli.errors import ScorerError
+from autombw_cli.recipe import Formula
 
 if TYPE_CHECKING:
     import torch
     from PIL.Image import Image
 
+    from autombw_cli.merging.lora import PlacedLora
     from autombw_cli.sim.render import Renderer
 
 OPTIMUM_SCORE = 1.0
@@ -65,7 +68,6 @@ class SimScorer:
         model_c: str | Path | None = None,
         **_ignored: Any,
     ) -> None:
-        from autombw_cli.recipe import Formula
         from autombw_cli.sim.render import Renderer
 
         self.arch = Arch(arch)
@@ -73,11 +75,13 @@ class SimScorer:
         self.target_weights = _target(self.arch, target)
         self.renderer: Renderer = Renderer(self.arch)
         state_a = _state(self.arch, model_a, seed_a)
-        state_b = _state(self.arch, model_b, seed_b)
-        state_c = _state(self.arch, model_c, seed_c) if self.formula.needs_c else None
-        self._target_features = self.renderer.unet_features(
-            merge_state(state_a, state_b, self.target_weights, state_c)
-        )
+        if self.formula is Formula.LORA:  # model_b: a LoRA file (default: the built-in)
+            target = lora_state(state_a, _lora(self.arch, model_b), self.target_weights)
+        else:
+            state_b = _state(self.arch, model_b, seed_b)
+            state_c = _state(self.arch, model_c, seed_c) if self.formula.needs_c else None
+            target = merge_state(state_a, state_b, self.target_weights, state_c)
+        self._target_features = self.renderer.unet_features(target)
         self._cache: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
 
     @property
@@ -170,6 +174,35 @@ def merge_state(
         c = None if state_c is None else state_c[key].to(a.dtype)
         out[key] = merge_tensor(a, state_b[key].to(a.dtype), c, step[1])
     return out
+
+
+def lora_state(
+    state_a: Mapping[str, torch.Tensor], placed: PlacedLora, weights: Weights
+) -> dict[str, torch.Tensor]:
+    """A with the LoRA baked in at ``weights``' strengths, exactly as the bridge and the
+    offline bake compute it (`PlacedLora.patched`)."""
+    return {key: placed.patched(key, a, weights) for key, a in state_a.items()}
+
+
+def _lora(arch: Arch, path: str | Path | None) -> PlacedLora:
+    """The LoRA of a LoRA search, placed on the built-in checkpoints (their shapes)."""
+    from autombw_cli.merging.lora import place_lora, place_modules
+    from autombw_cli.sim.checkpoints import key_shapes
+
+    shapes = key_shapes(arch, "tiny")
+    try:
+        if path is not None:
+            return place_lora(path, shapes)
+        from autombw_cli.sim.loras import lora_state_dict
+        from autombw_cli.sim.server import BUILTIN_LORA, BUILTIN_LORA_SEED
+
+        modules: dict[str, dict[str, torch.Tensor]] = {}
+        for key, t in lora_state_dict(arch, seed=BUILTIN_LORA_SEED).items():
+            module, _, part = key.partition(".")
+            modules.setdefault(module, {})[part] = t
+        return place_modules(modules, shapes, source=BUILTIN_LORA)
+    except Exception as exc:
+        raise ScorerError(f"sim scorer: cannot place the LoRA {path or ''}: {exc}") from exc
 
 
 def _state(arch: Arch, path: str | Path | None, seed: int) -> dict[str, torch.Tensor]:

@@ -54,6 +54,8 @@ log = logging.getLogger("autombw.sim")
 BUILTIN_MODELS: dict[str, int] = {"simA": 1, "simB": 2}  # name -> seed of its tensors
 BASE_MODEL: dict[str, int] = {"simC": 3}  # model C of an add-difference merge (base_model=True)
 BUILTIN_DTYPE = "float16"
+BUILTIN_LORA = "simLora"  # in <model dir>/Lora, written with lora=True
+BUILTIN_LORA_SEED = 4
 SAMPLERS = (
     "Euler a",
     "Euler",
@@ -87,10 +89,22 @@ SIM_FAULTS = "/sim/faults"
 SIM_RESTART = "/sim/restart"
 
 
-def write_builtin_models(folder: Path, arch: Arch | str, *, base_model: bool = False) -> list[Path]:
-    """Write ``simA.safetensors`` and ``simB.safetensors`` (tiny, fp16) unless present, and
-    with ``base_model`` ``simC.safetensors`` (B's "base" for add-difference merges)."""
+def write_builtin_models(
+    folder: Path, arch: Arch | str, *, base_model: bool = False, lora: bool = False
+) -> list[Path]:
+    """Write ``simA.safetensors`` and ``simB.safetensors`` (tiny, fp16) unless present, with
+    ``base_model`` ``simC.safetensors`` (B's "base" for add-difference merges), with ``lora``
+    the LoRA ``Lora/simLora.safetensors`` (for LoRA block-weight searches)."""
     import torch
+
+    if lora:
+        from autombw_cli.sim.host import LORA_FOLDER
+        from autombw_cli.sim.loras import write_random_lora
+
+        lora_path = folder / LORA_FOLDER / f"{BUILTIN_LORA}.safetensors"
+        if not lora_path.exists():
+            lora_path.parent.mkdir(parents=True, exist_ok=True)
+            write_random_lora(lora_path, arch, seed=BUILTIN_LORA_SEED)
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -152,9 +166,10 @@ class SimulatedWebUI:
         bridge: bool = True,
         nowebui: bool = False,
         base_model: bool = False,
+        lora: bool = False,
     ) -> None:
         """``base_model``: also write the built-in model C (``simC``) for add-difference
-        merges (``A + (B - C) * w``)."""
+        merges (``A + (B - C) * w``); ``lora``: the built-in LoRA ``simLora``."""
         self.arch = Arch(arch)
         self.latency_per_image = float(latency_per_image)
         self.auth = auth
@@ -164,7 +179,7 @@ class SimulatedWebUI:
             self._tmp = SimFolder()
             model_dir = self._tmp.name
         self.model_dir = Path(model_dir)
-        write_builtin_models(self.model_dir, self.arch, base_model=base_model)
+        write_builtin_models(self.model_dir, self.arch, base_model=base_model, lora=lora)
         self.queue_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._stop = threading.Event()

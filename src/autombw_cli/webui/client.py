@@ -351,9 +351,11 @@ class WebUIClient:
         *,
         model_c: str | None = None,
         cache_device: str = "auto",
+        formula: str | None = None,
     ) -> MergeResult:
         """Merge A and B in the WebUI's memory with ``weights`` (with ``model_c``: the add
-        difference ``A + (B - C) * w``); the result's ``merge_id`` names this merge (check it
+        difference ``A + (B - C) * w``; with ``formula="lora"``: B is a LoRA, A + w * delta(B));
+        the result's ``merge_id`` names this merge (check it
         with ``ensure_merge_live`` or ``txt2img(expect_merge_id=)``).
 
         A bridge too old for add difference refuses the request (`BridgeTooOld`); it never
@@ -367,6 +369,8 @@ class WebUIClient:
         if model_c is not None:  # only then: bridges before bridge_api 2 refuse the fields
             body["formula"] = "add_difference"
             body["model_c"] = model_c
+        if formula is not None:  # bridges before bridge_api 3 refuse "lora"
+            body["formula"] = formula
         if weights.text_encoder is not None:
             body["text_encoder_weight"] = weights.text_encoder
         async with self._model_lock:
@@ -380,21 +384,30 @@ class WebUIClient:
                 )
             except WebUIValidationError as exc:
                 refused = "unknown field" in exc.detail and "formula" in exc.detail
+                if formula == "lora" and ("formula must be one of" in exc.detail or refused):
+                    raise self._too_old(
+                        exc, "LoRA block weights (it refused formula lora)"
+                    ) from exc
                 if model_c is not None and refused:
-                    raise BridgeTooOld(
-                        "its autombw bridge is too old for add-difference merges (it refused "
-                        "the formula and model_c fields)",
-                        hint="run `autombw webui install-extension WEBUI_DIR` with this autombw "
-                        "and restart the WebUI",
-                        instance=self.label,
-                        status_code=422,
-                        method="POST",
-                        path=ep.BRIDGE_MERGE,
-                        detail=exc.detail,
-                        json_answer=exc.json_answer,
+                    raise self._too_old(
+                        exc, "add-difference merges (it refused the formula and model_c fields)"
                     ) from exc
                 raise
         return self._parse(resp, MergeResult, "bridge merge")
+
+    def _too_old(self, exc: WebUIValidationError, what: str) -> BridgeTooOld:
+        """A bridge's 422 to a merge it predates, as the error that says so."""
+        return BridgeTooOld(
+            f"its autombw bridge is too old for {what}",
+            hint="run `autombw webui install-extension WEBUI_DIR` with this autombw "
+            "and restart the WebUI",
+            instance=self.label,
+            status_code=422,
+            method="POST",
+            path=ep.BRIDGE_MERGE,
+            detail=exc.detail,
+            json_answer=exc.json_answer,
+        )
 
     async def bridge_restore(self, free_caches: bool = False) -> RestoreResult:
         """Put A's original weights back; ``free_caches`` also drops the bridge's block caches."""

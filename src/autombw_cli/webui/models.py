@@ -191,7 +191,7 @@ class BridgeStatus(WireModel):
     arch: str | None = None
     model_a: BridgeModelRef | None = None
     model_b: BridgeModelRef | None = None
-    formula: str | None = None  # bridge_api 2: weighted_sum or add_difference
+    formula: str | None = None  # bridge_api 2: weighted_sum or add_difference; 3: lora
     model_c: BridgeModelRef | None = None
     loaded_checkpoint: str | None = None
     merge_id: str | None = None

@@ -81,6 +81,13 @@ class A1111Host:
         ckpt_dir = getattr(self._shared.cmd_opts, "ckpt_dir", None)
         return Path(ckpt_dir or self._sd_models.model_path)
 
+    def lora_dir(self) -> Path | None:
+        lora_dir = getattr(self._shared.cmd_opts, "lora_dir", None)  # the Lora extension's
+        if lora_dir:
+            return Path(lora_dir)
+        models_path = getattr(getattr(self._shared, "paths", None), "models_path", None)
+        return Path(models_path) / "Lora" if models_path else None
+
     def refresh_checkpoints(self) -> None:
         refresh = getattr(self._shared, "refresh_checkpoints", None)
         if callable(refresh):

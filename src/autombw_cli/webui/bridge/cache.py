@@ -1,5 +1,5 @@
 """The bridge's tensor cache: A's original, B's and (add difference) C's tensors per slot, on
-one device.
+one device; for a LoRA pair ``b`` holds the LoRA's float32 deltas instead of B's tensors.
 
 A's tensors are copied from the live model when it holds A's originals (so a restore is bit
 for bit), or read from A's file when it does not (``a_from_file``); B's and C's are always read
@@ -22,6 +22,7 @@ from torch import Tensor
 
 from autombw_cli.blocks import BASE
 from autombw_cli.merging.checkpoint_io import CheckpointReader, open_checkpoint
+from autombw_cli.merging.lora import PlacedLora
 from autombw_cli.webui.bridge.errors import Conflict, ServerError
 from autombw_cli.webui.bridge.names import CheckpointRef
 from autombw_cli.webui.bridge.state import Pair
@@ -40,6 +41,7 @@ class TensorCache:
         self.device = device  # None until the first merge chooses one
         self.a_from_file = False  # A's originals come from A's file, not from the live model
         self.slot_keys: dict[str, list[str]] = {}  # slot -> its live keys (the slot module's)
+        self.lora: PlacedLora | None = None  # a LoRA pair's placement: `b` holds its deltas
         self._readers: dict[Path, CheckpointReader] | None = None  # open during `reading`
 
     @contextlib.contextmanager
@@ -119,9 +121,19 @@ class TensorCache:
             else:
                 self.a[slot] = {k: self.put(live[k], copy=True) for _, k in keys}
         if need_b and slot not in self.b:
-            self.b[slot] = self.from_file(pair.b, keys, live)
+            if pair.lora:
+                self.b[slot] = self.lora_deltas(keys)
+            else:
+                self.b[slot] = self.from_file(pair.b, keys, live)
         if need_b and pair.c is not None and slot not in self.c:
             self.c[slot] = self.from_file(pair.c, keys, live)
+
+    def lora_deltas(self, keys: list[tuple[str, str]]) -> Slot:
+        """The LoRA's float32 deltas (strength 1) of the ``(file key, live key)`` keys it
+        patches, by live key (computed on the CPU, then moved: the same bits as the bake)."""
+        assert self.lora is not None
+        placed = self.lora
+        return {live: self.put(placed.delta(key)) for key, live in keys if key in placed.slots}
 
     def from_file(
         self, ref: CheckpointRef, keys: list[tuple[str, str]], live: Mapping[str, Tensor]

@@ -1,5 +1,7 @@
 """The bridge's merge engine: an in-memory block merge of two checkpoints inside a WebUI
-(a weighted sum of A and B, or add difference: A plus the weighted difference of B and C).
+(a weighted sum of A and B, or add difference: A plus the weighted difference of B and C), or
+a LoRA applied to A with a strength per block (``formula: lora``, B a file of the WebUI's Lora
+folder: the LoRA's deltas are cached per slot like B's tensors, `merging.lora`).
 
 `BridgeCore` knows nothing of AUTOMATIC1111. It works through a small `BridgeHost` (``host.py``:
 the live model, loading a checkpoint, listing checkpoints, the checkpoint folder, the queue
@@ -42,9 +44,9 @@ from typing import Any
 import torch
 
 from autombw_cli.atomic import atomic_write_text
-from autombw_cli.blocks import BASE
+from autombw_cli.blocks import BASE, Weights
 from autombw_cli.merging.ckpt_writer import SUFFIXES
-from autombw_cli.recipe import Recipe
+from autombw_cli.recipe import Formula, Recipe
 from autombw_cli.webui.bridge.arguments import (
     CACHE_DEVICES,
     check_choice,
@@ -69,14 +71,14 @@ from autombw_cli.webui.bridge.live import (
     write_text_encoder,
     write_unet_slots,
 )
-from autombw_cli.webui.bridge.names import CheckpointRef
+from autombw_cli.webui.bridge.names import CheckpointRef, lora_refs
 from autombw_cli.webui.bridge.pairs import PairChecker, resolve, same_file
 from autombw_cli.webui.bridge.save import DTYPE_NAMES, save_target, write_merged_checkpoint
 from autombw_cli.webui.bridge.state import UNKNOWN, LiveState, Pair
 
 __all__ = ["BRIDGE_API", "BridgeCore", "BridgeError", "BridgeHost", "MergeOutcome", "SaveOutcome"]
 
-BRIDGE_API = 2  # 2: merge takes formula + model_c (add difference)
+BRIDGE_API = 3  # 2: merge takes formula + model_c (add difference); 3: formula lora
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,15 @@ class BridgeCore:
             how = requested_formula(formula, model_c)
             refs = self.host.list_checkpoints()
             ref_a = resolve(model_a, refs, "model_a")
+            if how is Formula.LORA:
+                loras = lora_refs(self.host.lora_dir())
+                ref_b = resolve(model_b, loras, "model_b", what="LoRA")
+                placed = self._pairs.place_lora(ref_a, ref_b)
+                w = requested_weights(placed.arch, weights, text_encoder_weight, extrapolation)
+                check_choice("cache_device", cache_device, list(CACHE_DEVICES))
+                self._switch_pair(Pair(ref_a, ref_b, placed.arch, lora=True))
+                self._cache.lora = placed
+                return self._merge_into_live(w, cache_device, t0, how)
             ref_b = resolve(model_b, refs, "model_b")
             ref_c = resolve(model_c, refs, "model_c") if how.needs_c else None
             if same_file(ref_a.path, ref_b.path):
@@ -222,42 +233,50 @@ class BridgeCore:
             check_choice("cache_device", cache_device, list(CACHE_DEVICES))
 
             self._switch_pair(Pair(ref_a, ref_b, arch, ref_c))
-            model = self._ensure_a_loaded()
-            unet = model.get_submodule(UNET_MODULE)
-            device = self._choose_cache_device(cache_device, unet)
-            self._cache.move_to(device)
+            return self._merge_into_live(w, cache_device, t0, how)
 
-            state = self._state
-            targets = {slot: w[slot] for slot in self._cache.slot_keys}
-            te = w.text_encoder if w.text_encoder is not None else 0.0
-            changed = [s for s, v in targets.items() if state.held(s) != v]
-            te_changed = state.held(BASE) != te
+    def _merge_into_live(
+        self, w: Weights, cache_device: str, t0: float, how: Formula
+    ) -> MergeOutcome:
+        """Steps 1 to 4 of the module docstring for the current pair (the lock held)."""
+        pair = self._state.pair
+        assert pair is not None
+        model = self._ensure_a_loaded()
+        unet = model.get_submodule(UNET_MODULE)
+        device = self._choose_cache_device(cache_device, unet)
+        self._cache.move_to(device)
 
-            # From here on the previous merge is gone. The state's `applied` follows every
-            # slot written, so after a failure midway the next merge or restore knows what to
-            # redo.
-            self._state = state.merging()
-            with self._cache.reading():
-                self._write_unet_slots(unet, {s: targets[s] for s in changed})
-                if te_changed:
-                    try:
-                        self._write_text_encoder(model, te)
-                    finally:
-                        self.host.invalidate_conditioning()
+        state = self._state
+        targets = {slot: w[slot] for slot in self._cache.slot_keys}
+        te = w.text_encoder if w.text_encoder is not None else 0.0
+        changed = [s for s, v in targets.items() if state.held(s) != v]
+        te_changed = state.held(BASE) != te
 
-            merge_id = uuid.uuid4().hex[:16]
-            self._state = self._state.merged(merge_id, w)
-            return MergeOutcome(
-                merge_id=merge_id,
-                changed_blocks=changed + ([BASE] if te_changed else []),
-                elapsed_s=round(time.perf_counter() - t0, 6),
-                model_a=ref_a.name,
-                model_b=ref_b.name,
-                arch=arch.value,
-                cache_device=str(device),
-                formula=how.value,
-                model_c=ref_c.name if ref_c else None,
-            )
+        # From here on the previous merge is gone. The state's `applied` follows every
+        # slot written, so after a failure midway the next merge or restore knows what to
+        # redo.
+        self._state = state.merging()
+        with self._cache.reading():
+            self._write_unet_slots(unet, {s: targets[s] for s in changed})
+            if te_changed:
+                try:
+                    self._write_text_encoder(model, te)
+                finally:
+                    self.host.invalidate_conditioning()
+
+        merge_id = uuid.uuid4().hex[:16]
+        self._state = self._state.merged(merge_id, w)
+        return MergeOutcome(
+            merge_id=merge_id,
+            changed_blocks=changed + ([BASE] if te_changed else []),
+            elapsed_s=round(time.perf_counter() - t0, 6),
+            model_a=pair.a.name,
+            model_b=pair.b.name,
+            arch=pair.arch.value,
+            cache_device=str(device),
+            formula=how.value,
+            model_c=pair.c.name if pair.c else None,
+        )
 
     # --- restore --------------------------------------------------------------------------
     def restore(self, *, free_caches: bool = False) -> dict[str, Any]:
@@ -345,6 +364,7 @@ class BridgeCore:
                 metadata=recipe.safetensors_metadata(),
                 fmt=fmt,  # type: ignore[arg-type]  (checked against SUFFIXES above)
                 c_path=pair.c.path if pair.c else None,
+                lora=self._cache.lora if pair.lora else None,
             )
             atomic_write_text(recipe_path, recipe.to_text())
             self.host.refresh_checkpoints()
@@ -377,7 +397,7 @@ class BridgeCore:
             self.restore()  # leave A's weights as they were before the next pair loads
         cache = TensorCache(device=self._cache.device)
         if old is not None and old.arch is pair.arch:
-            if same_file(old.b.path, pair.b.path):
+            if same_file(old.b.path, pair.b.path) and not pair.lora:  # deltas fit one A
                 cache.b = self._cache.b
             if old.c is not None and _same_c(old, pair):
                 cache.c = self._cache.c
@@ -444,7 +464,8 @@ class BridgeCore:
             unet_bytes = sum(t.numel() * t.element_size() for t in unet.state_dict().values())
             held = self._cache.nbytes(device_type="cuda")
             free, _ = torch.cuda.mem_get_info(live_device)
-            copies = 2 if self._state.pair is None or self._state.pair.c is None else 3
+            pair = self._state.pair  # B's tensors, or a LoRA's float32 deltas: up to 2 copies
+            copies = 2 if pair is None or (pair.c is None and not pair.lora) else 3
             need = copies * unet_bytes - held + (1 << 30)
             return live_device if free > need else torch.device("cpu")
         return torch.device("cpu")

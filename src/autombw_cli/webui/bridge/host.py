@@ -41,6 +41,10 @@ class BridgeHost(Protocol):
 
     def checkpoint_dir(self) -> Path: ...
 
+    def lora_dir(self) -> Path | None:
+        """The folder of LoRA files (A1111: ``--lora-dir``, ``models/Lora``); None: none."""
+        ...
+
     def refresh_checkpoints(self) -> None: ...
 
     def webui_version(self) -> str | None:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from autombw_cli.blocks import BASE, UNET_PREFIX, Arch, layout
 from autombw_cli.merging.checkpoint_io import checkpoint
-from autombw_cli.merging.kernels import merge_tensor
+from autombw_cli.merging.kernels import add_delta_tensor, merge_tensor
 from autombw_cli.merging.plan import TEXT_ENCODER, slot_of
 from autombw_cli.webui.bridge.cache import TensorCache
 from autombw_cli.webui.bridge.errors import BadRequest, ServerError
@@ -112,6 +112,12 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def mix(pair: Pair, a: Tensor, b: Tensor, c: Tensor | None, w: float) -> Tensor:
+    """One merged tensor: `merge_tensor` of A and B (and C), or for a LoRA pair A plus ``w``
+    times the delta ``b`` (`add_delta_tensor`)."""
+    return add_delta_tensor(a, b, w) if pair.lora else merge_tensor(a, b, c, w)
+
+
 def write_unet_slots(
     unet: torch.nn.Module,
     pair: Pair,
@@ -142,7 +148,7 @@ def write_unet_slots(
                 batch[key] = a_dev
             else:
                 c_dev = None if c is None else c.to(dst.device, non_blocking=True)
-                batch[key] = merge_tensor(a_dev, b.to(dst.device, non_blocking=True), c_dev, w)
+                batch[key] = mix(pair, a_dev, b.to(dst.device, non_blocking=True), c_dev, w)
         mark(slot, UNKNOWN)
         load_into(module, batch)
         mark(slot, w)
@@ -178,7 +184,7 @@ def write_text_encoder(
             batch[key] = a_dev
         else:
             c_dev = None if c is None else c.to(a_dev.device)
-            batch[key] = merge_tensor(a_dev, b.to(a_dev.device), c_dev, w)
+            batch[key] = mix(pair, a_dev, b.to(a_dev.device), c_dev, w)
     mark(BASE, UNKNOWN)
     load_into(model, batch)
     mark(BASE, w)

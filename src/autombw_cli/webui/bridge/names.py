@@ -83,6 +83,21 @@ def find_checkpoint(requested: str, refs: Sequence[CheckpointRef]) -> Checkpoint
     return hits[0] if len(hits) == 1 else None
 
 
+def lora_refs(folder: Path | None) -> list[CheckpointRef]:
+    """The LoRA files (``.safetensors``) under ``folder``, named like checkpoints: the path
+    relative to the folder as title, without its suffix as name (A1111's Lora names)."""
+    if folder is None or not folder.is_dir():
+        return []
+    refs = []
+    for path in sorted(folder.rglob("*.safetensors")):
+        rel = path.relative_to(folder)
+        if not path.is_file() or any(part.startswith(".") for part in rel.parts):
+            continue
+        title = rel.as_posix()
+        refs.append(CheckpointRef(title=title, name=title[: -len(".safetensors")], path=path))
+    return refs
+
+
 def close_names(requested: str, refs: Sequence[CheckpointRef], n: int = 5) -> list[str]:
     """Up to ``n`` known checkpoint names that look like ``requested`` (for error messages)."""
     names = [r.name for r in refs]

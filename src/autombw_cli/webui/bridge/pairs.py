@@ -1,5 +1,5 @@
 """Which checkpoints a request names, and whether two of them (A and B, and A and C for an
-add-difference merge) can be merged block by block.
+add-difference merge) can be merged block by block, or a LoRA placed on A.
 
 The verdict for a pair of files (their architecture, or why not) is kept for the files' current
 size and modification time, so a search's thousands of merges of one pair read the headers
@@ -13,8 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from autombw_cli.blocks import UNET_PREFIX, Arch
-from autombw_cli.errors import AutombwError
+from autombw_cli.errors import AutombwError, ModelMismatchError
 from autombw_cli.merging.checkpoint_io import check_mergeable, read_key_shapes
+from autombw_cli.merging.lora import PlacedLora, place_lora
 from autombw_cli.webui.bridge.errors import BadRequest, Conflict, UnknownModel, ValidationError
 from autombw_cli.webui.bridge.names import CheckpointRef, close_names, find_checkpoint
 
@@ -22,20 +23,23 @@ FileKey = tuple[str, int, int]  # path, mtime_ns, size
 _MEMO = 8  # files (and pairs) remembered
 
 
-def resolve(requested: object, refs: list[CheckpointRef], field_name: str) -> CheckpointRef:
-    """The checkpoint a request's ``model_a``/``model_b``/``model_c`` names (404 with close
-    names)."""
+def resolve(
+    requested: object, refs: list[CheckpointRef], field_name: str, *, what: str = "checkpoint"
+) -> CheckpointRef:
+    """The checkpoint (``what="LoRA"``: the LoRA file) a request's ``model_a``/``model_b``/
+    ``model_c`` names (404 with close names)."""
     if not isinstance(requested, str) or not requested.strip():
-        raise ValidationError(f"{field_name} must be a checkpoint name")
+        raise ValidationError(f"{field_name} must be a {what} name")
     ref = find_checkpoint(requested, refs)
     if ref is None:
         close = close_names(requested, refs)
-        hint = (
-            f"did you mean {', '.join(close)}?"
-            if close
-            else "see GET /sdapi/v1/sd-models, or refresh the checkpoint list"
+        where = (
+            "see GET /sdapi/v1/sd-models, or refresh the checkpoint list"
+            if what == "checkpoint"
+            else "see GET /sdapi/v1/loras (the WebUI's Lora folder)"
         )
-        raise UnknownModel(f"{field_name}: unknown checkpoint {requested!r}", hint=hint)
+        hint = f"did you mean {', '.join(close)}?" if close else where
+        raise UnknownModel(f"{field_name}: unknown {what} {requested!r}", hint=hint)
     return ref
 
 
@@ -45,6 +49,26 @@ class PairChecker:
     def __init__(self) -> None:
         self._shapes: dict[FileKey, dict[str, tuple[int, ...]]] = {}
         self._verdicts: dict[tuple[FileKey, FileKey], Arch] = {}
+        self._loras: dict[tuple[FileKey, FileKey], PlacedLora] = {}
+
+    def place_lora(self, ref_a: CheckpointRef, ref_lora: CheckpointRef) -> PlacedLora:
+        """The LoRA ``ref_lora`` placed on A's keys (`merging.lora.place_lora`), remembered
+        per file version; 400 for an unreadable or unsupported LoRA file, 409 for one that does
+        not fit A (another architecture, a module it cannot place, a shape)."""
+        key = (_file_key(ref_a.path), _file_key(ref_lora.path))
+        placed = self._loras.get(key)
+        if placed is None:
+            shapes = self._read(ref_a, key[0])
+            try:
+                placed = place_lora(ref_lora.path, shapes, source=ref_lora.name)
+            except ModelMismatchError as exc:
+                unreadable = "not a readable LoRA" in exc.message
+                error = BadRequest if unreadable else Conflict
+                raise error(exc.message, hint=exc.hint, kind="ModelMismatch") from None
+            except AutombwError as exc:
+                raise BadRequest(exc.message, hint=exc.hint, kind="ModelMismatch") from None
+            _remember(self._loras, key, placed)
+        return placed
 
     def check(
         self, ref_a: CheckpointRef, ref_b: CheckpointRef, ref_c: CheckpointRef | None = None

@@ -172,7 +172,7 @@ MERGE_FIELDS = {
     "cache_device",
     "text_encoder_weight",
     "extrapolation",
-    "formula",  # bridge_api 2: add_difference (with model_c) or weighted_sum (the default)
+    "formula",  # bridge_api 2: add_difference (with model_c) or weighted_sum (the default); 3: lora
     "model_c",
 }
 RESTORE_FIELDS = {"free_caches"}

@@ -23,6 +23,7 @@ from autombw_cli.blocks import Weights
 from autombw_cli.merging.checkpoint_io import CheckpointReader, checkpoint
 from autombw_cli.merging.ckpt_writer import CheckpointFormat, write_checkpoint_stream
 from autombw_cli.merging.kernels import ChunkedLerp
+from autombw_cli.merging.lora import PlacedLora
 from autombw_cli.merging.plan import weight_of
 from autombw_cli.merging.safetensors_writer import TensorEntry
 from autombw_cli.webui.bridge.errors import BadRequest, Conflict
@@ -100,12 +101,14 @@ def write_merged_checkpoint(
     metadata: dict[str, str],
     fmt: CheckpointFormat = "safetensors",
     c_path: Path | None = None,
+    lora: PlacedLora | None = None,
 ) -> tuple[int, str]:
     """Write the merge atomically to ``target``; return (bytes written, sha256 of the file).
 
     ``dtype`` is the dtype of float tensors in the output (None: keep A's); ``metadata`` goes
     into a ``.safetensors`` header (a ``.ckpt`` holds only ``{"state_dict": ...}``);
-    ``c_path``: C's file for an add-difference merge (None: the weighted sum)."""
+    ``c_path``: C's file for an add-difference merge (None: the weighted sum); ``lora``: B is
+    this LoRA (``b_path`` is not read), baked as by `merging.lora_bake`."""
     hashing: list[_HashingWriter] = []
 
     def wrap(raw: BinaryIO) -> BinaryIO:
@@ -114,9 +117,13 @@ def write_merged_checkpoint(
 
     with contextlib.ExitStack() as stack:
         fa = stack.enter_context(checkpoint(a_path))
-        fb = stack.enter_context(checkpoint(b_path))
-        fc = stack.enter_context(checkpoint(c_path)) if c_path is not None else None
-        producers = {e.key: (e, make) for e, make in _entries(fa, fb, fc, weights, dtype)}
+        if lora is not None:
+            entries = _lora_entries(fa, lora, weights, dtype)
+        else:
+            fb = stack.enter_context(checkpoint(b_path))
+            fc = stack.enter_context(checkpoint(c_path)) if c_path is not None else None
+            entries = _entries(fa, fb, fc, weights, dtype)
+        producers = {e.key: (e, make) for e, make in entries}
         size = write_checkpoint_stream(
             target,
             [e for e, _ in producers.values()],
@@ -157,6 +164,21 @@ def _entries(
                 return a.to(dtype)
             c = None if fc is None else fc.get(key)
             return lerp(a, fb.get(key), weight, dtype, c=c)
+
+        yield TensorEntry(key, dtype, info.shape), produce
+
+
+def _lora_entries(
+    fa: CheckpointReader, lora: PlacedLora, w: Weights, out_dtype: torch.dtype | None
+) -> Iterator[tuple[TensorEntry, Callable[[], Tensor]]]:
+    """Per key of A: its output entry and `PlacedLora.patched` (the offline bake's tensor)."""
+    for key in fa.keys():  # noqa: SIM118  (a reader, not a dict)
+        info = fa.info(key)
+        floating = info.dtype.is_floating_point
+        dtype = out_dtype if (out_dtype is not None and floating) else info.dtype
+
+        def produce(key: str = key, dtype: torch.dtype = dtype) -> Tensor:
+            return lora.patched(key, fa.get(key), w, dtype)
 
         yield TensorEntry(key, dtype, info.shape), produce
 

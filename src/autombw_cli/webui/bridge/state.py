@@ -28,15 +28,19 @@ UNKNOWN = math.nan  # "the live model holds something else for this slot": alway
 @dataclass(frozen=True)
 class Pair:
     """The models of the current merge: A and B, and C for ``A + (B - C) * w`` (None: the
-    weighted sum ``A + (B - A) * w``)."""
+    weighted sum ``A + (B - A) * w``); with ``lora`` B is a LoRA file and the merge
+    ``A + w * delta(B)``."""
 
     a: CheckpointRef
     b: CheckpointRef
     arch: Arch
     c: CheckpointRef | None = None
+    lora: bool = False
 
     @property
     def formula(self) -> Formula:
+        if self.lora:
+            return Formula.LORA
         return Formula.WEIGHTED_SUM if self.c is None else Formula.ADD_DIFFERENCE
 
 
