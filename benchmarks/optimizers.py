@@ -95,7 +95,7 @@ SINGLES = (
     single("cmaes", "cmaes (Optuna)", "cmaes"),
     single("tpe", "tpe (Optuna, multivariate)", "tpe"),
     single("gp", "gp (Optuna)", "gp", max_seeds=3, max_budget=100, sequential_only=True),
-    single("Bayesian", "Bayesian (GFO, resample)", "Bayesian", {"n_candidates": 1000}, max_seeds=4),
+    single("Bayesian", "Bayesian (GFO, resample)", "Bayesian", {"n_candidates": 1000}),
     single("HillClimbing", "HillClimbing (GFO)", "HillClimbing"),
     single("EvolutionStrategy", "EvolutionStrategy (GFO)", "EvolutionStrategy"),
     single("random", "random (Optuna)", "random"),
@@ -126,6 +126,45 @@ VARIANTS = (
         {
             "passes": [
                 {"optimizer": "cmaes", "max_evaluations": 150, "early_stopping": {"patience": 27}},
+                {"optimizer": "Bayesian", "settings": {"n_candidates": 1000}},
+            ],
+            "early_stopping": False,
+        },
+    ),
+    Candidate(
+        "gp100-Bayesian",
+        "gp ≤100, then Bayesian (GFO, resample, 1000 candidates)",
+        {
+            "passes": [
+                {"optimizer": "gp", "max_evaluations": 100},
+                {"optimizer": "Bayesian", "settings": {"n_candidates": 1000}},
+            ],
+            "early_stopping": False,
+        },
+    ),
+    Candidate(
+        "gp100-Bayesian-sw27-HC",
+        "gp ≤100, then Bayesian (GFO, resample, 1000 candidates; switch after 27 stale), then "
+        "HillClimbing",
+        {
+            "passes": [
+                {"optimizer": "gp", "max_evaluations": 100},
+                {
+                    "optimizer": "Bayesian",
+                    "settings": {"n_candidates": 1000},
+                    "early_stopping": {"patience": 27},
+                },
+                {"optimizer": "HillClimbing"},
+            ],
+            "early_stopping": False,
+        },
+    ),
+    Candidate(
+        "gp60-Bayesian",
+        "gp ≤60, then Bayesian (GFO, resample, 1000 candidates)",
+        {
+            "passes": [
+                {"optimizer": "gp", "max_evaluations": 60},
                 {"optimizer": "Bayesian", "settings": {"n_candidates": 1000}},
             ],
             "early_stopping": False,
@@ -307,7 +346,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _cost(task: tuple[Candidate, str, int, int, int]) -> float:
     cand, land, _, budget, _ = task
-    slow = {"baseline": 40, "Bayesian": 25, "gp": 60, "tpe": 3}.get(cand.key, 1)
+    slow = {
+        "baseline": 40,
+        "Bayesian": 25,
+        "gp": 60,
+        "gp100-Bayesian": 80,
+        "gp100-Bayesian-sw27-HC": 80,
+        "gp60-Bayesian": 60,
+        "cmaes-sw27-Bayesian": 20,
+        "tpe": 3,
+    }.get(cand.key, 1)
     slow += 8 if cand.key.startswith("gp") else 0
     return slow * budget * (3 if land == "sim" else 1)
 
