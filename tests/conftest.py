@@ -23,6 +23,17 @@ SHIPPED_CONFIGS = sorted(p.name for p in (REPO_ROOT / "configs").glob("*.yaml"))
 StartSim = Callable[..., "SimulatorHandle"]
 
 
+def cli_exit_code(argv: list[str]) -> int:
+    """Run ``autombw ARGV`` in-process through the CLI's entry point; its exit code."""
+    from autombw_cli.cli import main  # imported here: conftest stays light for `-m gpu`
+
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
 def _cuda_available() -> bool:
     try:
         import torch

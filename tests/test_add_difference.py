@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 
 from autombw_cli.app.run import Run
 from autombw_cli.blocks import UNET_PREFIX, Arch, Weights, layout
-from autombw_cli.cli import main
 from autombw_cli.config import load_config
 from autombw_cli.errors import ConfigError, JournalError, ModelMismatchError, WebUIError
 from autombw_cli.merging.kernels import ChunkedLerp, add_difference_tensor, lerp_tensor
@@ -29,6 +28,7 @@ from autombw_cli.sim.server import SimulatorHandle
 from autombw_cli.webui.bridge import routes
 from autombw_cli.webui.client import WebUIClient
 from autombw_cli.webui.errors import BridgeTooOld
+from conftest import cli_exit_code
 from search_helpers import write_search_config
 
 SLOTS = layout(Arch.SD1).slots
@@ -338,18 +338,13 @@ def files(tmp_path_factory) -> tuple[Path, Path, Path]:  # type: ignore[no-untyp
     )
 
 
-def _run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def test_merge_cli_with_model_c_writes_the_add_difference(files, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     a, b, c = files
     out = tmp_path / "mix.safetensors"
-    assert _run(["merge", str(a), str(b), "--model-c", str(c), "-w", "0.5", "-o", str(out)]) == 0
+    assert (
+        cli_exit_code(["merge", str(a), str(b), "--model-c", str(c), "-w", "0.5", "-o", str(out)])
+        == 0
+    )
     said = "".join(capsys.readouterr().out.split())  # rich wraps long paths
     assert "A.safetensors+(" in said and "C.safetensors)" in said
     states = [load_file(p) for p in files]
@@ -362,9 +357,9 @@ def test_merge_cli_with_model_c_writes_the_add_difference(files, tmp_path, capsy
     # the recipe replays the merge offline, given C; without C it is refused
     again = tmp_path / "again.safetensors"
     argv = ["merge", str(a), str(b), "--recipe", str(recipe_txt), "-o", str(again)]
-    assert _run(argv) == 2
+    assert cli_exit_code(argv) == 2
     assert "is an add-difference recipe" in capsys.readouterr().err
-    assert _run([*argv, "--model-c", str(c)]) == 0
+    assert cli_exit_code([*argv, "--model-c", str(c)]) == 0
     assert all(torch.equal(load_file(again)[k], t) for k, t in want.items())
 
 
@@ -373,7 +368,7 @@ def test_merge_cli_refuses_model_c_with_a_weighted_sum_recipe(files, tmp_path, c
     plain = tmp_path / "plain.recipe.txt"
     plain.write_text(Recipe("A.safetensors", "B.safetensors", "o", _weights()).to_text())
     argv = ["merge", str(a), str(b), "--recipe", str(plain), "--model-c", str(c)]
-    assert _run([*argv, "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert cli_exit_code([*argv, "-o", str(tmp_path / "x.safetensors")]) == 2
     assert "weighted-sum recipe of A and B, but --model-c was given" in capsys.readouterr().err
 
 
@@ -403,9 +398,9 @@ def test_recover_keeps_the_formula_and_merges_with_model_c(files, tmp_path, caps
     )
     out = tmp_path / "rec.safetensors"
     argv = ["recover", str(source), "--merge", str(a), str(b), "-o", str(out)]
-    assert _run(argv) == 2
+    assert cli_exit_code(argv) == 2
     assert "--merge A B needs model C's file too" in capsys.readouterr().err
-    assert _run([*argv, "--model-c", str(c), "--out", str(tmp_path / "again")]) == 0
+    assert cli_exit_code([*argv, "--model-c", str(c), "--out", str(tmp_path / "again")]) == 0
     recovered = Recipe.from_text((tmp_path / "again.recipe.txt").read_text())
     assert recovered.formula is Formula.ADD_DIFFERENCE and recovered.model_c == "C.safetensors"
     states = [load_file(p) for p in files]

@@ -14,7 +14,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from autombw_cli.blocks import BASE, UNET_PREFIX, Arch, Weights, layout
-from autombw_cli.cli import main
 from autombw_cli.errors import ConfigError, ModelMismatchError, WeightsError
 from autombw_cli.lbw import LBW_ORDERS, lbw_preset_line, lbw_vector, parse_lbw_line
 from autombw_cli.merging.kernels import add_delta_tensor, add_difference_tensor
@@ -24,6 +23,7 @@ from autombw_cli.recipe import Formula, Recipe
 from autombw_cli.sim.checkpoints import key_shapes, write_random_checkpoint
 from autombw_cli.sim.loras import lora_state_dict, write_random_lora
 from autombw_cli.webui.bridge.errors import ValidationError
+from conftest import cli_exit_code
 
 TE1 = "cond_stage_model.transformer.text_model.encoder.layers."
 XL_TE0 = "conditioner.embedders.0.transformer.text_model.encoder.layers."
@@ -355,19 +355,11 @@ def test_bake_at_strength_zero_is_a_bit_for_bit(files) -> None:  # type: ignore[
     assert all(torch.equal(out[k], a[k]) for k in a)
 
 
-def _run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def test_merge_cli_bakes_an_lbw_line_and_refuses_a_lora_without_the_flag(files, capsys) -> None:  # type: ignore[no-untyped-def]
     a_path, lora, tmp = files
     line = "MINE:1," + ",".join(["0.5"] * 25)
     args = ["merge", str(a_path), str(lora), "-w", line, "-o", str(tmp / "m"), "--lora"]
-    assert _run(args) == 0
+    assert cli_exit_code(args) == 0
     out = capsys.readouterr().out
     assert "LBW preset: m:1,0.5," in out
     recipe = json.loads((tmp / "m.recipe.json").read_text())
@@ -375,7 +367,7 @@ def test_merge_cli_bakes_an_lbw_line_and_refuses_a_lora_without_the_flag(files, 
     assert recipe["weights"]["IN00"] == 0.5 and recipe["weights"]["OUT"] == 1.0
     # baked again from its recipe, the same file
     assert (
-        _run(
+        cli_exit_code(
             [
                 "merge",
                 str(a_path),
@@ -391,7 +383,7 @@ def test_merge_cli_bakes_an_lbw_line_and_refuses_a_lora_without_the_flag(files, 
     first, again = load_file(str(tmp / "m.safetensors")), load_file(str(tmp / "n.safetensors"))
     assert all(torch.equal(first[k], again[k]) for k in first)
     capsys.readouterr()
-    assert _run(["merge", str(a_path), str(lora), "-w", "0.5", "-o", str(tmp / "x")]) == 2
+    assert cli_exit_code(["merge", str(a_path), str(lora), "-w", "0.5", "-o", str(tmp / "x")]) == 2
     assert "style.safetensors is a LoRA file, not a checkpoint" in capsys.readouterr().err
 
 
@@ -478,13 +470,13 @@ def test_weights_lbw_prints_a_recipes_preset_line(files, capsys) -> None:  # typ
     w = w.replace({s: 0.0 for s in ("OUT00", "OUT01", "OUT02")})
     recipe = Recipe("a.safetensors", "style.safetensors", "mix", w, formula=Formula.LORA)
     (tmp / "mix.recipe.txt").write_text(recipe.to_text())
-    assert _run(["weights", "lbw", str(tmp / "mix.recipe.txt")]) == 0
+    assert cli_exit_code(["weights", "lbw", str(tmp / "mix.recipe.txt")]) == 0
     assert capsys.readouterr().out.strip() == "mix:1" + ",0.5" * 16
-    assert _run(["weights", "lbw", str(tmp / "mix.recipe.txt"), "--name", "MINE"]) == 0
+    assert cli_exit_code(["weights", "lbw", str(tmp / "mix.recipe.txt"), "--name", "MINE"]) == 0
     assert capsys.readouterr().out.startswith("MINE:1,0.5,")
     bad = recipe.to_text().replace(",1.0,1.0\n", ",0.5,1.0\n")  # OUT at 0.5
     (tmp / "bad.recipe.txt").write_text(bad)
-    assert _run(["weights", "lbw", str(tmp / "bad.recipe.txt")]) == 2
+    assert cli_exit_code(["weights", "lbw", str(tmp / "bad.recipe.txt")]) == 2
     assert "no place for OUT" in capsys.readouterr().err
 
 
@@ -495,7 +487,7 @@ def test_recover_keeps_a_lora_recipe_and_bakes_it(files, capsys) -> None:  # typ
     (tmp / "run.recipe.txt").write_text(recipe.to_text())
     out = tmp / "rec"
     argv = ["recover", str(tmp / "run.recipe.txt"), "--out", str(out), "--merge", str(a_path)]
-    assert _run([*argv, str(lora), "-o", str(tmp / "rec.safetensors")]) == 0
+    assert cli_exit_code([*argv, str(lora), "-o", str(tmp / "rec.safetensors")]) == 0
     assert "merge_mode=LoRA" in (tmp / "rec.recipe.txt").read_text().splitlines()
     baked = load_file(str(tmp / "rec.safetensors"))
     merge_checkpoints(a_path, lora, recipe, tmp / "direct.safetensors")
