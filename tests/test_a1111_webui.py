@@ -86,6 +86,39 @@ def plain_a(webui: WebUI) -> np.ndarray:
     return webui.txt2img()
 
 
+def assert_bridge_save_equals(
+    webui: WebUI, install: Install, ref: dict[str, str], stem: str, *recipe_lines: str
+) -> None:
+    """The bridge's fp32 save of the live merge has the tensors ``ref`` and a recipe with
+    ``recipe_lines``; the saved files are removed again."""
+    name = f"{stem}-{int(time.time())}"
+    try:
+        saved = webui.ok("POST", "/autombw/v1/save", {"name": name, "dtype": "fp32"})
+        assert tensor_hashes(Path(saved["path"])) == ref
+        recipe = Path(saved["recipe_path"]).read_text(encoding="utf-8").splitlines()
+        assert all(line in recipe for line in recipe_lines), recipe
+    finally:
+        for p in install.models.glob(f"{name}*"):
+            p.unlink()
+
+
+def assert_restore_gives_plain_a(webui: WebUI, install: Install, plain_a: np.ndarray) -> None:
+    """Restore (caches freed): the live model holds A's tensors and renders A's pixels."""
+    webui.restore(free_caches=True)
+    a_ref = tensor_hashes(install.models / "rndA.safetensors")
+    live = webui.live_hashes()
+    assert not [k for k in a_ref if k in live and live[k] != a_ref[k]]
+    assert np.array_equal(webui.txt2img(), plain_a)
+
+
+def assert_checkpoint_renders(webui: WebUI, title: str, pixels: np.ndarray) -> None:
+    """A1111 itself loads ``title`` (an offline merge) and renders ``pixels``; then A again."""
+    webui.refresh()
+    webui.load(title)
+    assert np.array_equal(webui.txt2img(), pixels)
+    webui.load("rndA.safetensors")
+
+
 def offline_merge(install: Install, out: Path, *args: str) -> Path:
     t0 = time.monotonic()
     done = run_cli(
@@ -283,25 +316,12 @@ def test_add_difference_bridge_merge_equals_offline_merge_restore_and_save(
     bridge_pixels = webui.txt2img()
     assert not np.array_equal(bridge_pixels, plain_a)
 
-    name = f"autombw-it-addiff-{int(time.time())}"
-    try:
-        saved = webui.ok("POST", "/autombw/v1/save", {"name": name, "dtype": "fp32"})
-        assert tensor_hashes(Path(saved["path"])) == ref
-        recipe = Path(saved["recipe_path"]).read_text(encoding="utf-8").splitlines()
-        assert "modelC=rndC.safetensors" in recipe and "merge_mode=Add difference" in recipe
-    finally:
-        for p in install.models.glob(f"{name}*"):
-            p.unlink()
-
-    webui.restore(free_caches=True)
-    a_ref = tensor_hashes(install.models / "rndA.safetensors")
-    live = webui.live_hashes()
-    assert not [k for k in a_ref if k in live and live[k] != a_ref[k]]
-    assert np.array_equal(webui.txt2img(), plain_a)
-    webui.refresh()
-    webui.load("autombw-it/addiff.safetensors")
-    assert np.array_equal(webui.txt2img(), bridge_pixels)
-    webui.load("rndA.safetensors")
+    assert_bridge_save_equals(
+        webui, install, ref, "autombw-it-addiff",
+        "modelC=rndC.safetensors", "merge_mode=Add difference",
+    )  # fmt: skip
+    assert_restore_gives_plain_a(webui, install, plain_a)
+    assert_checkpoint_renders(webui, "autombw-it/addiff.safetensors", bridge_pixels)
     for p in (rnd_c, out):
         p.unlink()
     webui.refresh()
@@ -367,24 +387,9 @@ def test_lora_block_weights_equal_the_offline_bake_and_a1111s_own_lora(
         bridge_pixels = webui.txt2img()
         assert not np.array_equal(bridge_pixels, plain_a)
 
-        name = f"autombw-it-lora-{int(time.time())}"
-        try:
-            saved = webui.ok("POST", "/autombw/v1/save", {"name": name, "dtype": "fp32"})
-            assert tensor_hashes(Path(saved["path"])) == ref
-            assert "merge_mode=LoRA" in Path(saved["recipe_path"]).read_text().splitlines()
-        finally:
-            for p in install.models.glob(f"{name}*"):
-                p.unlink()
-
-        webui.restore(free_caches=True)
-        a_ref = tensor_hashes(install.models / "rndA.safetensors")
-        live = webui.live_hashes()
-        assert not [k for k in a_ref if k in live and live[k] != a_ref[k]]
-        assert np.array_equal(webui.txt2img(), plain_a)
-        webui.refresh()
-        webui.load("autombw-it/lora-baked.safetensors")
-        assert np.array_equal(webui.txt2img(), bridge_pixels)
-        webui.load("rndA.safetensors")
+        assert_bridge_save_equals(webui, install, ref, "autombw-it-lora", "merge_mode=LoRA")
+        assert_restore_gives_plain_a(webui, install, plain_a)
+        assert_checkpoint_renders(webui, "autombw-it/lora-baked.safetensors", bridge_pixels)
     finally:
         lora.unlink()
         webui.refresh()
