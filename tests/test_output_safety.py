@@ -17,16 +17,8 @@ import pytest
 from safetensors.torch import load_file
 
 from autombw_cli.blocks import Arch
-from autombw_cli.cli import main
 from autombw_cli.sim.checkpoints import random_state_dict, write_checkpoint
-
-
-def run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+from conftest import cli_exit_code
 
 
 def digest(path: Path) -> str:
@@ -58,7 +50,7 @@ def test_config_check_refuses_an_output_naming_a_or_b(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], models: str, role: str
 ) -> None:
     write_checkpoint(tmp_path / "mine.safetensors", random_state_dict(Arch.SD1, "tiny", 1))
-    assert run(["config", "check", str(write_config(tmp_path, models))]) == 2
+    assert cli_exit_code(["config", "check", str(write_config(tmp_path, models))]) == 2
     err = capsys.readouterr().err
     assert "models.output" in err and f"model {role}" in err, err
 
@@ -73,7 +65,7 @@ def test_config_check_refuses_names_the_bridge_refuses(
 ) -> None:
     quoted = output.replace("\\", "\\\\").replace('"', '\\"')
     cfg = write_config(tmp_path, f'{{a: simA, b: simB, output: "{quoted}"}}')
-    assert run(["config", "check", str(cfg)]) == 2
+    assert cli_exit_code(["config", "check", str(cfg)]) == 2
     assert "models.output" in capsys.readouterr().err
 
 
@@ -81,7 +73,7 @@ def test_config_check_accepts_a_plain_new_name(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = write_config(tmp_path, "{a: simA, b: simB, output: 'my merge v2'}")
-    assert run(["config", "check", str(cfg)]) == 0
+    assert cli_exit_code(["config", "check", str(cfg)]) == 0
     assert "overwrite: false" in capsys.readouterr().out  # outputs.overwrite, off by default
 
 
@@ -101,13 +93,13 @@ def test_merge_overwrites_an_existing_output_only_with_overwrite(
     a, b = models
     out = tmp_path / "out.safetensors"
     out.write_bytes(b"the user's file")
-    assert run(["merge", str(a), str(b), "-w", "0.5", "-o", str(out)]) == 7
+    assert cli_exit_code(["merge", str(a), str(b), "-w", "0.5", "-o", str(out)]) == 7
     assert out.read_bytes() == b"the user's file"
     sidecar = tmp_path / "other.recipe.txt"
     sidecar.write_text("keep me\n")  # a recipe file alone is protected too
-    assert run(["merge", str(a), str(b), "-w", "0.5", "-o", str(tmp_path / "other")]) == 7
+    assert cli_exit_code(["merge", str(a), str(b), "-w", "0.5", "-o", str(tmp_path / "other")]) == 7
     assert sidecar.read_text() == "keep me\n" and not (tmp_path / "other.safetensors").exists()
-    assert run(["merge", str(a), str(b), "-w", "0.5", "-o", str(out), "--overwrite"]) == 0
+    assert cli_exit_code(["merge", str(a), str(b), "-w", "0.5", "-o", str(out), "--overwrite"]) == 0
     assert set(load_file(out)) == set(load_file(a))
 
 
@@ -119,7 +111,7 @@ def test_merge_never_writes_over_a_or_b(
     (a.parent / "A.recipe.txt").write_text("A's recipe\n")
     before = {p.name: digest(p) for p in a.parent.iterdir()}
     out = a.parent / target
-    assert run(["merge", str(a), str(b), "-w", "0.5", "-o", str(out), "--overwrite"]) == 2
+    assert cli_exit_code(["merge", str(a), str(b), "-w", "0.5", "-o", str(out), "--overwrite"]) == 2
     assert "model " in capsys.readouterr().err
     assert {p.name: digest(p) for p in a.parent.iterdir()} == before
 
@@ -129,7 +121,9 @@ def test_merge_refuses_a_hard_link_to_a(models: tuple[Path, Path], tmp_path: Pat
     alias = tmp_path / "alias.safetensors"
     os.link(a, alias)
     before = digest(a)
-    assert run(["merge", str(a), str(b), "-w", "0.5", "-o", str(alias), "--overwrite"]) == 2
+    assert (
+        cli_exit_code(["merge", str(a), str(b), "-w", "0.5", "-o", str(alias), "--overwrite"]) == 2
+    )
     assert digest(a) == before
 
 
@@ -177,7 +171,7 @@ def test_the_next_merge_removes_temps_of_killed_writers(
     week_ago = time.time() - 7 * 86400
     os.utime(old, (week_ago, week_ago))
 
-    assert run(["merge", str(a), str(b), "-w", "0.5", "-o", str(out_dir / "second")]) == 0
+    assert cli_exit_code(["merge", str(a), str(b), "-w", "0.5", "-o", str(out_dir / "second")]) == 0
     assert not killed.exists() and not old.exists()
     assert live.exists() and foreign.exists()
     assert (out_dir / "second.safetensors").is_file()
