@@ -101,7 +101,7 @@ DEFAULT = Candidate("default", "**shipped default** (`autombw search` as resolve
 SINGLES = (
     single("cmaes", "cmaes (Optuna)", "cmaes"),
     single("tpe", "tpe (Optuna, multivariate)", "tpe"),
-    single("gp", "gp (Optuna)", "gp", max_seeds=3, max_budget=100, sequential_only=True),
+    single("gp", "gp (Optuna)", "gp", max_budget=100),
     single("Bayesian", "Bayesian (GFO, resample)", "Bayesian", {"n_candidates": 1000}),
     single("HillClimbing", "HillClimbing (GFO)", "HillClimbing"),
     single("EvolutionStrategy", "EvolutionStrategy (GFO)", "EvolutionStrategy"),

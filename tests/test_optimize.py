@@ -20,6 +20,9 @@ from autombw_cli.search.journal import read_warm_start
 from autombw_cli.testing.landscapes import coupled, skip_pairs
 from search_helpers import write_search_config
 
+# a small space keeps the default's GP asks quick (its passes are the same in any space)
+FOUR_BLOCKS = {"blocks": ["IN00", "IN05", "M00", "OUT06"], "initial": {"weights": "0.5"}}
+
 
 def test_it_is_the_package_entry_point() -> None:
     from autombw_cli.app.optimize import optimize
@@ -109,7 +112,7 @@ def test_a_seeded_search_repeats_and_the_seed_matters() -> None:
     def run(seed: int, workers: int) -> list[tuple[bytes, float | None]]:
         land = coupled(2)
         result = autombw_cli.optimize(
-            land, search={"max_evaluations": 20}, seed=seed, workers=workers
+            land, search={**FOUR_BLOCKS, "max_evaluations": 20}, seed=seed, workers=workers
         )
         return [(e.weights.key(), e.score) for e in result.evaluations]
 
@@ -118,40 +121,23 @@ def test_a_seeded_search_repeats_and_the_seed_matters() -> None:
     assert run(3, 1) != run(4, 1)
     # the seed argument is search.seed
     land = coupled(2)
-    via_section = autombw_cli.optimize(land, search={"max_evaluations": 20, "seed": 3})
+    search = {**FOUR_BLOCKS, "max_evaluations": 20, "seed": 3}
+    via_section = autombw_cli.optimize(land, search=search)
     assert [(e.weights.key(), e.score) for e in via_section.evaluations] == run(3, 1)
 
 
-def test_history_continues_a_search_exactly() -> None:
-    land = coupled(4)
-    full = autombw_cli.optimize(land, search={"max_evaluations": 24}, seed=1)
-    head = full.evaluations[:9]
-    resumed = autombw_cli.optimize(land, search={"max_evaluations": 24}, seed=1, history=head)
-    assert [e.weights.key() for e in resumed.evaluations] == [
-        e.weights.key() for e in full.evaluations
-    ]
-
-
-def test_the_default_switches_on_a_stall_uses_its_budget_and_resumes_exactly() -> None:
-    """The default: cmaes until 27 evaluations bring nothing, then HillClimbing to the budget
-    (no early stop); a search continued from any point repeats the uninterrupted one."""
+def test_the_default_runs_gp_then_bayesian_to_its_budget_and_resumes_exactly() -> None:
+    """The default: Optuna's gp for 100 evaluations, then GFO's Bayesian to the budget (no
+    early stop); a search continued from any point, in either pass, repeats the uninterrupted
+    one."""
     land = skip_pairs(2)
-    full = autombw_cli.optimize(land, search={"max_evaluations": 60}, seed=2)
-    passes = [e.pass_index for e in full.evaluations]
-    switch = passes.index(2)
-    assert set(passes[:switch]) == {1} and set(passes[switch:]) == {2}
-    assert full.stop_reasons == [
-        "pass 1: no improvement in 27 evaluations",
-        "pass 2: evaluation budget",
-    ]
-    assert len(full.evaluations) == 60
-    scores = [e.score for e in full.evaluations[:switch]]
-    best_at = scores.index(max(scores))
-    assert switch - 1 - best_at == 27  # the stall that switched
-    for k in (switch - 5, switch, switch + 7):
-        resumed = autombw_cli.optimize(
-            land, search={"max_evaluations": 60}, seed=2, history=full.evaluations[:k]
-        )
+    search = {**FOUR_BLOCKS, "max_evaluations": 110}
+    full = autombw_cli.optimize(land, search=search, seed=2)
+    assert [e.pass_index for e in full.evaluations] == [1] * 100 + [2] * 10
+    assert full.stop_reasons == ["pass 1: pass budget", "pass 2: evaluation budget"]
+    assert len({e.weights.key() for e in full.evaluations}) == 110
+    for k in (95, 100, 104):
+        resumed = autombw_cli.optimize(land, search=search, seed=2, history=full.evaluations[:k])
         assert [(e.weights.key(), e.pass_index) for e in resumed.evaluations] == [
             (e.weights.key(), e.pass_index) for e in full.evaluations
         ]

@@ -79,17 +79,12 @@ class PruningConfig(StrictModel):
     )
 
 
-DEFAULT_SWITCH_PATIENCE = 27
-# The default search (BENCHMARKS.md "Optimizer quality"): CMA-ES until it has gone 27
-# evaluations without an improvement (at most 150 evaluations), then hill climbing from the
-# best point so far (each pass warm-starts from every evaluation before it) to the budget.
+# The default search (BENCHMARKS.md "Optimizer quality"): Optuna's Gaussian-process sampler for
+# the first 100 evaluations, then GFO's Bayesian optimizer (1000 candidates per ask) to the
+# budget, warm-started from every evaluation before it.
 DEFAULT_PASSES: tuple[dict[str, Any], ...] = (
-    {
-        "optimizer": "cmaes",
-        "max_evaluations": 150,
-        "early_stopping": {"patience": DEFAULT_SWITCH_PATIENCE},
-    },
-    {"optimizer": "HillClimbing"},
+    {"optimizer": "gp", "max_evaluations": 100},
+    {"optimizer": "Bayesian", "settings": {"n_candidates": 1000}},
 )
 
 
