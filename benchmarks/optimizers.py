@@ -27,7 +27,8 @@ sub-grid instead of GFO's default 1,000,000 (``sampling``). It runs with one wor
     .venv/bin/python benchmarks/optimizers.py --results runs.jsonl   # the full table
     .venv/bin/python benchmarks/optimizers.py --seeds 2 --budget 100 --landscapes coupled
 
-``--results FILE`` appends every finished run as a JSON line and skips runs already there;
+``--results FILE [FILE ...]`` reads the runs of every file, skips runs already there and
+appends every finished run to the first file as a JSON line;
 ``--shard i/n`` runs every n-th task, so shards on several machines fill one file between them
 and ``--report-only`` prints the tables from the merged file.
 """
@@ -36,13 +37,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +142,13 @@ VARIANTS = (
         BAYESIAN_1000,
     ),
     passes_of(
+        "gp100-Bayesian-local90",
+        "gp ≤100, then Bayesian (1000 candidates, 90% of them mutations of the best)",
+        {"optimizer": "gp", "max_evaluations": 100},
+        {"optimizer": "Bayesian", "settings": {"n_candidates": 1000, "local_fraction": 0.9}},
+    ),
+    single("gp270", "gp (Optuna) to the budget", "gp"),
+    passes_of(
         "gp100-Bayesian-sw27-HC",
         "gp ≤100, then Bayesian (switch after 27 stale), then HillClimbing",
         {"optimizer": "gp", "max_evaluations": 100},
@@ -147,7 +156,7 @@ VARIANTS = (
         {"optimizer": "HillClimbing"},
     ),
     staged("cmaes100-HC", ("cmaes", 100, None), HC_TO_END),
-    staged("cmaes-sw27-HC", ("cmaes", 150, 27), HC_TO_END),  # the shipped default, spelt out
+    staged("cmaes-sw27-HC", ("cmaes", 150, 27), HC_TO_END),  # the default until 2026-12-07
     staged("gp30-cmaes-HC", ("gp", 30, None), ("cmaes", 70, None), HC_TO_END),
     staged("gp30-cmaes-sw27-HC", ("gp", 30, None), ("cmaes", 120, 27), HC_TO_END),
 )
@@ -259,7 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=270)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--landscapes", default="coupled,skip-pairs,sim,rugged,noisy,flat")
-    parser.add_argument("--results", type=Path, help="JSON lines of finished runs (appended)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        nargs="+",
+        help="JSON lines of finished runs: all are read, new runs are appended to the first",
+    )
     parser.add_argument("--report-only", action="store_true", help="print the table, run nothing")
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th task from the i-th")
     parser.add_argument(
@@ -287,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cands = [c for c in CANDIDATES if c not in VARIANTS]
     tasks = tasks_for(cands, landscapes, args.seeds, args.budget, workers)
-    results = _load(args.results) if args.results else []
+    results = with_derived_runs([r for path in args.results or [] for r in _load(path)])
     done = {(r.key, r.landscape, r.seed, r.budget, r.workers) for r in results}
     tasks = [t for t in tasks if (t[0].key, t[1], t[2], t[3], t[4]) not in done]
     index, count = (int(x) for x in args.shard.split("/"))
@@ -301,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = future.result()  # written as it finishes: a cut-short run keeps it
                 results.append(res)
                 if args.results:
-                    _append(args.results, res)
+                    _append(args.results[0], res)
                 print(
                     f"  {i}/{len(tasks)} {res.key} / {res.landscape} / seed {res.seed} / "
                     f"{res.workers} in flight / budget {res.budget}: {res.elapsed_s:.1f} s",
@@ -371,8 +385,9 @@ def _report(
                 used[cand.key] = f"{statistics.median(u for _, u in vals):.0f}"
         medians[cand.key] = row
         seeds[cand.key] = len({r.seed for r in runs})
-        secs[cand.key] = statistics.median(r.elapsed_s for r in runs if r.budget == max(
-            x.budget for x in runs))  # fmt: skip
+        top = max(r.budget for r in runs)
+        timed = [r.elapsed_s for r in runs if r.budget == top and not math.isnan(r.elapsed_s)]
+        secs[cand.key] = statistics.median(timed) if timed else math.nan
     if not medians:
         return
     print(f"\n### landscape {land}, {workers} in flight (optimum 1.0)\n")
@@ -388,9 +403,10 @@ def _report(
             top = max((medians[k][i] for k in medians if medians[k][i] is not None), default=None)
             text = "-" if v is None else f"{v:.3f}"
             cells.append(f"**{text}**" if v is not None and v == top else text)
+        took = "-" if math.isnan(secs[cand.key]) else f"{secs[cand.key]:.1f}"
         print(
             f"| {cand.label} | {seeds[cand.key]} | {' | '.join(cells)} | "
-            f"{used.get(cand.key, '-')} | {secs[cand.key]:.1f} |"
+            f"{used.get(cand.key, '-')} | {took} |"
         )
     if DEFAULT.key in medians and singles:
         gaps = []
@@ -402,6 +418,58 @@ def _report(
             best, who = max(rivals)
             gaps.append(f"@{n}: {mine - best:+.3f} vs {who}")
         print(f"\ndefault minus the best single optimizer: {', '.join(gaps)}")
+
+
+def with_derived_runs(results: list[RunResult]) -> list[RunResult]:
+    """The runs plus those that other runs already are (a derived run never replaces a run
+    made as itself):
+
+    - a run of a candidate whose search resolves to exactly the shipped default's is a
+      ``default`` run: the same search, run before it became the default (a run keyed
+      ``default`` is only ever one made while the default was what it is now; files of
+      earlier defaults name those runs by their passes);
+    - with one evaluation in flight, the first ``m`` evaluations of a run whose first pass is a
+      single optimizer's with at least ``m`` evaluations are that optimizer's run to ``m``
+      (its ``max_budget``): the pass knows nothing of what follows it. Checked: the 18 ``gp``
+      runs to 100 in the H100 file equal the first 100 of ``gp100-Bayesian``, curve for curve.
+      Such a run has no time of its own (``elapsed_s`` NaN)."""
+    from autombw_cli.app.optimize import resolve_search
+
+    def resolved(search: dict[str, Any]) -> Any:
+        return resolve_search({**search, "max_evaluations": 270}, "sd1")[0]
+
+    shipped = resolved(DEFAULT.search).model_dump()
+    by_key = {c.key: c for c in (*SINGLES, *VARIANTS)}
+    as_default = {k for k, c in by_key.items() if resolved(c.search).model_dump() == shipped}
+    prefix_of: dict[str, tuple[str, int]] = {}  # candidate key -> (single key, its max budget)
+    for single_cand in SINGLES:
+        if single_cand.max_budget is None:
+            continue
+        mine = resolved(single_cand.search).passes[0]
+        for key, cand in by_key.items():
+            first = resolved(cand.search).passes[0]
+            if (
+                key != single_cand.key
+                and (first.optimizer, first.settings) == (mine.optimizer, mine.settings)
+                and (first.max_evaluations or 0) >= single_cand.max_budget
+            ):
+                prefix_of[key] = (single_cand.key, single_cand.max_budget)
+    have = {(r.key, r.landscape, r.seed, r.budget, r.workers) for r in results}
+    extra: dict[tuple, RunResult] = {}
+    for r in results:
+        derived = []
+        if r.key in as_default:
+            derived.append(RunResult(DEFAULT.key, *astuple(r)[1:]))
+        if r.key in prefix_of and r.workers == 1 and len(r.curve) >= prefix_of[r.key][1]:
+            key, m = prefix_of[r.key]
+            derived.append(
+                RunResult(key, r.landscape, r.seed, 1, m, r.curve[:m], m, "", float("nan"))
+            )
+        for d in derived:
+            where = (d.key, d.landscape, d.seed, d.budget, d.workers)
+            if where not in have and where not in extra:
+                extra[where] = d
+    return results + list(extra.values())
 
 
 def _append(path: Path, res: RunResult) -> None:
