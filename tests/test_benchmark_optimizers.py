@@ -1,0 +1,55 @@
+"""benchmarks/optimizers.py: which runs the report reads as other candidates' runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "optimizers.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_optimizers", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_optimizers"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["bench_optimizers"]
+
+
+def run(bench, key: str, seed: int = 0, workers: int = 1, n: int = 270, start: float = 0.0):
+    curve = [start + i / 1000 for i in range(n)]
+    return bench.RunResult(key, "coupled", seed, workers, n, curve, n, "budget", 1.0)
+
+
+def test_a_candidate_with_the_defaults_search_counts_as_the_default(bench) -> None:
+    keys = ("gp100-Bayesian", "cmaes-sw27-HC", "gp270", "baseline")
+    out = bench.with_derived_runs([run(bench, k) for k in keys])
+    defaults = [r for r in out if r.key == "default"]
+    # gp ≤100 then Bayesian is the shipped default; the previous default, gp alone and the
+    # auto-MBW-rt baseline (whose search mapping is empty but is not run through it) are not
+    assert len(defaults) == 1 and defaults[0].curve == out[0].curve
+
+
+def test_a_run_made_as_the_default_is_never_replaced(bench) -> None:
+    mine = run(bench, "default", start=0.5)
+    out = bench.with_derived_runs([mine, run(bench, "gp100-Bayesian")])
+    assert [r for r in out if r.key == "default"] == [mine]
+
+
+def test_gp_to_100_is_read_off_the_first_pass_with_one_in_flight(bench) -> None:
+    out = bench.with_derived_runs(
+        [run(bench, "gp100-Bayesian", seed=3), run(bench, "gp100-Bayesian", seed=4, workers=4)]
+    )
+    gp = [r for r in out if r.key == "gp"]
+    assert [(r.seed, r.workers, r.budget, len(r.curve)) for r in gp] == [(3, 1, 100, 100)]
+    assert gp[0].curve == out[0].curve[:100] and math.isnan(gp[0].elapsed_s)
+    # a run of gp's own is kept as it is
+    own = run(bench, "gp", seed=3, n=100, start=0.9)
+    again = bench.with_derived_runs([own, run(bench, "gp100-Bayesian", seed=3)])
+    assert [r for r in again if r.key == "gp"] == [own]
