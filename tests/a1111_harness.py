@@ -290,6 +290,14 @@ def run_cli(*args: str, cwd: Path, timeout: float = 1800) -> subprocess.Complete
     )
 
 
+def assert_offline_merge_equals(saved: Path, offline: Path, *merge_args: str, cwd: Path) -> None:
+    """``autombw merge MERGE_ARGS -o OFFLINE`` (fp16) succeeds and writes exactly the tensors
+    of ``saved``, the checkpoint the bridge saved."""
+    done = run_cli("merge", *merge_args, "-o", str(offline), "--dtype", "fp16", "--force", cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    assert tensor_hashes(saved) == tensor_hashes(offline)
+
+
 def tensor_hashes(path: Path) -> dict[str, str]:
     """sha1 of every tensor of a safetensors file, float tensors as float32 (as the debug
     route hashes the live model)."""

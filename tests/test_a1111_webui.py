@@ -28,6 +28,7 @@ from a1111_harness import (
     Install,
     WebUI,
     a1111_root,
+    assert_offline_merge_equals,
     record,
     run_cli,
     start_webui,
@@ -520,10 +521,8 @@ def test_doctor_search_and_final_merge_leave_plain_a(
         (recipe,) = (tmp_path / "runs").glob("*/*.recipe.txt")
         offline = scratch / "final-offline.safetensors"
         a, b = install.models / "rndA.safetensors", install.models / "rndB.safetensors"
-        done = run_cli("merge", str(a), str(b), "-o", str(offline), "--recipe", str(recipe),
-                       "--dtype", "fp16", "--force", cwd=tmp_path)  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        assert tensor_hashes(saved) == tensor_hashes(offline)
+        assert_offline_merge_equals(saved, offline, str(a), str(b), "--recipe", str(recipe),
+                                    cwd=tmp_path)  # fmt: skip
     finally:
         for p in install.models.glob(f"{output}*"):
             p.unlink()
@@ -634,12 +633,10 @@ def test_a_two_step_chain_saves_its_step_and_replays_offline(
                 "s": round(elapsed, 1), "rss_mb": round(webui.rss_mb())})  # fmt: skip
         saved = install.models / f"{output}.safetensors"
         offline = scratch / "chain-offline.safetensors"
-        done = run_cli("merge", str(install.models / "rndA.safetensors"),
-                       str(install.models / "rndB.safetensors"), str(rnd_c),
-                       "--recipe", str(chain_dir / "chain.recipe.json"), "-o", str(offline),
-                       "--dtype", "fp16", "--force", cwd=tmp_path)  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        assert tensor_hashes(saved) == tensor_hashes(offline)
+        assert_offline_merge_equals(saved, offline, str(install.models / "rndA.safetensors"),
+                                    str(install.models / "rndB.safetensors"), str(rnd_c),
+                                    "--recipe", str(chain_dir / "chain.recipe.json"),
+                                    cwd=tmp_path)  # fmt: skip
     finally:
         for p in install.models.glob(f"{output}*"):
             p.unlink()
