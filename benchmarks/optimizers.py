@@ -439,15 +439,15 @@ def with_derived_runs(results: list[RunResult]) -> list[RunResult]:
         return resolve_search({**search, "max_evaluations": 270}, "sd1")[0]
 
     shipped = resolved(DEFAULT.search).model_dump()
-    by_key = {c.key: c for c in (*SINGLES, *VARIANTS)}
-    as_default = {k for k, c in by_key.items() if resolved(c.search).model_dump() == shipped}
+    settings = {c.key: resolved(c.search) for c in (*SINGLES, *VARIANTS)}
+    as_default = {k for k, s in settings.items() if s.model_dump() == shipped}
     prefix_of: dict[str, tuple[str, int]] = {}  # candidate key -> (single key, its max budget)
     for single_cand in SINGLES:
         if single_cand.max_budget is None:
             continue
-        mine = resolved(single_cand.search).passes[0]
-        for key, cand in by_key.items():
-            first = resolved(cand.search).passes[0]
+        mine = settings[single_cand.key].passes[0]
+        for key, resolved_search in settings.items():
+            first = resolved_search.passes[0]
             if (
                 key != single_cand.key
                 and (first.optimizer, first.settings) == (mine.optimizer, mine.settings)
