@@ -244,3 +244,23 @@ def test_gp_does_not_print_optunas_greenlet_warning() -> None:
     )
     assert done.stdout.strip() == "12"
     assert "greenlet" not in done.stderr, done.stderr
+
+
+def test_gfo_bayesian_keeps_sklearns_fit_warnings_out_of_the_console() -> None:
+    """GFO's Bayesian fits sklearn's GP each ask; sklearn warns when a noise bound is reached
+    and when L-BFGS stops early (this seed hits the latter). Neither is the user's to act on,
+    so none reaches the console."""
+    import warnings
+
+    import autombw_cli
+    from autombw_cli.testing.landscapes import coupled
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = autombw_cli.optimize(
+            coupled(0),
+            search={"passes": [{"optimizer": "Bayesian"}], "max_evaluations": 60},
+            seed=3,
+        )
+    assert len(result.evaluations) == 60
+    assert [str(w.message) for w in caught if "sklearn" in w.filename] == []

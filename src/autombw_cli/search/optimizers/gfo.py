@@ -193,8 +193,10 @@ class GfoOptimizer(AdapterBase):
                 opt.nth_trial = saved_trial + self._iter_out
             try:
                 with _single_blas_thread(), warnings.catch_warnings():
-                    # sklearn's GP warns on nearly every fit that a noise bound is reached
+                    # sklearn's GP warns on nearly every fit that a noise bound is reached,
+                    # and often that L-BFGS stopped early; neither is the user's to act on
                     warnings.filterwarnings("ignore", message=".*close to the specified")
+                    warnings.filterwarnings("ignore", message=".*lbfgs failed to converge")
                     pos = opt._iterate_batch(1)[0]
             finally:
                 opt.nth_trial = saved_trial
