@@ -17,6 +17,9 @@ ImageReward scores (no noisy landscape is on main yet; this is the model, stated
 Latency: 2.0 s merge + 2.5 s per image, ``IMAGES`` = 8 per evaluation (4 payloads x 2), scoring
 overlapped (SD1.5 at 512 px, ~25 steps, on a mid-range GPU). The tally is the arithmetic mean.
 
+The search is the one ``autombw search`` runs with no ``search:`` section (its passes, space and
+per-pass optimizer seeds), with no evaluation budget: the hour binds.
+
 Pruning: off vs ``after`` 2 and 4 images at 95%; an hour of virtual GPU time per run; reported:
 evaluations per hour, the best found after one hour (its true quality ``GAP * f``, and its
 bias: observed score minus its expected score on the run's seeds, the "lucky winner" effect),
@@ -28,29 +31,33 @@ with ``SEEDS`` fresh seed sets (new ``c`` and ``eta``); reported: how often the 
 differs from the raw one, the true quality of each, the gain (validated minus raw, per run) and
 in how many runs the validated winner is truly worse.
 
-    python benchmarks/pruning_validation.py [--runs 10]
+    python benchmarks/pruning_validation.py [--runs 10] [--jobs N] [--results runs.jsonl]
     python benchmarks/pruning_validation.py --sim 120   # the real run on a simulated WebUI
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
-import random
+import os
 import statistics
 import time
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one run per core (--jobs): no oversubscription
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 
-from autombw_cli.blocks import Arch, Weights
-from autombw_cli.search.campaign import Campaign, PassPlan
+from autombw_cli.app.optimize import pass_plans, resolve_search, search_space
+from autombw_cli.blocks import Weights
+from autombw_cli.search.campaign import Campaign, optimizer_factory
 from autombw_cli.search.evaluation import Evaluation
-from autombw_cli.search.optimizers import create_optimizer
-from autombw_cli.search.optimizers.registry import DEFAULT_OPTIMIZER
 from autombw_cli.search.prompt import PromptSpec
 from autombw_cli.search.pruning import PruningRule
-from autombw_cli.search.space import SearchSpace
 from autombw_cli.search.work import Candidate, Outcome, RenderedImage
 from autombw_cli.testing.landscapes import coupled
 
@@ -61,6 +68,12 @@ IMAGE_S = 2.5
 HOUR_S = 3600.0
 TOP = 3
 SEEDS = 2
+NOISE = {"noisy": 0.35, "quiet": 0.15}  # sigma of eta
+PRUNING: dict[str, PruningRule | None] = {
+    "off": None,
+    "after 2": PruningRule(after=2),
+    "after 4": PruningRule(after=4),
+}
 SPECS = tuple(
     PromptSpec(
         payload_name=f"p{i // 2}",
@@ -76,6 +89,10 @@ SPECS = tuple(
 
 @dataclass(frozen=True)
 class RunResult:
+    noise: str
+    pruning: str
+    seed: int
+    cpu_s: float
     evaluations: int
     pruned: int
     false_prunes: int
@@ -108,16 +125,35 @@ def _outcome(cand: Candidate, scores: list[float], started: float, ended: float)
     return Outcome(cand, "gpu", "", images, tuple(scores), 0.0, 0.0, 0.0, 0.0, started, ended, 1)
 
 
-def one_run(seed: int, sigma: float, rule: PruningRule | None) -> RunResult:
-    webui = NoisyWebUI(seed, sigma)
-    space = SearchSpace.build(Arch.SD1, intervals=10)
+def shipped_search():
+    """The search ``autombw search`` runs with no ``search:`` section (passes, space)."""
+    settings, arch, initial = resolve_search(None, "sd1")
+    return settings, search_space(settings, arch, initial)
+
+
+def describe_passes() -> str:
+    settings, _ = shipped_search()
+    return " then ".join(
+        f"{p.optimizer}" + (f" x{p.max_evaluations}" if p.max_evaluations else "")
+        for p in settings.passes
+    )
+
+
+def one_run(task: tuple[str, str, int]) -> RunResult:
+    """One hour of virtual GPU time of the shipped search (its passes, space and optimizer
+    seeds; no evaluation budget: the hour binds) against the noise model."""
+    noise, pruning, seed = task
+    rule = PRUNING[pruning]
+    started_cpu = time.process_time()
+    webui = NoisyWebUI(seed, NOISE[noise])
+    settings, space = shipped_search()
     clock = [0.0]
     history: list[Evaluation] = []
     campaign = Campaign(
-        passes=[PassPlan(1, DEFAULT_OPTIMIZER, {}, None)],
+        passes=pass_plans(settings),
         total_budget=None,
         tally=lambda o: (float(np.mean(o.raw_scores)), {}),
-        make_optimizer=lambda plan: create_optimizer(plan.optimizer, plan.settings, space, seed),
+        make_optimizer=optimizer_factory(space, seed),
         record=lambda e, _o: history.append(e),
         emit=lambda _e: None,
         max_time_s=HOUR_S,
@@ -159,6 +195,10 @@ def one_run(seed: int, sigma: float, rule: PruningRule | None) -> RunResult:
     }
     winner = max(top, key=lambda e: (validated[e.number], e.score))
     return RunResult(
+        noise=noise,
+        pruning=pruning,
+        seed=seed,
+        cpu_s=time.process_time() - started_cpu,
         evaluations=len(history),
         pruned=sum(1 for e in history if e.pruned),
         false_prunes=false_prunes,
@@ -188,9 +228,7 @@ def sim_search(seconds: float, pruning: str, latency: float) -> dict[str, float]
     """One timed search on a simulated WebUI over HTTP (the real scheduler, scorer thread and
     journal), 4 payloads of one image each, ``latency`` seconds per image."""
     import asyncio
-    import json
     import tempfile
-    from pathlib import Path
 
     from autombw_cli.app.run import Run
     from autombw_cli.config import load_config
@@ -233,6 +271,13 @@ def main() -> None:
         help="instead: timed searches of this many seconds on the simulated WebUI (HTTP), "
         "pruning off vs after 1 and 2 images",
     )
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel")
+    ap.add_argument(
+        "--results",
+        type=Path,
+        help="JSON lines of finished runs: read first (runs there are not repeated), new ones "
+        "appended, so a killed benchmark resumes",
+    )
     args = ap.parse_args()
     if args.sim:
         print(f"simulated WebUI, 4 images/evaluation, 0.25 s/image, {args.sim:g} s per search")
@@ -245,30 +290,41 @@ def main() -> None:
                 flush=True,
             )
         return
-    random.seed(0)
-    settings: list[tuple[str, PruningRule | None]] = [
-        ("off", None),
-        ("after 2", PruningRule(after=2)),
-        ("after 4", PruningRule(after=4)),
-    ]
+    tasks = [(n, p, seed) for n in NOISE for p in PRUNING for seed in range(args.runs)]
+    done = {(r.noise, r.pruning, r.seed): r for r in _load(args.results)} if args.results else {}
+    todo = [t for t in tasks if t not in done]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for future in as_completed([pool.submit(one_run, t) for t in todo]):
+            result = future.result()
+            done[(result.noise, result.pruning, result.seed)] = result
+            if args.results:
+                _append(args.results, result)
     print(
-        f"optimizer {DEFAULT_OPTIMIZER}, {IMAGES} images/evaluation, {MERGE_S}s merge + "
-        f"{IMAGE_S}s/image, 1 h virtual GPU time, {args.runs} runs each; mean ± 95% CI"
+        f"search as shipped: {describe_passes()}; {IMAGES} images/evaluation, {MERGE_S}s merge "
+        f"+ {IMAGE_S}s/image, 1 h virtual GPU time, {args.runs} runs each; mean ± 95% CI"
     )
     print(
         f"{'noise':<7}{'pruning':<9}{'evals/h':>14}{'pruned %':>10}{'false %':>9}"
-        f"{'best bias':>17}{'best true':>17}{'valid. differs':>16}{'raw true':>15}"
+        f"{'best bias':>17}{'best true':>17}{'vs off (paired)':>24}"
+        f"{'valid. differs':>16}{'raw true':>15}"
         f"{'valid. true':>15}{'gain':>15}{'worse':>7}{'cpu s':>7}"
     )
-    for noise, sigma in (("noisy", 0.35), ("quiet", 0.15)):
-        for label, rule in settings:
-            t0 = time.process_time()
-            results = [one_run(seed, sigma, rule) for seed in range(args.runs)]
-            cpu = time.process_time() - t0
+    for noise in NOISE:
+        for label in PRUNING:
+            results = [done[(noise, label, seed)] for seed in range(args.runs)]
+            cpu = sum(r.cpu_s for r in results)
             n_pruned = sum(r.pruned for r in results)
             n_eval = sum(r.evaluations for r in results)
             false = sum(r.false_prunes for r in results)
             differs = sum(r.validated_differs for r in results)
+            # the same seed is the same noise and optimum: compare each run with its "off" twin
+            offs = [done[(noise, "off", seed)] for seed in range(args.runs)]
+            diffs = [r.best_true - o.best_true for r, o in zip(results, offs, strict=True)]
+            paired = (
+                "-"
+                if label == "off"
+                else f"{_mean_ci(diffs)} +{sum(d > 0 for d in diffs)}/-{sum(d < 0 for d in diffs)}"
+            )
             print(
                 f"{noise:<7}{label:<9}"
                 f"{_mean_ci([float(r.evaluations) for r in results]):>14}"
@@ -276,6 +332,7 @@ def main() -> None:
                 f"{(100 * false / n_pruned if n_pruned else 0.0):>9.1f}"
                 f"{_mean_ci([r.best_bias for r in results]):>17}"
                 f"{_mean_ci([r.best_true for r in results]):>17}"
+                f"{paired:>24}"
                 f"{f'{differs}/{len(results)}':>16}"
                 f"{_mean_ci([r.raw_winner_true for r in results]):>15}"
                 f"{_mean_ci([r.validated_winner_true for r in results]):>15}"
@@ -284,6 +341,24 @@ def main() -> None:
                 f"{cpu:>7.1f}",
                 flush=True,
             )
+
+
+def _append(path: Path, result: RunResult) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(asdict(result)) + "\n")
+        f.flush()
+
+
+def _load(path: Path) -> list[RunResult]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(RunResult(**json.loads(line)))
+        except (ValueError, TypeError):
+            continue  # a torn last line from a killed run
+    return out
 
 
 if __name__ == "__main__":
