@@ -142,6 +142,12 @@ VARIANTS = (
         BAYESIAN_1000,
     ),
     passes_of(
+        "gp50-Bayesian",
+        "gp ≤50, then Bayesian (GFO, resample, 1000 candidates)",
+        {"optimizer": "gp", "max_evaluations": 50},
+        BAYESIAN_1000,
+    ),
+    passes_of(
         "gp100-Bayesian-local90",
         "gp ≤100, then Bayesian (1000 candidates, 90% of them mutations of the best)",
         {"optimizer": "gp", "max_evaluations": 100},
@@ -369,6 +375,7 @@ def _report(
 ) -> None:
     checkpoints = [c for c in CHECKPOINTS if c <= budget] or [budget]
     medians: dict[str, list[float | None]] = {}
+    by_seed: dict[str, list[dict[int, float]]] = {}  # key -> per checkpoint: seed -> best
     used: dict[str, str] = {}
     seeds: dict[str, int] = {}
     secs: dict[str, float] = {}
@@ -377,9 +384,11 @@ def _report(
         if not runs:
             continue
         row: list[float | None] = []
+        by_seed[cand.key] = []
         for n in checkpoints:
-            got = [value_at(cand, runs, s, n) for s in sorted({r.seed for r in runs})]
-            vals = [g for g in got if g is not None]
+            got = {s: value_at(cand, runs, s, n) for s in sorted({r.seed for r in runs})}
+            vals = [g for g in got.values() if g is not None]
+            by_seed[cand.key].append({s: g[0] for s, g in got.items() if g is not None})
             row.append(statistics.median(v for v, _ in vals) if vals else None)
             if n == checkpoints[-1] and vals:
                 used[cand.key] = f"{statistics.median(u for _, u in vals):.0f}"
@@ -416,8 +425,26 @@ def _report(
             if mine is None or not rivals:
                 continue
             best, who = max(rivals)
-            gaps.append(f"@{n}: {mine - best:+.3f} vs {who}")
+            ours, theirs = by_seed[DEFAULT.key][i], by_seed[who][i]
+            common = sorted(set(ours) & set(theirs))
+            ahead = sum(ours[s] > theirs[s] for s in common)
+            behind = sum(ours[s] < theirs[s] for s in common)
+            gaps.append(
+                f"@{n}: {mine - best:+.3f} vs {who} (ahead on {ahead}, behind on {behind} "
+                f"of {len(common)} seeds, sign test p={sign_test_p(ahead, behind):.2f})"
+            )
         print(f"\ndefault minus the best single optimizer: {', '.join(gaps)}")
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """Two-sided exact sign test: the chance of a split at least this uneven between ``wins``
+    and ``losses`` (ties left out) if either side were equally likely to be ahead on a seed."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    extreme = min(wins, losses)
+    tail = sum(math.comb(n, k) for k in range(extreme + 1)) / 2**n
+    return min(1.0, 2 * tail)
 
 
 def with_derived_runs(results: list[RunResult]) -> list[RunResult]:

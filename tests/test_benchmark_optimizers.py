@@ -53,3 +53,11 @@ def test_gp_to_100_is_read_off_the_first_pass_with_one_in_flight(bench) -> None:
     own = run(bench, "gp", seed=3, n=100, start=0.9)
     again = bench.with_derived_runs([own, run(bench, "gp100-Bayesian", seed=3)])
     assert [r for r in again if r.key == "gp"] == [own]
+
+
+def test_the_sign_test_is_exact_and_two_sided(bench) -> None:
+    assert bench.sign_test_p(0, 0) == 1.0
+    assert bench.sign_test_p(5, 5) == 1.0
+    assert bench.sign_test_p(10, 0) == bench.sign_test_p(0, 10) == 2 / 1024
+    assert bench.sign_test_p(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)  # 0.109
+    assert bench.sign_test_p(9, 1) < 0.05 < bench.sign_test_p(8, 2)
