@@ -36,7 +36,6 @@ and ``--report-only`` prints the tables from the merged file.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -50,6 +49,9 @@ from typing import Any
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small model fits: one thread is fastest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _run_log import append_run, read_runs
 
 
 @dataclass(frozen=True)
@@ -500,24 +502,12 @@ def with_derived_runs(results: list[RunResult]) -> list[RunResult]:
 
 
 def _append(path: Path, res: RunResult) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(asdict(res)) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_run(path, asdict(res))
 
 
 def _load(path: Path) -> list[RunResult]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a torn last line from a killed run
-        if "key" in row:  # this version's rows (earlier files had labels)
-            out.append(RunResult(**row))
-    return out
+    # this version's rows have a key (earlier files had labels)
+    return [RunResult(**row) for row in read_runs(path) if "key" in row]
 
 
 if __name__ == "__main__":
