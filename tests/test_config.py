@@ -685,3 +685,14 @@ def test_a_config_and_payload_saved_on_windows_load(tmp_path: Path) -> None:
     cfg = load_config(path)
     assert cfg.search.max_evaluations == 12
     assert load_payload(payload).prompt == "a photo of an apple"
+
+
+def test_pruning_with_gaussian_process_passes_warns(project: Path) -> None:
+    """Measured (BENCHMARKS.md): with the default gp-then-Bayesian passes pruning made the best
+    worse, so a config that combines them is told; with cmaes it was neutral."""
+    default_passes = load(project, {"search": {"pruning": {"after": 2}}}).warnings()
+    assert len(default_passes) == 1
+    assert "search.pruning with gp and Bayesian passes" in default_passes[0]
+    cmaes = {"search": {"pruning": 2, "passes": [{"optimizer": "cmaes"}]}}
+    assert load(project, cmaes).warnings() == []
+    assert load(project, {"search": {"pruning": False}}).warnings() == []

@@ -177,6 +177,14 @@ class SearchConfig(StrictModel):
                 f"the passes' max_evaluations add up to {sum(budgets)}, more than "
                 f"search.max_evaluations ({self.search.max_evaluations}); the total wins"
             )
+        modelled = [p.optimizer for p in self.search.passes if p.optimizer in ("gp", "Bayesian")]
+        if self.search.pruning is not None and modelled:
+            out.append(
+                f"search.pruning with {' and '.join(dict.fromkeys(modelled))} passes: these "
+                "Gaussian processes learn from a pruned candidate's estimated score, and the "
+                "best merge after an hour was worse with pruning than without (BENCHMARKS.md, "
+                "'Pruning and top-k validation'); pruning suits cmaes"
+            )
         return out
 
     def redacted_dump(self) -> dict[str, Any]:
