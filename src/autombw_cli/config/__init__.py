@@ -177,7 +177,7 @@ class SearchConfig(StrictModel):
                 f"the passes' max_evaluations add up to {sum(budgets)}, more than "
                 f"search.max_evaluations ({self.search.max_evaluations}); the total wins"
             )
-        modelled = [p.optimizer for p in self.search.passes if p.optimizer in ("gp", "Bayesian")]
+        modelled = [p.optimizer for p in self.search.passes if p.optimizer in _WORSE_WITH_PRUNING]
         if self.search.pruning is not None and modelled:
             out.append(
                 f"search.pruning with {' and '.join(dict.fromkeys(modelled))} passes: these "
@@ -199,6 +199,9 @@ class SearchConfig(StrictModel):
 
 
 _SCORER_FILES = ("checkpoint", "med_config", "clip", "head")
+# optimizers whose best merge after an hour was worse with pruning than without (they model
+# score values, and learn a pruned candidate's low estimate): benchmarks/pruning_validation.py
+_WORSE_WITH_PRUNING = ("gp", "Bayesian")
 
 
 def _resolve_paths(paths: ScorerPaths, info: ValidationInfo, where: tuple) -> ScorerPaths:
