@@ -272,7 +272,9 @@ def tasks_for(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument(
+        "--seeds", type=int, default=10, help="seeds 0..N-1, run and reported (default 10)"
+    )
     parser.add_argument("--budget", type=int, default=270)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--landscapes", default="coupled,skip-pairs,sim,rugged,noisy,flat")
@@ -337,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for w in workers:
         for land in landscapes:
-            rows = [r for r in results if r.landscape == land and r.workers == w]
+            rows = [
+                r for r in results if r.landscape == land and r.workers == w and r.seed < args.seeds
+            ]
             _report(land, w, rows, cands, args.budget)
     return 0
 
@@ -468,8 +472,8 @@ def with_derived_runs(results: list[RunResult]) -> list[RunResult]:
         return resolve_search({**search, "max_evaluations": 270}, "sd1")[0]
 
     shipped = resolved(DEFAULT.search).model_dump()
-    settings = {c.key: resolved(c.search) for c in (*SINGLES, *VARIANTS)}
-    as_default = {k for k, s in settings.items() if s.model_dump() == shipped}
+    settings = {c.key: resolved(c.search) for c in (DEFAULT, *SINGLES, *VARIANTS)}
+    as_default = {k for k, s in settings.items() if s.model_dump() == shipped} - {DEFAULT.key}
     prefix_of: dict[str, tuple[str, int]] = {}  # candidate key -> (single key, its max budget)
     for single_cand in SINGLES:
         if single_cand.max_budget is None:

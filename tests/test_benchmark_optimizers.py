@@ -42,16 +42,15 @@ def test_a_run_made_as_the_default_is_never_replaced(bench) -> None:
     assert [r for r in out if r.key == "default"] == [mine]
 
 
-def test_gp_to_100_is_read_off_the_first_pass_with_one_in_flight(bench) -> None:
-    out = bench.with_derived_runs(
-        [run(bench, "gp100-Bayesian", seed=3), run(bench, "gp100-Bayesian", seed=4, workers=4)]
-    )
+@pytest.mark.parametrize("whole", ["gp100-Bayesian", "default"])
+def test_gp_to_100_is_read_off_the_first_pass_with_one_in_flight(bench, whole) -> None:
+    out = bench.with_derived_runs([run(bench, whole, seed=3), run(bench, whole, seed=4, workers=4)])
     gp = [r for r in out if r.key == "gp"]
     assert [(r.seed, r.workers, r.budget, len(r.curve)) for r in gp] == [(3, 1, 100, 100)]
     assert gp[0].curve == out[0].curve[:100] and math.isnan(gp[0].elapsed_s)
     # a run of gp's own is kept as it is
     own = run(bench, "gp", seed=3, n=100, start=0.9)
-    again = bench.with_derived_runs([own, run(bench, "gp100-Bayesian", seed=3)])
+    again = bench.with_derived_runs([own, run(bench, whole, seed=3)])
     assert [r for r in again if r.key == "gp"] == [own]
 
 
