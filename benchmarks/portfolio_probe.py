@@ -14,7 +14,6 @@ flight, which the probe answers as a failure to the proposer.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -24,6 +23,10 @@ from typing import Any
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _run_log import read_runs
+from optimizers import incumbent_curve
 
 RESULTS = Path(__file__).parent / "results"
 CHECKPOINTS = (50, 100, 150, 270)
@@ -99,12 +102,8 @@ def one(args: tuple[str, int, int, str]) -> dict[str, Any]:
     land = LANDSCAPES[land_name](seed)
     search = {"passes": [{"optimizer": "random"}], "early_stopping": False}
     result = optimize(land, arch="sd1", search={**search, "max_evaluations": budget}, seed=seed)
-    curve, best_score, best_value = [], float("-inf"), float("nan")
-    for e in result.evaluations:
-        if e.ok and e.score > best_score:
-            best_score, best_value = e.score, land.value(e.weights)
-        curve.append(best_value)
-    return {"landscape": land_name, "seed": seed, "curve": curve}
+    scored = [(e.weights, e.score) for e in result.evaluations if e.ok]
+    return {"landscape": land_name, "seed": seed, "curve": incumbent_curve(land, scored)}
 
 
 def _others(files: list[Path]) -> dict[tuple[str, str, int], list[float]]:
@@ -112,8 +111,7 @@ def _others(files: list[Path]) -> dict[tuple[str, str, int], list[float]]:
     one in flight."""
     runs: dict[tuple[str, str, int], list[float]] = {}
     for path in files:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
+        for row in read_runs(path):
             key = {"gp100-Bayesian": "default"}.get(row.get("key"), row.get("key"))
             if row.get("workers") == 1 and key in ("default", "Bayesian"):
                 runs[(key, row["landscape"], row["seed"])] = row["curve"]
