@@ -163,6 +163,13 @@ VARIANTS = (
         {**BAYESIAN_1000, "early_stopping": {"patience": 27}},
         {"optimizer": "HillClimbing"},
     ),
+    single("portfolio", "portfolio: gp and Bayesian (1000 candidates) take turns", "portfolio"),
+    passes_of(
+        "gp100-portfolio",
+        "gp ≤100, then gp and Bayesian (1000 candidates) take turns",
+        {"optimizer": "gp", "max_evaluations": 100},
+        {"optimizer": "portfolio"},
+    ),
     staged("cmaes100-HC", ("cmaes", 100, None), HC_TO_END),
     staged("cmaes-sw27-HC", ("cmaes", 150, 27), HC_TO_END),  # the default until 2026-12-07
     staged("gp30-cmaes-HC", ("gp", 30, None), ("cmaes", 70, None), HC_TO_END),

@@ -31,6 +31,7 @@ CONTRACT = [
     ("EvolutionStrategy", {}),
     ("Bayesian", FAST),
     ("TreeStructuredParzenEstimators", FAST),
+    ("portfolio", {"members": ["tpe", {"optimizer": "Bayesian", "settings": FAST}]}),
 ]
 
 
@@ -142,6 +143,8 @@ def test_every_optimizer_name_runs(name: str) -> None:
         if name in ("Bayesian", "TreeStructuredParzenEstimators", "Forest", "Lipschitz")
         else {}
     )
+    if name == "portfolio":
+        settings = {"members": ["tpe", {"optimizer": "Bayesian", "settings": FAST}]}
     opt = create_optimizer(name, settings, space, seed=0)
     n = 13 if name == "gp" else 25  # Optuna's GP takes seconds per ask on a CPU
     asked = drive(opt, n, workers=2)
@@ -200,7 +203,7 @@ class TestRegistry:
         assert validate_optimizer_settings("BayesianOptimizer", {}).xi == 0.03
         assert validate_optimizer_settings("hill-climbing", {"epsilon": 0.1}).epsilon == 0.1
         assert validate_optimizer_settings("optuna-tpe", {}).multivariate is True
-        assert len(OPTIMIZER_NAMES) == 25
+        assert len(OPTIMIZER_NAMES) == 26
 
     def test_unknown_name_lists_valid_ones_with_a_suggestion(self) -> None:
         with pytest.raises(ConfigError, match="did you mean 'Bayesian'") as err:

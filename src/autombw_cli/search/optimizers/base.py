@@ -177,6 +177,10 @@ class AdapterBase(ABC):
         """True when these weights were evaluated, failed, or are in flight."""
         return self.space.key(weights) in self._known
 
+    def in_flight(self, weights: Weights) -> bool:
+        """True while these weights are handed out and not yet told."""
+        return self._known.get(self.space.key(weights)) is _IN_FLIGHT
+
     # --- backend hooks ------------------------------------------------------------------
     @abstractmethod
     def _backend_ask(self) -> tuple[dict[str, float], Any] | None:

@@ -3,7 +3,7 @@
 Names are matched case-insensitively, ignoring ``-``/``_``/spaces and a trailing ``Optimizer``
 (``BayesianOptimizer``, ``bayesian`` and ``Bayesian`` are the same). The gradient-free-optimizers
 names are the ones auto-MBW-rt users know (DOMAIN.md §4); the Optuna samplers are ``tpe``,
-``gp``, ``cmaes``, ``qmc`` and ``random``.
+``gp``, ``cmaes``, ``qmc`` and ``random``; ``portfolio`` lets several of them take turns.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autombw_cli.errors import ConfigError
 from autombw_cli.search.optimizers.base import Optimizer
@@ -199,11 +199,43 @@ class RandomSettings(Settings):
     pass
 
 
+# --- a portfolio of the above ---------------------------------------------------------------
+class MemberSettings(Settings):
+    """One member of a portfolio: an optimizer name (any but ``portfolio``) and its settings."""
+
+    optimizer: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            data = {"optimizer": data}
+        if not isinstance(data, dict) or not isinstance(data.get("optimizer"), str):
+            return data
+        entry = lookup(data["optimizer"])
+        if entry.backend == "portfolio":
+            raise ValueError("a portfolio cannot be a member of a portfolio")
+        settings = entry.settings.model_validate(dict(data.get("settings") or {}))
+        return {**data, "optimizer": entry.name, "settings": settings.model_dump()}
+
+
+class PortfolioSettings(Settings):
+    members: tuple[MemberSettings, ...] = Field(
+        default_factory=lambda: (
+            MemberSettings(optimizer="gp"),
+            MemberSettings(optimizer="Bayesian", settings={"n_candidates": 1000}),
+        ),
+        min_length=2,
+        description="Optimizers that take turns proposing; each learns every result",
+    )
+
+
 # --- the map --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Entry:
     name: str  # canonical
-    backend: Literal["gfo", "optuna"]
+    backend: Literal["gfo", "optuna", "portfolio"]
     target: str  # GFO class name or Optuna sampler class name
     settings: type[Settings]
 
@@ -254,6 +286,7 @@ _ENTRIES: tuple[Entry, ...] = (
         TreeStructuredParzenEstimatorsSettings,
     ),
     Entry("Forest", "gfo", "ForestOptimizer", ForestSettings),
+    Entry("portfolio", "portfolio", "PortfolioOptimizer", PortfolioSettings),
 )
 OPTIMIZER_NAMES: tuple[str, ...] = tuple(e.name for e in _ENTRIES)
 
@@ -302,6 +335,11 @@ def create_optimizer(
         model = entry.settings.model_validate(settings.model_dump())
     else:
         model = entry.settings.model_validate(dict(settings or {}))
+    if isinstance(model, PortfolioSettings):
+        from autombw_cli.search.optimizers.portfolio import PortfolioOptimizer
+
+        members = [create_optimizer(m.optimizer, m.settings, space, seed) for m in model.members]
+        return PortfolioOptimizer(members, space, seed)
     values = model.model_dump()
     # lazily: each adapter imports its backend (Optuna, gradient-free-optimizers: seconds)
     if entry.backend == "gfo":
