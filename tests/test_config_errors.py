@@ -358,3 +358,20 @@ def test_bad_timeouts(write) -> None:
     message = error_of(path)
     assert_names(message, path, "instances[0].timeouts.keepalive_expiry", line=6)
     assert "below 5" in message
+
+
+@pytest.mark.parametrize(
+    ("members", "field", "text"),
+    [
+        ("[tpex, cmaes]", "members[0]", "unknown optimizer 'tpex'; did you mean 'tpe'?"),
+        ("[tpe, {optimizer: cmaes, settings: {sigma: 2}}]", "members[1]", "did you mean 'sigma0'"),
+        ("[portfolio, tpe]", "members[0]", "cannot be a member of a portfolio"),
+        ("[tpe]", "members", "at least two members"),
+    ],
+)
+def test_bad_portfolio_members_name_the_member(write, members, field, text) -> None:
+    body = "search:\n  passes:\n    - optimizer: portfolio\n      settings:\n"
+    path = write(HEAD + body + f"        members: {members}\n")
+    message = error_of(path)
+    assert f"search.passes[0].settings.{field}" in message
+    assert text in message

@@ -250,6 +250,10 @@ LOCKSTEP = [
     ("cmaes", {"popsize": 4}),
     ("HillClimbing", {}),
     ("ParticleSwarm", {"population": 4, "initialize": {"random": 4}}),
+    (
+        "portfolio",
+        {"members": ["tpe", {"optimizer": "Bayesian", "settings": {"n_candidates": 300}}]},
+    ),
 ]
 
 

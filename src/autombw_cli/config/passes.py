@@ -7,7 +7,6 @@ names an optimizer that exists, with settings it accepts.
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
@@ -30,16 +29,8 @@ def validate_optimizer(name: str, settings: dict[str, Any]) -> tuple[str, dict[s
     except AutombwError as exc:
         raise FieldError(("optimizer",), error_text(exc)) from None
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        message = err["msg"]
-        if err["type"] == "extra_forbidden":
-            known = sorted(entry.settings.model_fields)
-            close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
-            message = f"unknown setting for {entry.name}" + (
-                f"; did you mean {close[0]!r}?" if close else ""
-            )
-            message += f" (settings: {', '.join(known)})" if known else ""
-        raise FieldError(("settings", *err["loc"]), message) from None
+        loc, message = registry.settings_error(entry, exc)
+        raise FieldError(("settings", *loc), message) from None
     return entry.name, result.model_dump(mode="json")
 
 

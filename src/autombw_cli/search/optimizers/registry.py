@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autombw_cli.errors import ConfigError
 from autombw_cli.search.optimizers.base import Optimizer
@@ -213,10 +213,18 @@ class MemberSettings(Settings):
             data = {"optimizer": data}
         if not isinstance(data, dict) or not isinstance(data.get("optimizer"), str):
             return data
-        entry = lookup(data["optimizer"])
+        try:
+            entry = lookup(data["optimizer"])
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         if entry.backend == "portfolio":
             raise ValueError("a portfolio cannot be a member of a portfolio")
-        settings = entry.settings.model_validate(dict(data.get("settings") or {}))
+        try:
+            settings = entry.settings.model_validate(dict(data.get("settings") or {}))
+        except ValidationError as exc:
+            loc, message = settings_error(entry, exc)
+            where = ".".join(str(part) for part in ("settings", *loc))
+            raise ValueError(f"{where}: {message}") from None
         return {**data, "optimizer": entry.name, "settings": settings.model_dump()}
 
 
@@ -226,9 +234,18 @@ class PortfolioSettings(Settings):
             MemberSettings(optimizer="gp"),
             MemberSettings(optimizer="Bayesian", settings={"n_candidates": 1000}),
         ),
-        min_length=2,
         description="Optimizers that take turns proposing; each learns every result",
     )
+
+    @field_validator("members")
+    @classmethod
+    def _at_least_two(cls, members: tuple[MemberSettings, ...]) -> tuple[MemberSettings, ...]:
+        if len(members) < 2:
+            raise ValueError(
+                f"a portfolio needs at least two members, got {len(members)}; "
+                "e.g. members: [gp, Bayesian]"
+            )
+        return members
 
 
 # --- the map --------------------------------------------------------------------------------
@@ -314,6 +331,21 @@ def lookup(name: str) -> Entry:
         f"unknown optimizer {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
         hint=f"valid names: {', '.join(OPTIMIZER_NAMES)}",
     )
+
+
+def settings_error(entry: Entry, exc: ValidationError) -> tuple[tuple[Any, ...], str]:
+    """Where in an optimizer's settings validation failed, and what to tell the user (an
+    unknown setting: the closest valid name and the list of them)."""
+    err = exc.errors(include_url=False)[0]
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        known = sorted(entry.settings.model_fields)
+        close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+        message = f"unknown setting for {entry.name}" + (
+            f"; did you mean {close[0]!r}?" if close else ""
+        )
+        message += f" (settings: {', '.join(known)})" if known else ""
+    return tuple(err["loc"]), message
 
 
 def validate_optimizer_settings(name: str, settings: Mapping[str, Any] | None) -> Settings:
