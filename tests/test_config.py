@@ -693,6 +693,8 @@ def test_pruning_with_gaussian_process_passes_warns(project: Path) -> None:
     default_passes = load(project, {"search": {"pruning": {"after": 2}}}).warnings()
     assert len(default_passes) == 1
     assert "search.pruning with gp and Bayesian passes" in default_passes[0]
+    portfolio = {"search": {"pruning": 2, "passes": [{"optimizer": "portfolio"}]}}
+    assert "gp and Bayesian passes" in load(project, portfolio).warnings()[0]
     cmaes = {"search": {"pruning": 2, "passes": [{"optimizer": "cmaes"}]}}
     assert load(project, cmaes).warnings() == []
     assert load(project, {"search": {"pruning": False}}).warnings() == []

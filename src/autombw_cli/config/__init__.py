@@ -177,7 +177,12 @@ class SearchConfig(StrictModel):
                 f"the passes' max_evaluations add up to {sum(budgets)}, more than "
                 f"search.max_evaluations ({self.search.max_evaluations}); the total wins"
             )
-        modelled = [p.optimizer for p in self.search.passes if p.optimizer in _WORSE_WITH_PRUNING]
+        names = [
+            name
+            for p in self.search.passes
+            for name in [p.optimizer, *(m["optimizer"] for m in p.settings.get("members", ()))]
+        ]
+        modelled = [name for name in names if name in _WORSE_WITH_PRUNING]
         if self.search.pruning is not None and modelled:
             out.append(
                 f"search.pruning with {' and '.join(dict.fromkeys(modelled))} passes: these "
