@@ -28,21 +28,22 @@ def run(bench, key: str, seed: int = 0, workers: int = 1, n: int = 270, start: f
 
 
 def test_a_candidate_with_the_defaults_search_counts_as_the_default(bench) -> None:
-    keys = ("gp100-Bayesian", "cmaes-sw27-HC", "gp270", "baseline")
+    keys = ("gp100-portfolio", "gp100-Bayesian", "cmaes-sw27-HC", "gp270", "baseline")
     out = bench.with_derived_runs([run(bench, k) for k in keys])
     defaults = [r for r in out if r.key == "default"]
-    # gp ≤100 then Bayesian is the shipped default; the previous default, gp alone and the
-    # auto-MBW-rt baseline (whose search mapping is empty but is not run through it) are not
+    # gp ≤100 then the gp/Bayesian portfolio is the shipped default; the previous defaults, gp
+    # alone and the auto-MBW-rt baseline (whose search mapping is empty but is not run through
+    # it) are not
     assert len(defaults) == 1 and defaults[0].curve == out[0].curve
 
 
 def test_a_run_made_as_the_default_is_never_replaced(bench) -> None:
     mine = run(bench, "default", start=0.5)
-    out = bench.with_derived_runs([mine, run(bench, "gp100-Bayesian")])
+    out = bench.with_derived_runs([mine, run(bench, "gp100-portfolio")])
     assert [r for r in out if r.key == "default"] == [mine]
 
 
-@pytest.mark.parametrize("whole", ["gp100-Bayesian", "default"])
+@pytest.mark.parametrize("whole", ["gp100-portfolio", "gp100-Bayesian", "default"])
 def test_gp_to_100_is_read_off_the_first_pass_with_one_in_flight(bench, whole) -> None:
     out = bench.with_derived_runs([run(bench, whole, seed=3), run(bench, whole, seed=4, workers=4)])
     gp = [r for r in out if r.key == "gp"]

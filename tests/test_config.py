@@ -70,12 +70,14 @@ def test_defaults(project: Path) -> None:
     assert cfg.search.intervals == 10 and cfg.search.grid_intervals == 10
     assert cfg.search.max_evaluations == 270
     assert cfg.search.early_stopping.patience is None  # a run uses its budget
-    # the benchmark's choice (BENCHMARKS.md): Optuna's gp for 100 evaluations, then GFO's
-    # Bayesian (1000 candidates per ask) to the end
-    assert [p.optimizer for p in cfg.search.passes] == ["gp", "Bayesian"]
+    # the benchmark's choice (BENCHMARKS.md): Optuna's gp for 100 evaluations, then gp and GFO's
+    # Bayesian (1000 candidates per ask) taking turns to the end
+    assert [p.optimizer for p in cfg.search.passes] == ["gp", "portfolio"]
     assert cfg.search.passes[0].max_evaluations == 100
     assert cfg.search.passes[1].max_evaluations is None
-    assert cfg.search.passes[1].settings["n_candidates"] == 1000
+    members = cfg.search.passes[1].settings["members"]
+    assert [m["optimizer"] for m in members] == ["gp", "Bayesian"]
+    assert members[1]["settings"]["n_candidates"] == 1000
     assert all(p.early_stopping == cfg.search.early_stopping for p in cfg.search.passes)
     assert len(cfg.search.blocks) == 27 and cfg.search.frozen == {}
     assert cfg.outputs.run_dir == project / "runs"

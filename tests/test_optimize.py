@@ -126,10 +126,10 @@ def test_a_seeded_search_repeats_and_the_seed_matters() -> None:
     assert [(e.weights.key(), e.score) for e in via_section.evaluations] == run(3, 1)
 
 
-def test_the_default_runs_gp_then_bayesian_to_its_budget_and_resumes_exactly() -> None:
-    """The default: Optuna's gp for 100 evaluations, then GFO's Bayesian to the budget (no
-    early stop); a search continued from any point, in either pass, repeats the uninterrupted
-    one."""
+def test_the_default_runs_gp_then_the_portfolio_to_its_budget_and_resumes_exactly() -> None:
+    """The default: Optuna's gp for 100 evaluations, then gp and GFO's Bayesian taking turns to
+    the budget (no early stop); a search continued from any point, in either pass, repeats the
+    uninterrupted one."""
     land = skip_pairs(2)
     search = {**FOUR_BLOCKS, "max_evaluations": 110}
     full = autombw_cli.optimize(land, search=search, seed=2)

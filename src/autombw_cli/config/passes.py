@@ -71,11 +71,12 @@ class PruningConfig(StrictModel):
 
 
 # The default search (BENCHMARKS.md "Optimizer quality"): Optuna's Gaussian-process sampler for
-# the first 100 evaluations, then GFO's Bayesian optimizer (1000 candidates per ask) to the
-# budget, warm-started from every evaluation before it.
+# the first 100 evaluations, then a portfolio in which it takes turns with GFO's Bayesian
+# optimizer (1000 candidates per ask) to the budget, both warm-started from every evaluation
+# before it and each told every result.
 DEFAULT_PASSES: tuple[dict[str, Any], ...] = (
     {"optimizer": "gp", "max_evaluations": 100},
-    {"optimizer": "Bayesian", "settings": {"n_candidates": 1000}},
+    {"optimizer": "portfolio"},
 )
 
 
