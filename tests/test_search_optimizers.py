@@ -20,6 +20,7 @@ from autombw_cli.search.optimizers import (
 from autombw_cli.search.space import SearchSpace
 
 FAST = {"n_candidates": 300}  # keeps the model-based GFO optimizers quick in tests
+FAST_PORTFOLIO = {"members": ["tpe", {"optimizer": "Bayesian", "settings": FAST}]}
 CONTRACT = [
     ("tpe", {}),
     ("cmaes", {}),
@@ -31,7 +32,7 @@ CONTRACT = [
     ("EvolutionStrategy", {}),
     ("Bayesian", FAST),
     ("TreeStructuredParzenEstimators", FAST),
-    ("portfolio", {"members": ["tpe", {"optimizer": "Bayesian", "settings": FAST}]}),
+    ("portfolio", FAST_PORTFOLIO),
 ]
 
 
@@ -138,13 +139,8 @@ def test_every_optimizer_name_runs(name: str) -> None:
         frozen={s: 0.5 for s in Weights.uniform(Arch.SD1, 0).values if s not in ("IN00", "M00")},
         intervals=20,
     )
-    settings = (
-        FAST
-        if name in ("Bayesian", "TreeStructuredParzenEstimators", "Forest", "Lipschitz")
-        else {}
-    )
-    if name == "portfolio":
-        settings = {"members": ["tpe", {"optimizer": "Bayesian", "settings": FAST}]}
+    model_based = ("Bayesian", "TreeStructuredParzenEstimators", "Forest", "Lipschitz")
+    settings = FAST_PORTFOLIO if name == "portfolio" else FAST if name in model_based else {}
     opt = create_optimizer(name, settings, space, seed=0)
     n = 13 if name == "gp" else 25  # Optuna's GP takes seconds per ask on a CPU
     asked = drive(opt, n, workers=2)

@@ -13,15 +13,14 @@ from autombw_cli.search.optimizers import (
     replay,
     validate_optimizer_settings,
 )
-from test_search_optimizers import FAST, drive, objective, small_space
+from test_search_optimizers import FAST_PORTFOLIO, drive, objective, small_space
 
 TWO_RANDOMS = {"members": ["random", "random"]}  # same seed: both propose the same points
 
 
 def test_members_take_turns_and_each_learns_every_result() -> None:
     space = small_space()
-    settings = {"members": ["tpe", {"optimizer": "Bayesian", "settings": FAST}]}
-    opt = create_optimizer("portfolio", settings, space, seed=0)
+    opt = create_optimizer("portfolio", FAST_PORTFOLIO, space, seed=0)
     asked = drive(opt, 24, workers=1)
     assert len({space.key(w) for w in asked}) == 24
     tpe, bayesian = opt.members

@@ -1,7 +1,7 @@
 """A portfolio: several optimizers take turns proposing, and every one learns every result.
 
 Ask ``i`` goes to member ``i mod n``; when a result comes back, the member that proposed it is
-told, and so is every other member (the point is enqueued, asked and told, as `replay` does).
+told, and every other member has it replayed (`replay`: enqueued, asked and told).
 So each member's model sees the whole search, while the proposals alternate between, e.g., a
 Gaussian process that trusts its smooth fit (Optuna's ``gp``) and one that keeps sampling near
 the best (GFO's ``Bayesian``): on a landscape where one of them stalls, the other one's points
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from autombw_cli.blocks import Weights
 from autombw_cli.search.evaluation import TrialState
-from autombw_cli.search.optimizers.base import AdapterBase, Optimizer, Trial
+from autombw_cli.search.optimizers.base import AdapterBase, Optimizer, Trial, replay
 from autombw_cli.search.space import SearchSpace
 
 # a token: the weights and the member trials that stand for them, one for a member's proposal,
@@ -63,9 +63,7 @@ class PortfolioOptimizer(AdapterBase):
         if score is None:
             return  # a failure teaches the other members nothing about the landscape
         for member in self.members:
-            if not member.seen(weights):
-                member.enqueue(weights)
-                member.tell(member.ask(), score, TrialState.COMPLETE)
+            replay(member, [(weights, score)])  # skips a member that has seen it
 
     def _backend_duplicate(self, token: _Token, score: float | None) -> None:
         weights, trials = token
