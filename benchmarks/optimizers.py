@@ -433,15 +433,22 @@ def _report(
     if DEFAULT.key in medians and singles:
         gaps = []
         for i, n in enumerate(checkpoints):
-            mine = medians[DEFAULT.key][i]
-            rivals = [(medians[k][i], k) for k in singles if medians[k][i] is not None]
-            if mine is None or not rivals:
+            ours = by_seed[DEFAULT.key][i]
+            # each rival on the seeds both have run, so a rival with more seeds (or the
+            # default with more) does not move the comparison by its extra seeds
+            rivals = []
+            for k in singles:
+                common = sorted(set(ours) & set(by_seed[k][i]))
+                if common:
+                    theirs = statistics.median(by_seed[k][i][s] for s in common)
+                    mine = statistics.median(ours[s] for s in common)
+                    rivals.append((theirs - mine, k, mine, theirs, common))
+            if not rivals:
                 continue
-            best, who = max(rivals)
-            ours, theirs = by_seed[DEFAULT.key][i], by_seed[who][i]
-            common = sorted(set(ours) & set(theirs))
-            ahead = sum(ours[s] > theirs[s] for s in common)
-            behind = sum(ours[s] < theirs[s] for s in common)
+            _, who, mine, best, common = max(rivals)
+            theirs_by_seed = by_seed[who][i]
+            ahead = sum(ours[s] > theirs_by_seed[s] for s in common)
+            behind = sum(ours[s] < theirs_by_seed[s] for s in common)
             gaps.append(
                 f"@{n}: {mine - best:+.3f} vs {who} (ahead on {ahead}, behind on {behind} "
                 f"of {len(common)} seeds, sign test p={sign_test_p(ahead, behind):.2f})"

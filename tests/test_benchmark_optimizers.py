@@ -61,3 +61,15 @@ def test_the_sign_test_is_exact_and_two_sided(bench) -> None:
     assert bench.sign_test_p(10, 0) == bench.sign_test_p(0, 10) == 2 / 1024
     assert bench.sign_test_p(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)  # 0.109
     assert bench.sign_test_p(9, 1) < 0.05 < bench.sign_test_p(8, 2)
+
+
+def test_the_default_is_compared_on_the_seeds_both_have_run(bench, capsys) -> None:
+    # the default ran seeds 0-1, cmaes seeds 0-3; cmaes's extra seeds score far higher, but
+    # on the common seeds the default is ahead, and the gap line must say so
+    runs = [run(bench, "default", seed=s, start=0.5) for s in (0, 1)]
+    runs += [run(bench, "cmaes", seed=s, start=0.4) for s in (0, 1)]
+    runs += [run(bench, "cmaes", seed=s, start=0.9) for s in (2, 3)]
+    cands = [bench.DEFAULT, next(c for c in bench.SINGLES if c.key == "cmaes")]
+    bench._report("coupled", 1, runs, cands, 270)
+    gap = capsys.readouterr().out.split("default minus the best single optimizer: ")[1]
+    assert gap.startswith("@50: +0.100 vs cmaes (ahead on 2, behind on 0 of 2 seeds")
