@@ -281,6 +281,11 @@ def main() -> None:
         help="instead: timed searches of this many seconds on the simulated WebUI (HTTP), "
         "pruning off vs after 1 and 2 images",
     )
+    ap.add_argument(
+        "--noise",
+        default=",".join(NOISE),
+        help=f"noise levels to run and report, comma-separated (default {','.join(NOISE)})",
+    )
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel")
     ap.add_argument(
         "--results",
@@ -300,7 +305,11 @@ def main() -> None:
                 flush=True,
             )
         return
-    tasks = [(n, p, seed) for n in NOISE for p in PRUNING for seed in range(args.runs)]
+    noises = [n.strip() for n in args.noise.split(",") if n.strip()]
+    unknown = [n for n in noises if n not in NOISE]
+    if unknown:
+        ap.error(f"--noise: unknown level {unknown[0]!r}; choose from {', '.join(NOISE)}")
+    tasks = [(n, p, seed) for n in noises for p in PRUNING for seed in range(args.runs)]
     done = {(r.noise, r.pruning, r.seed): r for r in _load(args.results)} if args.results else {}
     todo = [t for t in tasks if t not in done]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -319,7 +328,7 @@ def main() -> None:
         f"{'valid. differs':>16}{'raw true':>15}"
         f"{'valid. true':>15}{'gain':>15}{'worse':>7}{'cpu s':>7}"
     )
-    for noise in NOISE:
+    for noise in noises:
         for label in PRUNING:
             results = [done[(noise, label, seed)] for seed in range(args.runs)]
             cpu = sum(r.cpu_s for r in results)

@@ -690,8 +690,9 @@ def test_a_config_and_payload_saved_on_windows_load(tmp_path: Path) -> None:
 
 
 def test_pruning_with_gaussian_process_passes_warns(project: Path) -> None:
-    """Measured (BENCHMARKS.md): with the default gp-then-Bayesian passes pruning made the best
-    worse, so a config that combines them is told; with cmaes it was neutral."""
+    """Measured (BENCHMARKS.md): with the default passes (gp, then the gp/Bayesian portfolio;
+    before them gp, then Bayesian) pruning made the best worse on noisy scores, so a config
+    that combines them is told; with cmaes it was neutral."""
     default_passes = load(project, {"search": {"pruning": {"after": 2}}}).warnings()
     assert len(default_passes) == 1
     assert "search.pruning with gp and Bayesian passes" in default_passes[0]

@@ -187,8 +187,9 @@ class SearchConfig(StrictModel):
             out.append(
                 f"search.pruning with {' and '.join(dict.fromkeys(modelled))} passes: these "
                 "Gaussian processes learn from a pruned candidate's estimated score, and the "
-                "best merge after an hour was worse with pruning than without (BENCHMARKS.md, "
-                "'Pruning and top-k validation'); pruning suits cmaes"
+                "best merge after an hour was worse with pruning than without on noisy scores "
+                "and no better on quiet ones (BENCHMARKS.md, 'Pruning and top-k validation'); "
+                "pruning suits cmaes"
             )
         return out
 
@@ -204,8 +205,9 @@ class SearchConfig(StrictModel):
 
 
 _SCORER_FILES = ("checkpoint", "med_config", "clip", "head")
-# optimizers whose best merge after an hour was worse with pruning than without (they model
-# score values, and learn a pruned candidate's low estimate): benchmarks/pruning_validation.py
+# optimizers whose best merge after an hour was worse with pruning than without on noisy scores
+# (they model score values, and learn a pruned candidate's low estimate):
+# benchmarks/pruning_validation.py
 _WORSE_WITH_PRUNING = ("gp", "Bayesian")
 
 
