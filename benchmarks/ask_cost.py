@@ -25,9 +25,6 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 ROWS = {  # label -> search: section (less the budget); None: the shipped default
     "shipped default": None,
     "gp": [{"optimizer": "gp"}],
@@ -70,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         "--rows", help="only rows whose label starts with one of these, comma-separated"
     )
     args = parser.parse_args(argv)
+    # set here, not on import: optimizer_threads.py imports ask_seconds with the user's pools
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows = {
         label: passes
         for label, passes in ROWS.items()

@@ -263,3 +263,30 @@ def test_gfo_bayesian_keeps_sklearns_fit_warnings_out_of_the_console() -> None:
         )
     assert len(result.evaluations) == 60
     assert [str(w.message) for w in caught if "sklearn" in w.filename] == []
+
+
+def test_gp_fits_its_model_on_one_compute_thread_and_gives_the_thread_back() -> None:
+    """Optuna's GP fits with torch on every ask; on a box whose cores the WebUI and the scorer
+    hold, torch's default pool (one thread per core) spins and the ask is several times slower
+    (BENCHMARKS.md "Optimizer threads"). A spy on the real sampler reads torch's thread count
+    inside the fit: 1, although the calling thread allows 2, which it has again afterwards."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    opt = create_optimizer("gp", {}, small_space(), seed=0)
+    sampler = opt._study.sampler
+    inside: list[int] = []
+    real_sample_relative = sampler.sample_relative
+
+    def spy(*args, **kwargs):
+        inside.append(torch.get_num_threads())
+        return real_sample_relative(*args, **kwargs)
+
+    sampler.sample_relative = spy
+    with threadpool_limits(limits=2, user_api="openmp"):
+        assert torch.get_num_threads() == 2
+        for _ in range(12):  # past the sampler's 10 random start-up trials: real fits
+            trial = opt.ask()
+            opt.tell(trial, objective(trial.weights))
+        assert torch.get_num_threads() == 2
+    assert inside and set(inside) == {1}

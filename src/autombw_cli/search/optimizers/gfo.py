@@ -44,6 +44,7 @@ import numpy as np
 
 from autombw_cli.blocks import Weights
 from autombw_cli.search.optimizers.base import AdapterBase
+from autombw_cli.search.optimizers.compute_threads import one_compute_thread
 from autombw_cli.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ class GfoOptimizer(AdapterBase):
             if self._is_population:
                 opt.nth_trial = saved_trial + self._iter_out
             try:
-                with _single_blas_thread(), warnings.catch_warnings():
+                with one_compute_thread(), warnings.catch_warnings():
                     # sklearn's GP warns on nearly every fit that a noise bound is reached,
                     # and often that L-BFGS stopped early; neither is the user's to act on
                     warnings.filterwarnings("ignore", message=".*close to the specified")
@@ -336,19 +337,6 @@ class _AdapterCandidates:
     def _all_possible_pos(self) -> np.ndarray:
         self._pos_space = self.sampler.get_pos_space()  # type: ignore[attr-defined]
         return np.zeros((1, len(self.search_space)))  # type: ignore[attr-defined]
-
-
-@contextlib.contextmanager
-def _single_blas_thread() -> Iterator[None]:
-    """Model fits on a few hundred points run far faster on one BLAS thread (measured: a GP
-    fit was ~10x slower with two threads on a 2-core machine than with one)."""
-    try:  # optional: comes with scikit-learn, which the GFO backend needs anyway
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 def _pos_key(pos: np.ndarray) -> bytes:

@@ -5,16 +5,18 @@ outstanding and they are told in any order. TPE runs with ``constant_liar`` (run
 as bad results while in flight) so N free workers get N different candidates. On a grid each
 parameter is an integer index into its grid values, so enqueued points round-trip exactly.
 The study lives in memory: the journal (history.csv) is the persistent record and a resumed run
-replays it (`replay`).
+replays it (`replay`). The GP sampler asks on one compute thread (`one_compute_thread`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 from autombw_cli.blocks import Weights
 from autombw_cli.search.optimizers.base import AdapterBase
+from autombw_cli.search.optimizers.compute_threads import one_compute_thread
 from autombw_cli.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,13 @@ class OptunaOptimizer(AdapterBase):
         self.name = name
         self._optuna = optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # the GP sampler fits its model with torch on every ask: on one thread (see the module)
+        self._ask_threads = contextlib.nullcontext
         if isinstance(sampler, optuna.samplers.GPSampler):
             _import_gp_quietly(optuna)
+            import torch  # noqa: F401  (loaded now, so the thread limit sees its OpenMP pool)
+
+            self._ask_threads = one_compute_thread
         self._study = optuna.create_study(direction="maximize", sampler=sampler)
         self._distributions: dict[str, Any] = {}
         for p in space.params:
@@ -59,7 +66,8 @@ class OptunaOptimizer(AdapterBase):
         # but every stored trial shares our distribution objects instead of getting its own
         # (suggest_* builds a new one per parameter per trial: ~4 KB per evaluation kept in
         # the in-memory study; BENCHMARKS.md "Soak")
-        return self._study.ask(fixed_distributions=self._distributions)
+        with self._ask_threads():
+            return self._study.ask(fixed_distributions=self._distributions)
 
     def _backend_ask(self) -> tuple[dict[str, float], Any] | None:
         trial = self._ask()
