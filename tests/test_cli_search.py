@@ -121,6 +121,20 @@ def test_unreachable_instances_exit_3(tmp_path: Path, capsys) -> None:  # type: 
     assert "gone" in out and "unreachable" in out
 
 
+def test_search_says_the_configs_warnings_before_it_starts(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """What `config check` warns about, `search` says too: a user who never ran the check
+    learns before a long run that its passes' budgets add up to more than the total."""
+    cfg = write_search_config(
+        tmp_path,
+        instances="[{url: 'http://127.0.0.1:9', label: gone}]",
+        evaluations=3,
+        passes="[{optimizer: random, max_evaluations: 2}, {optimizer: random, max_evaluations: 2}]",
+    )
+    code, _out, err = _main("search", "--plain", str(cfg), capsys=capsys)
+    assert code == 3, err
+    assert "warning: the passes' max_evaluations add up to 4" in " ".join(err.split())
+
+
 def test_doctor_on_healthy_instances(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     cfg = write_search_config(tmp_path, instances="{simulate: 2}")
     code, out, _err = _main("doctor", str(cfg), capsys=capsys)

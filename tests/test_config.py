@@ -701,3 +701,26 @@ def test_pruning_with_gaussian_process_passes_warns(project: Path) -> None:
     cmaes = {"search": {"pruning": 2, "passes": [{"optimizer": "cmaes"}]}}
     assert load(project, cmaes).warnings() == []
     assert load(project, {"search": {"pruning": False}}).warnings() == []
+
+
+def test_a_long_search_ending_in_a_gaussian_process_is_told_to_end_cheaply(project: Path) -> None:
+    """Measured (BENCHMARKS.md "Ask cost"): gp and Bayesian refit on the whole history every
+    ask, seconds per ask past 1000 evaluations. A budget past that whose pass running there is
+    one of them is told; a cheap pass there, or a budget within it, is not."""
+    week = {"search": {"max_evaluations": 3000}}
+    (warning,) = load(project, week).warnings()
+    assert "past evaluation 1000 uses gp and Bayesian" in warning
+    assert "{optimizer: HillClimbing}" in warning
+    cheap_end = [
+        {"optimizer": "gp", "max_evaluations": 100},
+        {"optimizer": "portfolio", "max_evaluations": 900},
+        {"optimizer": "HillClimbing"},
+    ]
+    cheap = {"search": {"max_evaluations": 3000, "passes": cheap_end}}
+    assert load(project, cheap).warnings() == []
+    late_gp = [{"optimizer": "cmaes", "max_evaluations": 1100}, {"optimizer": "gp"}]
+    assert load(project, {"search": {"max_evaluations": 1200, "passes": late_gp}}).warnings() == []
+    late_gp[0]["max_evaluations"] = 600
+    (warning,) = load(project, {"search": {"max_evaluations": 1200, "passes": late_gp}}).warnings()
+    assert "uses gp," in warning
+    assert load(project, {"search": {"max_evaluations": 1000}}).warnings() == []

@@ -88,6 +88,9 @@ def search_command(
     else:
         assert config is not None
         cfg = load_config(config)
+        warn = Console(stderr=True)
+        for warning in cfg.warnings():  # what `config check` says, before a week of searching
+            warn.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
         if cfg.chain is not None:
             _chain_options(max_evaluations, warm_start)
             run = ChainRun.create(cfg)

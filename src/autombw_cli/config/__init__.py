@@ -177,11 +177,7 @@ class SearchConfig(StrictModel):
                 f"the passes' max_evaluations add up to {sum(budgets)}, more than "
                 f"search.max_evaluations ({self.search.max_evaluations}); the total wins"
             )
-        names = [
-            name
-            for p in self.search.passes
-            for name in [p.optimizer, *(m["optimizer"] for m in p.settings.get("members", ()))]
-        ]
+        names = [name for p in self.search.passes for name in _optimizer_names(p)]
         modelled = [name for name in names if name in _WORSE_WITH_PRUNING]
         if self.search.pruning is not None and modelled:
             out.append(
@@ -191,7 +187,31 @@ class SearchConfig(StrictModel):
                 "and no better on quiet ones (BENCHMARKS.md, 'Pruning and top-k validation'); "
                 "pruning suits cmaes"
             )
+        slow = self._slow_pass_past(_LONG_SEARCH)
+        if slow:
+            out.append(
+                f"search.max_evaluations is {self.search.max_evaluations} and the pass running "
+                f"past evaluation {_LONG_SEARCH} uses {slow}, which refits a Gaussian process on "
+                "every ask: on one CPU core about 9 s per ask at 1000 evaluations and 46 s "
+                "(Bayesian) at 2000 (BENCHMARKS.md, 'Ask cost'), so the WebUIs wait once an ask "
+                "outlasts an evaluation; end with a cheap pass, e.g. passes: [{optimizer: gp, "
+                "max_evaluations: 100}, {optimizer: portfolio, max_evaluations: 900}, "
+                "{optimizer: HillClimbing}]"
+            )
         return out
+
+    def _slow_pass_past(self, n: int) -> str:
+        """The Gaussian-process optimizers of the pass that runs evaluation ``n + 1`` ("gp and
+        Bayesian"), or "" when the search ends sooner or that pass asks cheaply."""
+        if self.search.max_evaluations <= n:
+            return ""
+        start = 0
+        for p in self.search.passes:
+            if p.max_evaluations is None or start + p.max_evaluations > n:
+                slow = [name for name in _optimizer_names(p) if name in _REFIT_EVERY_ASK]
+                return " and ".join(slow)
+            start += p.max_evaluations
+        return ""
 
     def redacted_dump(self) -> dict[str, Any]:
         """JSON-able resolved config with anything secret-looking replaced (for run folders)."""
@@ -209,6 +229,16 @@ _SCORER_FILES = ("checkpoint", "med_config", "clip", "head")
 # (they model score values, and learn a pruned candidate's low estimate):
 # benchmarks/pruning_validation.py
 _WORSE_WITH_PRUNING = ("gp", "Bayesian")
+# optimizers whose ask refits a Gaussian process on the whole history (benchmarks/ask_cost.py),
+# and the length past which that takes seconds per ask
+_REFIT_EVERY_ASK = ("gp", "Bayesian")
+_LONG_SEARCH = 1000
+
+
+def _optimizer_names(p: PassConfig) -> list[str]:
+    """A pass's optimizer, or a portfolio's members, each once."""
+    members = (m["optimizer"] for m in p.settings.get("members", ()))
+    return list(dict.fromkeys([p.optimizer, *members]))
 
 
 def _resolve_paths(paths: ScorerPaths, info: ValidationInfo, where: tuple) -> ScorerPaths:
