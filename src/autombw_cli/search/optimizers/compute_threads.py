@@ -21,10 +21,7 @@ from collections.abc import Iterator
 @contextlib.contextmanager
 def one_compute_thread() -> Iterator[None]:
     """Run the block with one BLAS and one OpenMP thread, restoring both afterwards."""
-    try:  # comes with scikit-learn, which the GFO backend needs anyway
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(limits=1):
         yield
