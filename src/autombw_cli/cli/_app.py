@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 
 
 @dataclass
@@ -13,6 +15,13 @@ class CliState:
 
 
 state = CliState()
+
+
+def print_warning(console: Console, message: str) -> None:
+    """One warning for the user: a yellow label, the message as plain text on one line (it
+    may name config fields in brackets, which rich would otherwise read as markup)."""
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
 
 app = typer.Typer(
     name="autombw",

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from autombw_cli.cli._app import app
+from autombw_cli.cli._app import app, print_warning
 
 config_app = typer.Typer(
     help="Validate a search config or print its JSON schema.", no_args_is_help=True
@@ -34,7 +34,7 @@ def check_command(
     err = Console(stderr=True)
     typer.echo(json.dumps(cfg.redacted_dump(), indent=2) if as_json else cfg.redacted_yaml())
     for warning in [*cfg.warnings(), *(w for p in payloads for w in p.warnings())]:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        print_warning(err, warning)
     images = sum(p.images for p in prompts)
     err.print(
         f"[green]ok:[/] {file}: {len(payloads)} payload(s), {len(prompts)} prompt(s), "

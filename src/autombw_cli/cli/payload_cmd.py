@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from autombw_cli.cli._app import app
+from autombw_cli.cli._app import app, print_warning
 
 payload_app = typer.Typer(
     help="Create, inspect and expand payloads (what every candidate merge renders).",
@@ -93,8 +93,9 @@ def show_command(
             table.add_row(key, escape(json.dumps(value, ensure_ascii=False)), kind)
     console = Console()
     console.print(table)
+    err = Console(stderr=True)
     for warning in payload.warnings():
-        Console(stderr=True).print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+        print_warning(err, warning)
 
 
 @payload_app.command("expand")

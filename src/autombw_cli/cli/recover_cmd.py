@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from autombw_cli.blocks import Arch, Ordering, Weights, format_weight
-from autombw_cli.cli._app import app
+from autombw_cli.cli._app import app, print_warning
 from autombw_cli.recover import (
     RecoveredSource,
     SourceKind,
@@ -113,10 +113,8 @@ def recover_command(
         model_a=model_a, model_b=model_b, name=name, model_c=model_c,
     )  # fmt: skip
     err = Console(stderr=True, highlight=False)
-    for warning in plan.warnings():
-        err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
-    for warning in result.warnings[:MAX_WARNINGS_SHOWN]:
-        err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    for warning in [*plan.warnings(), *result.warnings[:MAX_WARNINGS_SHOWN]]:
+        print_warning(err, warning)
     if len(result.warnings) > MAX_WARNINGS_SHOWN:
         hidden = len(result.warnings) - MAX_WARNINGS_SHOWN
         err.print(f"[yellow]warning:[/] ... and {hidden} more (all of them are in --json)")

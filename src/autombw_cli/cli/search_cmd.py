@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autombw_cli import exit_codes
-from autombw_cli.cli._app import app
+from autombw_cli.cli._app import app, print_warning
 from autombw_cli.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -88,9 +88,9 @@ def search_command(
     else:
         assert config is not None
         cfg = load_config(config)
-        warn = Console(stderr=True)
+        err = Console(stderr=True)
         for warning in cfg.warnings():  # what `config check` says, before a week of searching
-            warn.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+            print_warning(err, warning)
         if cfg.chain is not None:
             _chain_options(max_evaluations, warm_start)
             run = ChainRun.create(cfg)
