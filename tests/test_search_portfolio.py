@@ -56,6 +56,47 @@ def test_a_failure_reaches_the_waiting_member_and_no_other() -> None:
     assert first.n_complete == second.n_complete == 1
 
 
+def _count_proposals(member) -> list[int]:
+    """A spy on a real member: how many proposals its backend made."""
+    count = [0]
+    backend_ask = member._backend_ask
+
+    def counted():
+        count[0] += 1
+        return backend_ask()
+
+    member._backend_ask = counted
+    return count
+
+
+def test_a_member_that_repeats_a_known_point_gives_its_turn_to_the_next() -> None:
+    # The second member is the same random sampler as the first, so each of its proposals is a
+    # point the first already proposed and it was told: it is asked once per turn (not again
+    # and again, as a converged gp would be, each ask a model fit) and the first one proposes.
+    space = small_space()
+    opt = create_optimizer("portfolio", TWO_RANDOMS, space, seed=3)
+    first, second = opt.members
+    by_first, by_second = _count_proposals(first), _count_proposals(second)
+    asked = drive(opt, 10, workers=1)
+    assert len({space.key(w) for w in asked}) == 10
+    assert by_second == [5]  # its five turns, one proposal each, every one a repeat
+    assert by_first == [10]  # its own five turns and the five it was given
+    assert all(m.n_complete == 10 and m.n_pending == 0 for m in opt.members)
+
+
+def test_when_every_member_repeats_itself_the_point_is_random_and_unseen() -> None:
+    space = small_space()
+    # the members' first three proposals, already evaluated
+    known = [(w, objective(w)) for w in drive(create_optimizer("random", {}, space, 3), 3)]
+    opt = create_optimizer("portfolio", TWO_RANDOMS, space, seed=3)
+    assert replay(opt, known) == 3
+    trial = opt.ask()
+    assert trial.origin is TrialOrigin.RANDOM
+    assert not any(space.key(trial.weights) == space.key(w) for w, _ in known)
+    opt.tell(trial, objective(trial.weights))
+    assert all(m.n_complete == 4 and m.n_pending == 0 for m in opt.members)
+
+
 def test_many_in_flight_leave_no_member_trial_untold() -> None:
     space = small_space()
     opt = create_optimizer("portfolio", TWO_RANDOMS, space, seed=1)

@@ -10,6 +10,8 @@ a trial is told exactly once, the best so far, and de-duplication: an adapter ne
 weights that were already evaluated, are in flight, or failed (keys at the space's resolution).
 A backend proposal that repeats a known point is answered from memory (cache hit) and the
 backend is asked again; after `MAX_PROPOSALS` repeats the adapter hands out a random unseen point.
+`propose` is the same ask with a caller's cap and no random fallback (a portfolio uses it to
+give a repeating member's turn to the next member).
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class Optimizer(Protocol):
 
     def ask(self) -> Trial: ...
 
+    def propose(self, max_proposals: int = ...) -> Trial | None: ...
+
     def tell(
         self, trial: Trial, score: float | None, state: TrialState = TrialState.COMPLETE
     ) -> None: ...
@@ -107,6 +111,17 @@ class AdapterBase(ABC):
         self._queue.append(weights)
 
     def ask(self) -> Trial:
+        trial = self.propose()
+        if trial is not None:
+            return trial
+        w = self._random_unseen()
+        token = self._backend_ask_fixed(w)
+        return self._issue(w, token, TrialOrigin.RANDOM)
+
+    def propose(self, max_proposals: int = MAX_PROPOSALS) -> Trial | None:
+        """An enqueued point, else the backend's first unseen proposal within
+        ``max_proposals``; None where `ask` would fall back to a random unseen point (the
+        backend only repeated known points, or has nothing right now)."""
         while self._queue:
             w = self._queue.popleft()
             if self.space.key(w) in self._known:
@@ -115,7 +130,7 @@ class AdapterBase(ABC):
             token = self._backend_ask_fixed(w)
             return self._issue(w, token, TrialOrigin.ENQUEUED)
         open_repeats = 0
-        for _ in range(MAX_PROPOSALS):
+        for _ in range(max_proposals):
             proposal = self._backend_ask()
             if proposal is None:
                 break  # the backend cannot propose right now
@@ -132,9 +147,7 @@ class AdapterBase(ABC):
                 open_repeats += 1
                 if open_repeats >= MAX_OPEN_REPEATS:
                     break
-        w = self._random_unseen()
-        token = self._backend_ask_fixed(w)
-        return self._issue(w, token, TrialOrigin.RANDOM)
+        return None
 
     def tell(
         self, trial: Trial, score: float | None, state: TrialState = TrialState.COMPLETE

@@ -7,6 +7,12 @@ Gaussian process that trusts its smooth fit (Optuna's ``gp``) and one that keeps
 the best (GFO's ``Bayesian``): on a landscape where one of them stalls, the other one's points
 still come (BENCHMARKS.md "Optimizer quality").
 
+A member that proposes a point it already knows (a model that has settled on its best guess,
+as a converged ``gp`` does) is told that point's score and gives its turn to the next member,
+instead of being asked again and again: each ask of ``gp`` is a full model fit, seconds late in
+a search, and ``AdapterBase.ask`` would ask up to 25 times. Only when every member repeats
+itself does the portfolio hand out a random unseen point.
+
 With several evaluations in flight one member may propose a point another one has in flight.
 That proposal waits: it is told the score of the running evaluation when it comes back (a
 failure if it fails), as a repeat of a scored point is told its score.
@@ -25,6 +31,8 @@ from autombw_cli.search.space import SearchSpace
 # one per member that had not seen it for an enqueued point
 _Token = tuple[Weights, list[tuple[Optimizer, Trial]]]
 
+MEMBER_PROPOSALS = 1  # a member's proposals per turn: a repeat gives the turn to the next one
+
 
 class PortfolioOptimizer(AdapterBase):
     """Members take turns at `ask`; every result is told to every member."""
@@ -40,11 +48,15 @@ class PortfolioOptimizer(AdapterBase):
         # space key -> member trials waiting for that in-flight point's result
         self._waiting: dict[bytes, list[tuple[Optimizer, Trial]]] = {}
 
-    def _backend_ask(self) -> tuple[dict[str, float], _Token]:
-        member = self.members[self._turn % len(self.members)]
+    def _backend_ask(self) -> tuple[dict[str, float], _Token] | None:
+        first = self._turn
         self._turn += 1
-        trial = member.ask()
-        return self.space.to_params(trial.weights), (trial.weights, [(member, trial)])
+        for i in range(len(self.members)):
+            member = self.members[(first + i) % len(self.members)]
+            trial = member.propose(MEMBER_PROPOSALS)
+            if trial is not None:
+                return self.space.to_params(trial.weights), (trial.weights, [(member, trial)])
+        return None  # every member repeated itself: `ask` hands out a random unseen point
 
     def _backend_ask_fixed(self, weights: Weights) -> _Token:
         trials = []
