@@ -29,6 +29,8 @@ sub-grid instead of GFO's default 1,000,000 (``sampling``). It runs with one wor
 
 ``--results FILE [FILE ...]`` reads the runs of every file, skips runs already there and
 appends every finished run to the first file as a JSON line;
+Rows of earlier code (``RECORDED``, e.g. ``default-reask``: the default before a repeating
+portfolio member gave its turn away) are read from the files and never run again.
 ``--shard i/n`` runs every n-th task, so shards on several machines fill one file between them
 and ``--report-only`` prints the tables from the merged file.
 """
@@ -63,6 +65,7 @@ class Candidate:
     per_budget: bool = False  # run once per checkpoint budget (its behaviour depends on it)
     max_budget: int | None = None  # a slow one runs only this far (said in the table: "-")
     sequential_only: bool = False  # only with one evaluation in flight
+    recorded_only: bool = False  # runs of an earlier version's code: read, never run again
 
 
 def single(key: str, label: str, optimizer: str, settings: dict[str, Any] | None = None,
@@ -175,7 +178,18 @@ VARIANTS = (
     staged("gp30-cmaes-HC", ("gp", 30, None), ("cmaes", 70, None), HC_TO_END),
     staged("gp30-cmaes-sw27-HC", ("gp", 30, None), ("cmaes", 120, 27), HC_TO_END),
 )
-CANDIDATES = (DEFAULT, *SINGLES, *VARIANTS, BASELINE)
+# Earlier versions of the code, kept for comparison: their runs are in the result files under
+# these keys, and the code that made them is gone, so they are never run again.
+RECORDED = (
+    Candidate(
+        "default-reask",
+        "the default until 5136e6b (a portfolio member that repeated a known point was asked "
+        "again, up to 25 times)",
+        DEFAULT.search,
+        recorded_only=True,
+    ),
+)
+CANDIDATES = (DEFAULT, *SINGLES, *VARIANTS, BASELINE, *RECORDED)
 CHECKPOINTS = (50, 100, 150, 270)
 
 
@@ -270,6 +284,8 @@ def tasks_for(
             for cand in cands:
                 if cand.sequential_only and w != 1:
                     continue  # auto-MBW-rt is sequential; gp is too slow for more
+                if cand.recorded_only:
+                    continue  # its code is gone: its rows are only read
                 top = min(budget, cand.max_budget or budget)
                 budgets = [c for c in CHECKPOINTS if c <= top] if cand.per_budget else [top]
                 for seed in range(min(seeds, cand.max_seeds or seeds)):
@@ -316,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown keys {unknown}; known: {', '.join(by_key)}")
         cands = [by_key[k] for k in wanted]
     else:
-        cands = [c for c in CANDIDATES if c not in VARIANTS]
+        cands = [c for c in CANDIDATES if c not in VARIANTS and c not in RECORDED]
     tasks = tasks_for(cands, landscapes, args.seeds, args.budget, workers)
     results = with_derived_runs([r for path in args.results or [] for r in _load(path)])
     done = {(r.key, r.landscape, r.seed, r.budget, r.workers) for r in results}
@@ -474,7 +490,8 @@ def with_derived_runs(results: list[RunResult]) -> list[RunResult]:
     - a run of a candidate whose search resolves to exactly the shipped default's is a
       ``default`` run: the same search, run before it became the default (a run keyed
       ``default`` is only ever one made while the default was what it is now; files of
-      earlier defaults name those runs by their passes);
+      earlier defaults name those runs by their passes, or by a ``RECORDED`` key where the
+      code changed under the same search);
     - with one evaluation in flight, the first ``m`` evaluations of a run whose first pass is a
       single optimizer's with at least ``m`` evaluations are that optimizer's run to ``m``
       (its ``max_budget``): the pass knows nothing of what follows it. Checked: the 18 ``gp``
@@ -486,8 +503,12 @@ def with_derived_runs(results: list[RunResult]) -> list[RunResult]:
         return resolve_search({**search, "max_evaluations": 270}, "sd1")[0]
 
     shipped = resolved(DEFAULT.search).model_dump()
-    settings = {c.key: resolved(c.search) for c in (DEFAULT, *SINGLES, *VARIANTS)}
-    as_default = {k for k, s in settings.items() if s.model_dump() == shipped} - {DEFAULT.key}
+    settings = {c.key: resolved(c.search) for c in (DEFAULT, *SINGLES, *VARIANTS, *RECORDED)}
+    # a recorded candidate ran other code with the same search: not the default's runs (its
+    # first pass, where that code was the same, still gives prefixes below)
+    recorded = {c.key for c in RECORDED}
+    as_default = {k for k, s in settings.items() if s.model_dump() == shipped}
+    as_default -= {DEFAULT.key, *recorded}
     prefix_of: dict[str, tuple[str, int]] = {}  # candidate key -> (single key, its max budget)
     for single_cand in SINGLES:
         if single_cand.max_budget is None:

@@ -43,7 +43,16 @@ def test_a_run_made_as_the_default_is_never_replaced(bench) -> None:
     assert [r for r in out if r.key == "default"] == [mine]
 
 
-@pytest.mark.parametrize("whole", ["gp100-portfolio", "gp100-Bayesian", "default"])
+def test_runs_of_earlier_code_are_read_but_never_the_default_nor_run_again(bench) -> None:
+    # default-reask: the default's search, run by code since changed (a portfolio member that
+    # repeated itself was asked again): its runs keep their key, and no task runs it
+    recorded = next(c for c in bench.RECORDED if c.key == "default-reask")
+    out = bench.with_derived_runs([run(bench, "default-reask", seed=3)])
+    assert {r.key for r in out} == {"default-reask", "gp"}  # gp: its first pass, unchanged
+    assert bench.tasks_for([recorded], ["coupled"], 2, 270, [1, 4]) == []
+
+
+@pytest.mark.parametrize("whole", ["gp100-portfolio", "gp100-Bayesian", "default", "default-reask"])
 def test_gp_to_100_is_read_off_the_first_pass_with_one_in_flight(bench, whole) -> None:
     out = bench.with_derived_runs([run(bench, whole, seed=3), run(bench, whole, seed=4, workers=4)])
     gp = [r for r in out if r.key == "gp"]
