@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown keys {unknown}; known: {', '.join(by_key)}")
         cands = [by_key[k] for k in wanted]
     else:
-        cands = [c for c in CANDIDATES if c not in VARIANTS and c not in RECORDED]
+        cands = [c for c in CANDIDATES if c not in VARIANTS and not c.recorded_only]
     tasks = tasks_for(cands, landscapes, args.seeds, args.budget, workers)
     results = with_derived_runs([r for path in args.results or [] for r in _load(path)])
     done = {(r.key, r.landscape, r.seed, r.budget, r.workers) for r in results}
@@ -506,9 +506,8 @@ def with_derived_runs(results: list[RunResult]) -> list[RunResult]:
     settings = {c.key: resolved(c.search) for c in (DEFAULT, *SINGLES, *VARIANTS, *RECORDED)}
     # a recorded candidate ran other code with the same search: not the default's runs (its
     # first pass, where that code was the same, still gives prefixes below)
-    recorded = {c.key for c in RECORDED}
     as_default = {k for k, s in settings.items() if s.model_dump() == shipped}
-    as_default -= {DEFAULT.key, *recorded}
+    as_default -= {DEFAULT.key, *(c.key for c in RECORDED)}
     prefix_of: dict[str, tuple[str, int]] = {}  # candidate key -> (single key, its max budget)
     for single_cand in SINGLES:
         if single_cand.max_budget is None:

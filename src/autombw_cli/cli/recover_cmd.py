@@ -117,7 +117,7 @@ def recover_command(
         print_warning(err, warning)
     if len(result.warnings) > MAX_WARNINGS_SHOWN:
         hidden = len(result.warnings) - MAX_WARNINGS_SHOWN
-        err.print(f"[yellow]warning:[/] ... and {hidden} more (all of them are in --json)")
+        print_warning(err, f"... and {hidden} more (all of them are in --json)")
     if as_json:
         typer.echo(json.dumps(result.to_dict(top), indent=2))
     else:
