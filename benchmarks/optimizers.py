@@ -78,7 +78,7 @@ def single(key: str, label: str, optimizer: str, settings: dict[str, Any] | None
     )
 
 
-def staged(key: str, *stages: tuple[str, int | None, int | None]) -> Candidate:
+def staged(key: str, *stages: tuple[str, int | None, int | None], **kw: Any) -> Candidate:
     """Passes of (optimizer, max evaluations, early-stopping patience that ends the pass:
     a switch on evidence); each pass warm-starts from the earlier ones. The last pass runs to
     the budget."""
@@ -94,7 +94,7 @@ def staged(key: str, *stages: tuple[str, int | None, int | None]) -> Candidate:
         f"{name}" + (f" ≤{n}" if n else "") + (f" (switch after {pt} stale)" if pt else "")
         for name, n, pt in stages
     )
-    return Candidate(key, label, {"passes": passes, "early_stopping": False})
+    return Candidate(key, label, {"passes": passes, "early_stopping": False}, **kw)
 
 
 def passes_of(key: str, label: str, *passes: dict[str, Any]) -> Candidate:
@@ -174,6 +174,21 @@ VARIANTS = (
         {"optimizer": "portfolio"},
     ),
     staged("cmaes100-HC", ("cmaes", 100, None), HC_TO_END),
+    # a wider start for the gp pass (the @100 columns on rugged and noisy): to 100 only
+    single(
+        "gp-s25",
+        "gp, 25 random trials before the model",
+        "gp",
+        {"n_startup_trials": 25},
+        max_budget=100,
+    ),
+    staged("qmc25-gp", ("qmc", 25, None), ("gp", None, None), max_budget=100),
+    passes_of(
+        "gp100s25-portfolio",
+        "gp ≤100 (25 random trials before the model), then gp and Bayesian take turns",
+        {"optimizer": "gp", "max_evaluations": 100, "settings": {"n_startup_trials": 25}},
+        {"optimizer": "portfolio"},
+    ),
     staged("cmaes-sw27-HC", ("cmaes", 150, 27), HC_TO_END),  # the default until 2026-12-07
     staged("gp30-cmaes-HC", ("gp", 30, None), ("cmaes", 70, None), HC_TO_END),
     staged("gp30-cmaes-sw27-HC", ("gp", 30, None), ("cmaes", 120, 27), HC_TO_END),
