@@ -174,7 +174,8 @@ VARIANTS = (
         {"optimizer": "portfolio"},
     ),
     staged("cmaes100-HC", ("cmaes", 100, None), HC_TO_END),
-    # a wider start for the gp pass (the @100 columns on rugged and noisy): to 100 only
+    # a wider start for the gp pass (the @100 columns on rugged and noisy): the first two run
+    # to 100 only; gp100s25-portfolio is the default with that start, to the budget
     single(
         "gp-s25",
         "gp, 25 random trials before the model",
